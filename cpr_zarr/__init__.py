@@ -1,0 +1,39 @@
+"""cpr_zarr: Prefect task results as content-hashed, chunk-verified groups in one Zarr store."""
+
+from __future__ import annotations
+
+from cpr_zarr.cache import CONTENT_INPUTS, ContentInputs
+from cpr_zarr.compute import compute
+from cpr_zarr.decorator import task
+from cpr_zarr.errors import (
+    AmbiguousReferenceError,
+    ChunkVerificationError,
+    CprZarrError,
+    InvalidNameError,
+    ResultNotFoundError,
+    StoreError,
+    UnsupportedResultError,
+)
+from cpr_zarr.serializer import pointer_serializer
+from cpr_zarr.store import ResultStore, open_store
+from cpr_zarr.target import ZarrTarget
+
+__all__ = [
+    "CONTENT_INPUTS",
+    "AmbiguousReferenceError",
+    "ChunkVerificationError",
+    "ContentInputs",
+    "CprZarrError",
+    "InvalidNameError",
+    "ResultNotFoundError",
+    "ResultStore",
+    "StoreError",
+    "UnsupportedResultError",
+    "ZarrTarget",
+    "compute",
+    "open_store",
+    "pointer_serializer",
+    "task",
+]
+
+__version__ = "0.1.0"

@@ -1,0 +1,68 @@
+"""Every exception cpr_zarr raises.
+
+Each class inherits :class:`CprZarrError` *and* the matching built-in, so callers
+can catch either (the zarr-python convention).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AmbiguousReferenceError",
+    "ChunkVerificationError",
+    "CprZarrError",
+    "InvalidNameError",
+    "ResultNotFoundError",
+    "StoreError",
+    "UnsupportedResultError",
+]
+
+
+class CprZarrError(Exception):
+    """Base class of all cpr_zarr errors."""
+
+
+class StoreError(CprZarrError, OSError):
+    """A result store cannot be opened, created or written."""
+
+
+class ResultNotFoundError(CprZarrError, KeyError):
+    """No committed result matches a reference."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; we want it readable
+        return str(self.args[0]) if self.args else ""
+
+
+class AmbiguousReferenceError(CprZarrError, ValueError):
+    """A hash prefix matches more than one committed result."""
+
+
+class ChunkVerificationError(CprZarrError, OSError):
+    """A chunk read from the store does not match the digest recorded at save time."""
+
+    def __init__(
+        self, message: str, *, store_url: str, group_path: str, chunk_index: tuple[int, ...]
+    ) -> None:
+        super().__init__(message)
+        self.store_url = store_url
+        self.group_path = group_path
+        self.chunk_index = chunk_index
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # keep the keyword-only fields when the error travels through Dask
+        return (_rebuild_chunk_error, (str(self), self.store_url, self.group_path, self.chunk_index))
+
+
+def _rebuild_chunk_error(
+    message: str, store_url: str, group_path: str, chunk_index: tuple[int, ...]
+) -> ChunkVerificationError:
+    return ChunkVerificationError(
+        message, store_url=store_url, group_path=group_path, chunk_index=chunk_index
+    )
+
+
+class UnsupportedResultError(CprZarrError, TypeError):
+    """A value cannot be stored as a cpr_zarr result (wrong type or dtype)."""
+
+
+class InvalidNameError(CprZarrError, ValueError):
+    """A result name cannot be used in a group path."""

@@ -1,0 +1,145 @@
+"""Where things live in a store: names, group paths, dtypes and chunk grids (pure functions).
+
+A result group is named ``<name>-<content hash>`` directly under the store root, so
+``ls results.zarr`` is readable and a hash (or a unique prefix of it) finds a group.
+Names starting with ``_`` or ``.`` are reserved for the store's own bookkeeping.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from cpr_zarr.errors import InvalidNameError, UnsupportedResultError
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+__all__ = [
+    "HASH_HEX_LENGTH",
+    "LAYOUT_VERSION",
+    "MIN_PREFIX_LENGTH",
+    "canonical_dtype",
+    "chunk_grid",
+    "default_chunks",
+    "group_path",
+    "parse_chunks",
+    "parse_group_path",
+    "parse_name",
+]
+
+LAYOUT_VERSION = 1
+HASH_HEX_LENGTH = 32
+MIN_PREFIX_LENGTH = 6
+TARGET_CHUNK_BYTES = 8 * 2**20
+_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
+_GROUP_RE = re.compile(r"(?P<name>.+)-(?P<hash>[0-9a-f]{%d})" % HASH_HEX_LENGTH)
+_SUPPORTED_KINDS = {"b": "bool", "i": "signed integer", "u": "unsigned integer", "f": "float", "c": "complex"}
+
+
+def parse_name(name: object) -> str:
+    """Return ``name`` if it can head a group path, else raise :class:`InvalidNameError`."""
+    if not isinstance(name, str):
+        raise InvalidNameError(
+            f"A result name must be a string, got {name!r} of type {type(name).__name__}. "
+            "Pass name='denoised' (letters, digits, '_', '.', '-')."
+        )
+    if not _NAME_RE.fullmatch(name):
+        raise InvalidNameError(
+            f"Invalid result name {name!r}: a name must start with a letter or digit, use only "
+            "letters, digits, '_', '.' and '-', and be at most 100 characters "
+            "(it becomes part of a folder or object name). Example: name='nuclei_labels'."
+        )
+    return name
+
+
+def group_path(name: str, content_hash: str) -> str:
+    """The group path of a result: ``<name>-<content hash>``."""
+    return f"{parse_name(name)}-{content_hash}"
+
+
+def parse_group_path(path: str) -> tuple[str, str] | None:
+    """Split a group path into ``(name, content_hash)``; ``None`` if it is not a result path."""
+    match = _GROUP_RE.fullmatch(path)
+    if match is None or path.startswith(("_", ".")):
+        return None
+    return match["name"], match["hash"]
+
+
+def canonical_dtype(dtype: object, *, what: str = "array") -> np.dtype:
+    """The little-endian dtype a result is stored (and hashed) with.
+
+    Raises
+    ------
+    UnsupportedResultError
+        For object, string, bytes, structured, datetime and other dtypes zarr viewers cannot show.
+    """
+    dt = np.dtype(dtype)  # type: ignore[call-overload]
+    if dt.kind not in _SUPPORTED_KINDS or dt.fields is not None or dt.subdtype is not None:
+        raise UnsupportedResultError(
+            f"Cannot store {what} with dtype {dt!r}: cpr_zarr stores bool, integer, float and "
+            "complex arrays. Convert it first (e.g. labels.astype('uint32')), or return "
+            "strings/objects as a pandas DataFrame or a small JSON-able value instead."
+        )
+    return dt.newbyteorder("<") if dt.itemsize > 1 else dt
+
+
+def default_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
+    """Chunks of about 8 MiB: 256 x 256 in the last two axes of a volume, the rest filled up.
+
+    A big uint16 ``(z, y, x)`` stack gets ``(64, 256, 256)``; 2-D images are cut in
+    columns 1024 pixels wide.
+    """
+    ndim = len(shape)
+    budget = max(1, TARGET_CHUNK_BYTES // dtype.itemsize)
+    chunks = [1] * ndim
+    for axis in reversed(range(ndim)):
+        room = max(1, budget // math.prod(chunks))
+        if ndim >= 3 and axis >= ndim - 2:
+            cap = 256
+        elif ndim == 2 and axis == 1:
+            cap = 1024
+        else:
+            cap = room
+        chunks[axis] = min(max(1, shape[axis]), cap, room)
+    return tuple(chunks)
+
+
+def parse_chunks(
+    chunks: object, shape: tuple[int, ...], dtype: np.dtype
+) -> tuple[int, ...]:
+    """Validate a user's chunk shape (``None`` means :func:`default_chunks`)."""
+    if chunks is None:
+        return default_chunks(shape, dtype)
+    if isinstance(chunks, int) and not isinstance(chunks, bool):
+        chunks = (chunks,) * len(shape)
+    try:
+        parsed = tuple(int(c) for c in chunks)  # type: ignore[attr-defined]
+    except TypeError:
+        parsed = ()
+    if (
+        len(parsed) != len(shape)
+        or any(c < 1 for c in parsed)
+        or any(isinstance(c, bool) or int(c) != c for c in chunks)  # type: ignore[attr-defined]
+    ):
+        raise ValueError(
+            f"Invalid chunks {chunks!r} for an array of shape {shape}: give one positive integer "
+            f"per axis ({len(shape)} values), e.g. chunks={default_chunks(shape, dtype)}, "
+            "or leave chunks=None for about 8 MiB per chunk."
+        )
+    return tuple(min(c, max(1, s)) for c, s in zip(parsed, shape, strict=True))
+
+
+def chunk_grid(
+    shape: tuple[int, ...], chunks: tuple[int, ...]
+) -> Iterator[tuple[tuple[int, ...], tuple[slice, ...]]]:
+    """Yield ``(chunk index, slices)`` for every chunk, in C order."""
+    counts = [math.ceil(s / c) if s else 0 for s, c in zip(shape, chunks, strict=True)]
+    for index in itertools.product(*(range(n) for n in counts)):
+        yield index, tuple(
+            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape, strict=True)
+        )

@@ -1,0 +1,120 @@
+"""Reading results: lazy Dask arrays whose every chunk is verified as it is read."""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import zarr
+
+from cpr_zarr.errors import ChunkVerificationError
+from cpr_zarr.hashing import chunk_digest
+from cpr_zarr.layout import chunk_grid
+
+if TYPE_CHECKING:
+    from cpr_zarr.store import ResultStore
+
+__all__ = ["ChunkReader"]
+
+
+class ChunkReader:
+    """Reads and verifies the chunks of one committed result group."""
+
+    def __init__(self, store: ResultStore, group_path: str, attrs: dict[str, Any]) -> None:
+        self.store = store
+        self.group_path = group_path
+        self.attrs = attrs
+        self.content_hash: str = attrs["content_hash"]
+        self.shape = tuple(int(s) for s in attrs["shape"])
+        self.dtype = np.dtype(attrs["dtype"])
+        self.chunks = tuple(int(c) for c in attrs["chunks"])
+        self.digests: list[str] = attrs["chunk_digests"]
+        self.grid = tuple(
+            math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
+        )
+        self._array: zarr.Array | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChunkReader, (self.store, self.group_path, self.attrs))
+
+    @property
+    def array(self) -> zarr.Array:
+        if self._array is None:
+            self._array = zarr.open_array(
+                self.store._zstore, path=f"{self.group_path}/{self.attrs['array']}", mode="r"
+            )
+        return self._array
+
+    def _where(self, index: tuple[int, ...]) -> str:
+        return (
+            f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
+        )
+
+    def _slices(self, index: tuple[int, ...]) -> tuple[slice, ...]:
+        return tuple(
+            slice(i * c, min((i + 1) * c, s))
+            for i, c, s in zip(index, self.chunks, self.shape, strict=True)
+        )
+
+    def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
+        expected = self.digests[int(np.ravel_multi_index(index, self.grid))]
+        actual = chunk_digest(block)
+        if actual != expected:
+            raise ChunkVerificationError(
+                f"Verification failed for {self._where(index)}: its decoded values hash to "
+                f"{actual}, but {expected} was recorded when it was saved. The stored chunk is "
+                "damaged or was changed outside cpr_zarr. Other chunks are unaffected. To "
+                "resolve: delete the result (store.delete(ref) or `cpr-zarr gc`) and re-run the "
+                "task that produced it.",
+                store_url=self.store.url,
+                group_path=self.group_path,
+                chunk_index=index,
+            )
+
+    def read_chunk(self, index: tuple[int, ...], verify: bool = True) -> np.ndarray:
+        """Read (and by default verify) one chunk."""
+        try:
+            block = self.array[self._slices(index)]
+        except Exception as exc:
+            raise ChunkVerificationError(
+                f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
+                "chunk is damaged or unreadable. To resolve: delete the result "
+                "(store.delete(ref)) and re-run the task that produced it.",
+                store_url=self.store.url,
+                group_path=self.group_path,
+                chunk_index=index,
+            ) from exc
+        if verify:
+            self._check(index, block)
+        return block
+
+    def to_dask(self, *, verify: bool = True) -> da.Array:
+        """A lazy Dask array named after the content hash; one read task per stored chunk."""
+        name = f"cpr-zarr-{self.content_hash}" + ("" if verify else "-unverified")
+        reader_key = f"cpr-zarr-reader-{self.content_hash}"
+        dsk: dict[Any, Any] = {reader_key: self}
+        for index, _ in chunk_grid(self.shape, self.chunks):
+            dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
+        chunks = da.core.normalize_chunks(self.chunks, self.shape)
+        meta = np.empty((0,) * len(self.shape), dtype=self.dtype)
+        return da.Array(dsk, name, chunks, meta=meta)
+
+    def to_numpy(self, *, verify: bool = True) -> np.ndarray:
+        """Read everything with zarr's concurrent bulk read, then verify chunk by chunk."""
+        try:
+            out = np.asarray(self.array[...])
+        except Exception:
+            # find and name the chunk that cannot be read
+            for index, _ in chunk_grid(self.shape, self.chunks):
+                self.read_chunk(index, verify=False)
+            raise
+        if verify:
+            for index, slices in chunk_grid(self.shape, self.chunks):
+                self._check(index, out[slices])
+        return out
+
+
+def _read_chunk(reader: ChunkReader, index: tuple[int, ...], verify: bool) -> np.ndarray:
+    return reader.read_chunk(tuple(index), verify)

@@ -1,0 +1,429 @@
+"""``ResultStore``: the one shared Zarr store that holds every result.
+
+Layout (zarr v3)::
+
+    results.zarr/
+      zarr.json                      root group, attributes {"cpr_zarr": {"store_layout": 1}}
+      denoised-<hash>/zarr.json      the commit marker: written last, carries ome + cpr_zarr attributes
+      denoised-<hash>/0/...          the base array (Blosc zstd-1 + byte shuffle by default)
+      _staging/...                   streaming writes before their hash is known
+
+A group is a *result* only once its ``zarr.json`` holds ``attributes.cpr_zarr`` with the
+content hash its path names. Everything else (a crashed writer's half-written folder, staging
+leftovers) is ignored by :meth:`ResultStore.open` and listings. The root is created once,
+with a create-if-absent write, and never rewritten; metadata is never consolidated at the
+root (it would go stale with concurrent writers).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import urllib.parse
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import zarr
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from cpr_zarr.errors import (
+    AmbiguousReferenceError,
+    ResultNotFoundError,
+    StoreError,
+)
+from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, MIN_PREFIX_LENGTH, parse_group_path
+from cpr_zarr.target import ZarrTarget
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+
+    from zarr.abc.store import Store
+
+    from cpr_zarr.reader import ChunkReader
+
+__all__ = ["ResultStore", "normalize_url", "open_store"]
+
+STORE_LAYOUT = 1
+_ROOT_DOC = {
+    "zarr_format": 3,
+    "node_type": "group",
+    "attributes": {"cpr_zarr": {"store_layout": STORE_LAYOUT}},
+}
+_STORES: dict[str, ResultStore] = {}
+_STORES_LOCK = threading.Lock()
+
+
+def _strip_credentials(url: str) -> str:
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urllib.parse.urlunsplit(parts._replace(netloc=host))
+
+
+def normalize_url(url: object) -> tuple[str, Path | None]:
+    """Return ``(credential-free url, local path or None)``."""
+    if isinstance(url, os.PathLike):
+        url = os.fspath(url)
+    if not isinstance(url, str) or not url:
+        raise StoreError(
+            f"A store location must be a folder path or a URL string, got {url!r}. "
+            "Example: ResultStore('results.zarr') or ResultStore('s3://bucket/results.zarr')."
+        )
+    if url.startswith("file://"):
+        url = urllib.parse.unquote(url[len("file://") :])
+    if "://" not in url:
+        path = Path(url).expanduser().resolve()
+        return str(path), path
+    return _strip_credentials(url.rstrip("/")), None
+
+
+class ResultStore:
+    """The shared Zarr store holding content-hash-named result groups.
+
+    Parameters
+    ----------
+    url
+        A folder path, ``file://`` URL, ``memory://`` URL or any fsspec URL (``s3://...``).
+    mode
+        ``"a"`` (default) creates the store root if it is absent; ``"r"`` only reads and
+        fails if the store does not exist.
+    storage_options
+        Passed to fsspec for remote stores (credentials, endpoint). Never written anywhere.
+
+    Raises
+    ------
+    StoreError
+        If the location cannot be opened, or holds something that is not a cpr_zarr store.
+    """
+
+    def __init__(
+        self,
+        url: str | os.PathLike[str],
+        *,
+        mode: Literal["r", "a"] = "a",
+        storage_options: dict[str, Any] | None = None,
+    ) -> None:
+        if mode not in ("r", "a"):
+            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}.")
+        self.url, self._local_path = normalize_url(url)
+        self.mode = mode
+        self._storage_options = dict(storage_options or {})
+        self._readers: dict[str, ChunkReader] = {}
+        self._zstore = self._open_zarr_store()
+        self._ensure_root()
+        with _STORES_LOCK:
+            if mode == "a" or self.url not in _STORES:
+                _STORES[self.url] = self
+
+    # -- opening ---------------------------------------------------------------------------
+
+    def _open_zarr_store(self) -> Store:
+        read_only = self.mode == "r"
+        if self._local_path is not None:
+            path = self._local_path
+            if path.exists() and not path.is_dir():
+                raise StoreError(
+                    f"Cannot open result store {self.url!r}: it is a file, not a folder. "
+                    "Pass a folder path (it is created if absent), e.g. 'results.zarr'."
+                )
+            if read_only and not (path / "zarr.json").exists():
+                raise StoreError(
+                    f"No result store at {self.url!r} (no zarr.json there). Check the path, "
+                    "or open it with mode='a' to create it."
+                )
+            if not read_only and path.is_dir() and not (path / "zarr.json").exists():
+                if any(path.iterdir()):
+                    raise StoreError(
+                        f"Cannot create a result store in {self.url!r}: the folder is not empty "
+                        "and is not a Zarr store. Choose a new or empty folder, e.g. "
+                        f"{str(path / 'results.zarr')!r}."
+                    )
+            try:
+                return zarr.storage.LocalStore(path, read_only=read_only)
+            except OSError as exc:
+                raise StoreError(f"Cannot open result store {self.url!r}: {exc}") from exc
+        try:
+            return zarr.storage.FsspecStore.from_url(
+                self.url, storage_options=self._storage_options or None, read_only=read_only
+            )
+        except ImportError as exc:
+            raise StoreError(
+                f"Cannot open result store {self.url!r}: {exc}. Install the fsspec backend for "
+                "this protocol (e.g. `pip install s3fs` for s3://)."
+            ) from exc
+        except Exception as exc:
+            raise StoreError(
+                f"Cannot open result store {self.url!r}: {type(exc).__name__}: {exc}. Use a "
+                "folder path, file://, memory:// or an fsspec URL such as s3://bucket/results.zarr."
+            ) from exc
+
+    def _ensure_root(self) -> None:
+        try:
+            doc = self._get_json("zarr.json")
+            if doc is None and self.mode == "a":
+                # create-if-absent: concurrent creators all write the same document and
+                # an existing root (ours or anyone's) is never overwritten
+                sync(self._zstore.set_if_not_exists("zarr.json", _to_buffer(_ROOT_DOC)))
+                doc = self._get_json("zarr.json")
+        except StoreError:
+            raise
+        except Exception as exc:
+            raise StoreError(
+                f"Cannot open result store {self.url!r}: {type(exc).__name__}: {exc}"
+            ) from exc
+        if doc is None:
+            raise StoreError(
+                f"No result store at {self.url!r} (no zarr.json there). Check the URL, or open "
+                "it with mode='a' to create it."
+            )
+        attrs = doc.get("attributes", {}) if isinstance(doc, dict) else {}
+        if (
+            doc.get("node_type") != "group"
+            or doc.get("zarr_format") != 3
+            or "cpr_zarr" not in attrs
+        ):
+            raise StoreError(
+                f"{self.url!r} is a Zarr node that cpr_zarr did not create "
+                f"(node_type={doc.get('node_type')!r}, zarr_format={doc.get('zarr_format')!r}). "
+                "cpr_zarr never writes into other data: choose a new folder or URL for results."
+            )
+        layout = attrs["cpr_zarr"].get("store_layout")
+        if layout != STORE_LAYOUT:
+            raise StoreError(
+                f"Result store {self.url!r} has store_layout {layout!r}; this cpr_zarr reads "
+                f"layout {STORE_LAYOUT}. Upgrade cpr_zarr or use another store."
+            )
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open_store, (self.url, self.mode, self._storage_options))
+
+    def __repr__(self) -> str:
+        return f"ResultStore({self.url!r}, mode={self.mode!r})"
+
+    # -- low level key access (used by writer, reader and tests) ---------------------------
+
+    def _get_json(self, key: str) -> Any:
+        buf = sync(self._zstore.get(key, default_buffer_prototype()))
+        if buf is None:
+            return None
+        try:
+            return json.loads(buf.to_bytes())
+        except ValueError:
+            return None
+
+    def _set_json(self, key: str, doc: Any) -> None:
+        sync(self._zstore.set(key, _to_buffer(doc)))
+
+    def _list_dir(self, prefix: str) -> list[str]:
+        async def _collect() -> list[str]:
+            return [k async for k in self._zstore.list_dir(prefix)]
+
+        return sync(_collect())
+
+    def _check_writable(self) -> None:
+        if self.mode == "r":
+            raise StoreError(
+                f"Result store {self.url!r} was opened read-only (mode='r'); open it with "
+                "mode='a' to save results."
+            )
+
+    # -- results ---------------------------------------------------------------------------
+
+    def _committed_attrs(self, path: str) -> dict[str, Any] | None:
+        """The ``cpr_zarr`` attributes of a committed result group, else ``None``."""
+        parsed = parse_group_path(path)
+        if parsed is None:
+            return None
+        doc = self._get_json(f"{path}/zarr.json")
+        if not isinstance(doc, dict) or doc.get("node_type") != "group":
+            return None
+        attrs = doc.get("attributes", {}).get("cpr_zarr")
+        if not isinstance(attrs, dict) or attrs.get("content_hash") != parsed[1]:
+            return None
+        if attrs.get("layout") != LAYOUT_VERSION:
+            return None
+        return attrs
+
+    def _target(self, path: str, attrs: dict[str, Any]) -> ZarrTarget:
+        return ZarrTarget(
+            store_url=self.url,
+            group_path=path,
+            content_hash=attrs["content_hash"],
+            shape=tuple(attrs["shape"]),
+            dtype=attrs["dtype"],
+            chunks=tuple(attrs["chunks"]),
+        )
+
+    def _candidate_paths(self) -> list[str]:
+        return sorted(p for p in self._list_dir("") if parse_group_path(p) is not None)
+
+    def _find(self, content_hash: str, preferred: str | None = None) -> ZarrTarget | None:
+        """A committed result with exactly this hash (``preferred`` path first), or None."""
+        if preferred is not None and (attrs := self._committed_attrs(preferred)) is not None:
+            return self._target(preferred, attrs)
+        for path in self._candidate_paths():
+            if path.endswith(content_hash) and (attrs := self._committed_attrs(path)):
+                return self._target(path, attrs)
+        return None
+
+    def targets(self) -> Iterator[ZarrTarget]:
+        """Every committed result in the store, sorted by group path."""
+        for path in self._candidate_paths():
+            if (attrs := self._committed_attrs(path)) is not None:
+                yield self._target(path, attrs)
+
+    def __iter__(self) -> Iterator[ZarrTarget]:
+        return self.targets()
+
+    def __contains__(self, ref: object) -> bool:
+        try:
+            self.open(ref)  # type: ignore[arg-type]
+        except (ResultNotFoundError, AmbiguousReferenceError):
+            return False
+        return True
+
+    def open(self, ref: str | ZarrTarget) -> ZarrTarget:
+        """Find a committed result by content hash, unique hash prefix or group path.
+
+        Raises
+        ------
+        ResultNotFoundError
+            If no committed result matches.
+        AmbiguousReferenceError
+            If a hash prefix matches several results.
+        """
+        if isinstance(ref, ZarrTarget):
+            ref = ref.group_path
+        if not isinstance(ref, str) or not ref:
+            raise TypeError(
+                f"A result reference must be a content hash, a hash prefix or a group path "
+                f"(str), got {ref!r}."
+            )
+        ref = ref.strip("/")
+        if parse_group_path(ref) is not None:
+            attrs = self._committed_attrs(ref)
+            if attrs is None:
+                raise ResultNotFoundError(
+                    f"No committed result {ref!r} in store {self.url!r}. It may never have been "
+                    "saved, have been removed, or a writer may have stopped before committing it. "
+                    "List what the store holds with store.targets() (or `cpr-zarr ls`)."
+                )
+            return self._target(ref, attrs)
+        lowered = ref.lower()
+        if not (
+            MIN_PREFIX_LENGTH <= len(lowered) <= HASH_HEX_LENGTH
+            and all(c in "0123456789abcdef" for c in lowered)
+        ):
+            raise ResultNotFoundError(
+                f"Cannot find result {ref!r} in store {self.url!r}: a reference is a group path "
+                f"like 'denoised-<hash>', a content hash, or a hash prefix of at least "
+                f"{MIN_PREFIX_LENGTH} hex digits."
+            )
+        matches: dict[str, ZarrTarget] = {}
+        for path in self._candidate_paths():
+            content_hash = path[-HASH_HEX_LENGTH:]
+            if content_hash.startswith(lowered) and content_hash not in matches:
+                if (attrs := self._committed_attrs(path)) is not None:
+                    matches[content_hash] = self._target(path, attrs)
+        if not matches:
+            raise ResultNotFoundError(
+                f"No committed result with hash {ref!r} in store {self.url!r}. List what the "
+                "store holds with store.targets() (or `cpr-zarr ls`)."
+            )
+        if len(matches) > 1:
+            found = ", ".join(sorted(t.group_path for t in matches.values()))
+            raise AmbiguousReferenceError(
+                f"Hash prefix {ref!r} matches {len(matches)} results in {self.url!r}: {found}. "
+                "Give more digits of the hash."
+            )
+        return next(iter(matches.values()))
+
+    def save(
+        self,
+        data: Any,
+        name: str = "result",
+        *,
+        chunks: tuple[int, ...] | int | None = None,
+        compressor: Any = None,
+    ) -> ZarrTarget:
+        """Store an array as a content-hash-named result group and return its pointer.
+
+        Parameters
+        ----------
+        data
+            A numpy array (bool, int, uint, float or complex; 1-D to 5-D) or a Dask array,
+            which is written chunk by chunk without ever being held whole in memory.
+        name
+            Readable part of the group path (letters, digits, ``_ . -``).
+        chunks
+            Chunk shape of the stored array; default about 8 MiB per chunk.
+        compressor
+            A zarr v3 bytes-to-bytes codec; default ``BloscCodec(cname="zstd", clevel=1,
+            shuffle="shuffle")``. It changes the files, not the content hash.
+
+        Returns
+        -------
+        ZarrTarget
+            Equal to the target of an earlier save of the same content (nothing is rewritten).
+
+        Raises
+        ------
+        UnsupportedResultError
+            For values that are not numpy/Dask arrays, or have an unsupported dtype or ndim.
+        InvalidNameError
+            For names that cannot be part of a group path.
+        """
+        from cpr_zarr import writer
+
+        self._check_writable()
+        return writer.save(self, data, name, chunks=chunks, compressor=compressor)
+
+    def delete(self, ref: str | ZarrTarget) -> ZarrTarget:
+        """Remove a committed result: first its commit marker, then its data."""
+        self._check_writable()
+        target = self.open(ref)
+        sync(self._zstore.delete(f"{target.group_path}/zarr.json"))
+        sync(self._zstore.delete_dir(target.group_path))
+        self._readers.pop(target.group_path, None)
+        return target
+
+    def reader(self, target: ZarrTarget) -> ChunkReader:
+        """A verifying chunk reader for a target of this store (cached per group)."""
+        from cpr_zarr.reader import ChunkReader
+
+        reader = self._readers.get(target.group_path)
+        if reader is None:
+            attrs = self._committed_attrs(target.group_path)
+            if attrs is None:
+                raise ResultNotFoundError(
+                    f"Result {target.group_path!r} is not (or no longer) committed in store "
+                    f"{self.url!r}. Re-run the task that produced it."
+                )
+            reader = ChunkReader(self, target.group_path, attrs)
+            self._readers[target.group_path] = reader
+        return reader
+
+
+def _to_buffer(doc: Any) -> Any:
+    return default_buffer_prototype().buffer.from_bytes(json.dumps(doc, indent=2).encode())
+
+
+def open_store(
+    url: str, mode: Literal["r", "a"] = "r", storage_options: dict[str, Any] | None = None
+) -> ResultStore:
+    """The store for a URL: the instance this process already opened, else a new one.
+
+    Storage options are not part of a URL: for remote stores opened here (e.g. from a
+    pointer in another process) credentials come from the environment or fsspec config.
+    """
+    with _STORES_LOCK:
+        existing = _STORES.get(url)
+    if existing is not None and (existing.mode == "a" or mode == "r"):
+        return existing
+    return ResultStore(url, mode=mode, storage_options=storage_options)
+

@@ -1,0 +1,279 @@
+"""Writing results: array -> chunks -> digests -> committed group.
+
+Commit protocol (every store kind):
+
+1. The content hash is known before the final group is touched: numpy arrays are hashed
+   in memory first; Dask arrays are written to ``_staging/<name>-<uuid>/0`` by the workers,
+   each block hashed in the same task that writes it, then moved under the final path.
+2. If a committed group with this hash exists (under any name), nothing is written.
+3. The base array ``<name>-<hash>/0`` is written: metadata, then chunks. Every writer of
+   the same hash writes the same decoded values, so concurrent writers and a writer
+   repeating a crashed one's work cannot produce a mix of contents; chunk writes are
+   atomic per key (temp file + rename on local disk, single PUT on object stores).
+4. Last, ``<name>-<hash>/zarr.json`` is written with the ``cpr_zarr`` attributes: the
+   commit marker. Its content is a pure function of the data, so concurrent writers
+   write identical documents and both succeed.
+
+A crash before step 4 leaves a folder without a group ``zarr.json`` (or a ``_staging``
+entry), which no reader treats as a result and which the next save of that content
+completes.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+from zarr.core.buffer import default_buffer_prototype
+from zarr.core.sync import sync
+
+from cpr_zarr import ngff
+from cpr_zarr.compute import compute
+from cpr_zarr.errors import StoreError, UnsupportedResultError
+from cpr_zarr.hashing import ALGORITHM, chunk_digest, combine_digests
+from cpr_zarr.layout import (
+    LAYOUT_VERSION,
+    canonical_dtype,
+    chunk_grid,
+    group_path,
+    parse_chunks,
+    parse_name,
+)
+
+if TYPE_CHECKING:
+    from cpr_zarr.store import ResultStore
+    from cpr_zarr.target import ZarrTarget
+
+__all__ = ["DEFAULT_COMPRESSOR", "save"]
+
+ARRAY_PATH = "0"
+MAX_NDIM = 5
+STAGING = "_staging"
+
+
+def default_compressor() -> BloscCodec:
+    """Blosc zstd level 1 with byte shuffle: same ratio as levels 3-5 on microscopy, 2-4x faster."""
+    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
+
+
+DEFAULT_COMPRESSOR = default_compressor()
+
+
+def _check_ndim(shape: tuple[int, ...], what: str) -> None:
+    if not 1 <= len(shape) <= MAX_NDIM:
+        raise UnsupportedResultError(
+            f"Cannot store {what} with shape {shape} ({len(shape)}-D): results are 1-D to "
+            f"{MAX_NDIM}-D arrays. Return a 0-D value as a plain number (float(x)), and "
+            "reshape arrays with more axes."
+        )
+
+
+def save(
+    store: ResultStore,
+    data: Any,
+    name: str,
+    *,
+    chunks: Any = None,
+    compressor: Any = None,
+) -> ZarrTarget:
+    """Write ``data`` into ``store`` and commit it (see the module docstring)."""
+    name = parse_name(name)
+    if isinstance(data, da.Array):
+        return _save_dask(store, data, name, chunks=chunks, compressor=compressor)
+    if isinstance(data, np.ndarray):
+        return _save_numpy(store, data, name, chunks=chunks, compressor=compressor)
+    raise UnsupportedResultError(
+        f"Cannot store {type(data).__module__}.{type(data).__qualname__} object {data!r:.80} "
+        f"as result {name!r}: ResultStore.save takes a numpy or Dask array. Convert it "
+        "(numpy.asarray(value)) or return it as a small JSON-able value."
+    )
+
+
+def _save_numpy(
+    store: ResultStore, data: np.ndarray, name: str, *, chunks: Any, compressor: Any
+) -> ZarrTarget:
+    dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
+    _check_ndim(data.shape, f"result {name!r}")
+    data = np.asarray(data, dtype=dtype)
+    chunk_shape = parse_chunks(chunks, data.shape, dtype)
+    digests = [chunk_digest(data[s]) for _, s in chunk_grid(data.shape, chunk_shape)]
+    content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
+    path = group_path(name, content_hash)
+    found = store._find(content_hash, preferred=path)
+    if found is not None:
+        return found
+    array = _create_array(store, f"{path}/{ARRAY_PATH}", data.shape, dtype, chunk_shape, compressor)
+    array[...] = data
+    return _commit(store, path, name, content_hash, data.shape, dtype, chunk_shape, digests)
+
+
+def _save_dask(
+    store: ResultStore, data: da.Array, name: str, *, chunks: Any, compressor: Any
+) -> ZarrTarget:
+    if any(np.isnan(s) for s in data.shape):
+        raise UnsupportedResultError(
+            f"Cannot store Dask array result {name!r} with unknown chunk sizes {data.chunks}: "
+            "call .compute_chunk_sizes() on it before returning it."
+        )
+    dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
+    _check_ndim(data.shape, f"result {name!r}")
+    if data.size == 0:
+        (small,) = compute(data)
+        return _save_numpy(store, small, name, chunks=chunks, compressor=compressor)
+    if data.dtype != dtype:
+        data = data.astype(dtype)
+    chunk_shape = parse_chunks(chunks, data.shape, dtype)
+    aligned = da.core.normalize_chunks(chunk_shape, data.shape)
+    if data.chunks != aligned:
+        data = data.rechunk(aligned)
+    token = uuid.uuid4().hex
+    staging = f"{STAGING}/{name}-{token}"
+    try:
+        array = _create_array(
+            store, f"{staging}/{ARRAY_PATH}", data.shape, dtype, chunk_shape, compressor
+        )
+        digest_blocks = data.map_blocks(
+            _write_block,
+            array,
+            chunks=tuple((1,) * len(c) for c in data.chunks),
+            dtype=object,
+            meta=np.empty((0,) * data.ndim, dtype=object),
+            name=f"cpr-zarr-write-{token}",
+        )
+        (digest_grid,) = compute(digest_blocks)
+        digests = [str(d) for d in np.asarray(digest_grid).ravel(order="C")]
+        content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
+        path = group_path(name, content_hash)
+        found = store._find(content_hash, preferred=path)
+        if found is not None:
+            return found
+        _move(store, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
+        return _commit(store, path, name, content_hash, data.shape, dtype, chunk_shape, digests)
+    finally:
+        _remove_prefix(store, staging)
+
+
+def _write_block(block: np.ndarray, array: zarr.Array, block_info: Any = None) -> np.ndarray:
+    location = block_info[0]["array-location"]
+    array[tuple(slice(start, stop) for start, stop in location)] = block
+    out = np.empty((1,) * block.ndim, dtype=object)
+    out.flat[0] = chunk_digest(block)
+    return out
+
+
+def _create_array(
+    store: ResultStore,
+    path: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    compressor: Any,
+) -> zarr.Array:
+    """Write the array metadata (no parent group documents) and open the array for writing.
+
+    If a crashed or concurrent writer already wrote metadata here, it is reused: the path
+    names the content hash, which fixes shape, dtype and chunks, so its chunks are ours too.
+    """
+    key = f"{path}/zarr.json"
+    if store._get_json(key) is None:
+        # build the metadata document in memory: zarr.create_array would also write parent
+        # group documents, and the group document is our commit marker
+        scratch = zarr.storage.MemoryStore()
+        axes = ngff.default_axes(len(shape))
+        zarr.create_array(
+            scratch,
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            compressors=compressor if compressor is not None else default_compressor(),
+            fill_value=0,
+            dimension_names=list(axes) if axes else None,
+        )
+        doc = sync(scratch.get("zarr.json", default_buffer_prototype()))
+        sync(store._zstore.set(key, doc))
+    array = zarr.open_array(store._zstore, path=path, mode="r+")
+    if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
+        raise StoreError(
+            f"Array metadata at {path!r} in store {store.url!r} (shape {array.shape}, dtype "
+            f"{array.dtype}, chunks {array.chunks}) does not match the result being saved "
+            f"(shape {shape}, dtype {dtype}, chunks {chunks}). Something other than cpr_zarr "
+            f"wrote there: delete {path!r} and save again."
+        )
+    return array
+
+
+def _commit(
+    store: ResultStore,
+    path: str,
+    name: str,
+    content_hash: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    digests: list[str],
+) -> ZarrTarget:
+    attrs: dict[str, Any] = {
+        "layout": LAYOUT_VERSION,
+        "algorithm": ALGORITHM,
+        "content_hash": content_hash,
+        "name": name,
+        "kind": "array",
+        "array": ARRAY_PATH,
+        "shape": list(shape),
+        "dtype": dtype.name,
+        "chunks": list(chunks),
+        "chunk_digests": digests,
+    }
+    attributes: dict[str, Any] = {}
+    ome = ngff.multiscales_attrs(name, len(shape), ARRAY_PATH)
+    if ome is not None:
+        attributes["ome"] = ome
+    attributes["cpr_zarr"] = attrs
+    store._set_json(
+        f"{path}/zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+    )
+    return store._target(path, attrs)
+
+
+def _move(store: ResultStore, src: str, dst: str) -> None:
+    """Move every key under ``src`` to ``dst`` (an atomic rename on local disk)."""
+    if store._local_path is not None:
+        src_dir, dst_dir = store._local_path / src, store._local_path / dst
+        dst_dir.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.rename(src_dir, dst_dir)  # fails if dst_dir exists and is not empty
+            return
+        except OSError:
+            pass
+        # a crashed or concurrent writer left the same content there: replace file by file
+        for dirpath, _, filenames in os.walk(src_dir):
+            rel = os.path.relpath(dirpath, src_dir)
+            os.makedirs(dst_dir / rel, exist_ok=True)
+            for filename in filenames:
+                os.replace(os.path.join(dirpath, filename), dst_dir / rel / filename)
+        return
+
+    async def _copy() -> None:
+        proto = default_buffer_prototype()
+        keys = [k async for k in store._zstore.list_prefix(f"{src}/")]
+        # metadata last so a half-copied array never looks complete to plain zarr readers
+        keys.sort(key=lambda k: k.endswith("zarr.json"))
+        for key in keys:
+            value = await store._zstore.get(key, proto)
+            if value is not None:
+                await store._zstore.set(dst + key[len(src) :], value)
+
+    sync(_copy())
+
+
+def _remove_prefix(store: ResultStore, prefix: str) -> None:
+    if store._local_path is not None:
+        shutil.rmtree(store._local_path / prefix, ignore_errors=True)
+        return
+    sync(store._zstore.delete_dir(prefix))
