@@ -7,6 +7,8 @@ per GiB of array). This policy hashes
 * numpy arrays with xxh3-128 over their bytes (tens of GB/s, no copy for C-contiguous input),
 * Dask arrays by their name (which dask derives from the graph; for results read from the
   store it is the content hash),
+* ``pathlib.Path`` inputs naming an existing file by path, size and modification time
+  (a changed file is a new key; the file is not read),
 
 and everything else the way ``INPUTS`` does. It is a plain ``CachePolicy`` (Prefect's
 ``CompoundCachePolicy`` silently replaces subclasses of ``Inputs`` with ``Inputs()``), so
@@ -16,6 +18,7 @@ and everything else the way ``INPUTS`` does. It is a plain ``CachePolicy`` (Pref
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -42,6 +45,9 @@ def content_token(value: Any) -> Any:
         return {"numpy": array_fingerprint(value)}
     if isinstance(value, da.Array):
         return {"dask": value.name, "shape": list(value.shape), "dtype": value.dtype.str}
+    if isinstance(value, PurePath) and Path(value).is_file():
+        stat = Path(value).stat()
+        return {"file": str(Path(value).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
     if isinstance(value, dict):
         return {k: content_token(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -1,0 +1,44 @@
+"""Flows for the DaskTaskRunner tests (importable by worker processes)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from prefect import flow
+from prefect_dask import DaskTaskRunner
+
+import cpr_zarr
+
+
+def make_compute_flow(store_url: str, records: Path, n_chains: int = 3):  # type: ignore[no-untyped-def]
+    """Chains of tasks whose bodies compute Dask graphs (implicitly) on the workers."""
+
+    @cpr_zarr.task(store=store_url, result_storage=records)
+    def make(seed: int) -> np.ndarray:
+        return np.random.default_rng(seed).integers(0, 1000, size=(32, 64, 64), dtype=np.uint16)
+
+    @cpr_zarr.task(store=store_url, result_storage=records)
+    def smooth(image):  # lazy input
+        # np.asarray and .compute() both compute on the worker, and secede
+        total = float(image.sum().compute())
+        return (np.asarray(image) * 0.5 + total * 0).astype(np.float32)
+
+    @cpr_zarr.task(store=store_url, result_storage=records)
+    def stats(image) -> float:
+        return float(cpr_zarr.compute(image.mean())[0])
+
+    @flow(
+        task_runner=DaskTaskRunner(
+            cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}
+        )
+    )
+    def compute_flow() -> list[float]:
+        futures = []
+        for seed in range(n_chains):
+            raw = make.submit(seed)
+            smoothed = smooth.submit(raw)
+            futures.append(stats.submit(smoothed))
+        return [f.result() for f in futures]
+
+    return compute_flow
