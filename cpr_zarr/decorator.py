@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import inspect
 import os
+import re
 import typing
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -28,6 +29,7 @@ from prefect.cache_policies import TASK_SOURCE
 from cpr_zarr.cache import CONTENT_INPUTS
 from cpr_zarr.compute import install_safe_scheduler
 from cpr_zarr.errors import UnsupportedResultError
+from cpr_zarr.layout import canonical_dtype, parse_name
 from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import ZarrTarget
@@ -40,6 +42,7 @@ __all__ = ["DEFAULT_STORE_ENV", "task"]
 R = TypeVar("R")
 DEFAULT_STORE_ENV = "CPR_ZARR_STORE"
 _JSON_SCALARS = (str, int, float, bool, type(None))
+_NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,40}")
 
 
 def _numpy_params(fn: Callable[..., Any]) -> set[str]:
@@ -67,17 +70,25 @@ def _load(value: Any, as_numpy: bool) -> Any:
     return value
 
 
-def _save(value: Any, store: ResultStore, name: str, where: str) -> Any:
+def _walk(value: Any, name: str, where: str, store: ResultStore | None) -> Any:
+    """Check (``store=None``) or save (``store`` given) a task's return value.
+
+    The check runs over the whole value first, so a bad part leaves the store untouched.
+    """
     if isinstance(value, (np.ndarray, da.Array)):
+        if store is None:
+            parse_name(name)
+            canonical_dtype(value.dtype, what=where)
+            return value
         return store.save(value, name)
     if isinstance(value, (ZarrTarget, *_JSON_SCALARS)):
         return value
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_save(v, store, f"{name}.{i}", f"{where}[{i}]") for i, v in enumerate(value))
+        return tuple(_walk(v, f"{name}.{i}", f"{where}[{i}]", store) for i, v in enumerate(value))
     if isinstance(value, list):
-        return [_save(v, store, f"{name}.{i}", f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_walk(v, f"{name}.{i}", f"{where}[{i}]", store) for i, v in enumerate(value)]
     if isinstance(value, dict):
         out = {}
         for i, (k, v) in enumerate(value.items()):
@@ -86,8 +97,8 @@ def _save(value: Any, store: ResultStore, name: str, where: str) -> Any:
                     f"{where} has key {k!r} of type {type(k).__name__}: cpr_zarr task results "
                     "need str keys in dicts (they become JSON). Use str(key)."
                 )
-            part = k if k.replace("_", "").replace("-", "").replace(".", "").isalnum() else i
-            out[k] = _save(v, store, f"{name}.{part}", f"{where}[{k!r}]")
+            part = k if _NAME_PART.fullmatch(k) else str(i)
+            out[k] = _walk(v, f"{name}.{part}", f"{where}[{k!r}]", store)
         return out
     raise UnsupportedResultError(
         f"{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r:.60}), which "
@@ -162,7 +173,8 @@ def task(
             bound.arguments[pname] = _load(value, pname in numpy_params)
         result = fn(*bound.args, **bound.kwargs)
         where = f"The return value of {fn.__qualname__}"
-        return _save(result, get_store(), result_name, where)
+        _walk(result, result_name, where, None)
+        return _walk(result, result_name, where, get_store())
 
     task_kwargs.setdefault("cache_policy", CONTENT_INPUTS + TASK_SOURCE)
     task_kwargs.setdefault("persist_result", True)

@@ -1,0 +1,186 @@
+"""cpr_zarr.task and plain Prefect tasks returning targets, in real flows."""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from typing import TYPE_CHECKING
+
+import dask.array as da
+import numpy as np
+import prefect
+import pytest
+from prefect import flow
+
+import cpr_zarr
+from tests.conftest import microscopy_volume, task_run_states
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+pytestmark = pytest.mark.usefixtures("prefect_server")
+
+
+def test_arrays_in_containers_become_pointers_and_inputs_arrive_lazy_or_numpy(
+    tmp_path: Path, result_storage: Path
+) -> None:
+    store_url = str(tmp_path / "results.zarr")
+    seen: dict[str, type] = {}
+
+    @cpr_zarr.task(store=store_url, result_storage=result_storage)
+    def produce() -> tuple[np.ndarray, dict[str, object], list[object]]:
+        image = microscopy_volume()
+        return image, {"mask": image > 200, "count": np.int64(3), "label": "x"}, [image + 1, 2.5]
+
+    @cpr_zarr.task(store=store_url, result_storage=result_storage)
+    def consume(image, mask: np.ndarray, others: list) -> float:  # type: ignore[type-arg]
+        seen["image"], seen["mask"], seen["other"] = type(image), type(mask), type(others[0])
+        return float((others[0][mask].astype(float) - image[mask]).mean().compute())
+
+    @flow
+    def pipeline() -> tuple[object, float]:
+        out = produce()
+        image, extra, others = out
+        return out, consume(image, extra["mask"], others)
+
+    out, value = pipeline()
+    image, extra, others = out
+    assert isinstance(out, tuple)
+    assert isinstance(image, cpr_zarr.ZarrTarget)
+    assert isinstance(extra["mask"], cpr_zarr.ZarrTarget)
+    assert extra["count"] == 3 and type(extra["count"]) is int
+    assert extra["label"] == "x"
+    assert isinstance(others[0], cpr_zarr.ZarrTarget) and others[1] == 2.5
+    assert image.group_path.startswith("produce.0-")
+    assert extra["mask"].group_path.startswith("produce.1.mask-")
+    assert others[0].group_path.startswith("produce.2.0-")
+    assert seen == {"image": da.Array, "mask": np.ndarray, "other": da.Array}
+    assert value == 1.0
+    np.testing.assert_array_equal(image.to_numpy(), microscopy_volume())
+
+    # a cached run returns exactly what the first returned (tuples stay tuples)
+    state = pipeline(return_state=True)
+    assert state.result() == (out, value)
+    assert task_run_states(state.state_details.flow_run_id) == {
+        "produce": ["Cached"],
+        "consume": ["Cached"],
+    }
+
+
+def test_record_holds_only_the_pointer_and_loads_in_a_fresh_process(
+    tmp_path: Path, result_storage: Path
+) -> None:
+    store_url = str(tmp_path / "results.zarr")
+
+    @cpr_zarr.task(store=store_url, result_storage=result_storage)
+    def big() -> np.ndarray:
+        return np.arange(4 * 2**20, dtype=np.float64).reshape(64, 256, 256)  # 32 MiB
+
+    @flow
+    def f() -> cpr_zarr.ZarrTarget:
+        return big()
+
+    target = f()
+    (record_file,) = result_storage.iterdir()
+    assert record_file.stat().st_size < 2048
+    record = json.loads(record_file.read_text())
+    assert json.loads(record["result"])["__cpr_zarr_target__"] == target.to_dict()
+    # the loading process imports nothing of cpr_zarr itself: Prefect finds it by dotted path
+    code = (
+        "import sys; from prefect.results import ResultRecord;"
+        f"r = ResultRecord.deserialize(open({str(record_file)!r}, 'rb').read());"
+        "assert 'cpr_zarr' in sys.modules;"
+        "print(r.result.group_path, r.result.to_numpy()[3, 2, 1])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [target.group_path, str(float(3 * 65536 + 2 * 256 + 1))]
+
+
+def test_plain_prefect_task_returning_a_target_caches_by_content(
+    tmp_path: Path, result_storage: Path
+) -> None:
+    store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    calls: list[str] = []
+
+    @prefect.task(
+        cache_policy=cpr_zarr.CONTENT_INPUTS + prefect.cache_policies.TASK_SOURCE,
+        persist_result=True,
+        result_storage=result_storage,
+    )
+    def smooth(image: cpr_zarr.ZarrTarget) -> cpr_zarr.ZarrTarget:
+        calls.append(image.content_hash)
+        data = image.get_data()
+        return store.save((data // 2).astype(np.uint16), name="smooth")
+
+    @flow
+    def f(t: cpr_zarr.ZarrTarget) -> cpr_zarr.ZarrTarget:
+        return smooth(t)
+
+    raw = store.save(microscopy_volume(), name="raw")
+    first = f(raw)
+    second = f(store.open(raw.content_hash))
+    assert first == second
+    assert calls == [raw.content_hash]  # the second run was a cache hit
+    np.testing.assert_array_equal(first.to_numpy(), microscopy_volume() // 2)
+
+
+def test_non_array_return_fails_with_a_clear_error(tmp_path: Path, result_storage: Path) -> None:
+    @cpr_zarr.task(store=str(tmp_path / "results.zarr"), result_storage=result_storage)
+    def bad() -> object:
+        return {"ok": np.zeros(3), "handle": object()}
+
+    @flow
+    def f() -> object:
+        return bad()
+
+    with pytest.raises(
+        cpr_zarr.UnsupportedResultError,
+        match=r"The return value of .*bad\['handle'\] is a builtins.object",
+    ):
+        f()
+    # nothing of the return value was stored (the array next to the bad part included)
+    assert list(cpr_zarr.ResultStore(tmp_path / "results.zarr").targets()) == []
+
+
+def test_removed_result_is_a_logged_cache_miss_and_recomputes(
+    tmp_path: Path, result_storage: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    store_url = str(tmp_path / "results.zarr")
+    calls = []
+
+    @cpr_zarr.task(store=store_url, result_storage=result_storage)
+    def make(seed: int) -> np.ndarray:
+        calls.append(seed)
+        return microscopy_volume(seed=seed)
+
+    @flow
+    def f() -> cpr_zarr.ZarrTarget:
+        return make(1)
+
+    target = f()
+    cpr_zarr.ResultStore(store_url).delete(target)
+    with caplog.at_level(logging.WARNING, logger="cpr_zarr"):
+        again = f()
+    assert again == target
+    assert calls == [1, 1]
+    assert "cannot be loaded" in caplog.text
+    assert target.group_path in caplog.text
+    np.testing.assert_array_equal(again.to_numpy(), microscopy_volume(seed=1))
+
+
+def test_decorator_keeps_prefect_options_and_rejects_async(tmp_path: Path) -> None:
+    @cpr_zarr.task(store=str(tmp_path / "r.zarr"), name="renamed", retries=2)
+    def f(x: int) -> int:
+        return x
+
+    assert isinstance(f, prefect.Task)
+    assert f.name == "renamed"
+    assert f.retries == 2
+    assert "CompoundCachePolicy" in type(f.cache_policy).__name__
+
+    with pytest.raises(TypeError, match="plain \\(sync, non-generator\\) functions"):
+
+        @cpr_zarr.task(store=str(tmp_path / "r.zarr"))
+        async def g() -> None: ...

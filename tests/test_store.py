@@ -1,0 +1,384 @@
+"""The result store: round trips, dedup, commit marker, verification, references, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import threading
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import pytest
+import zarr
+
+import cpr_zarr
+from cpr_zarr.errors import (
+    AmbiguousReferenceError,
+    ChunkVerificationError,
+    InvalidNameError,
+    ResultNotFoundError,
+    StoreError,
+    UnsupportedResultError,
+)
+from tests.conftest import microscopy_volume, store_files
+
+DTYPES = [
+    "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+    "float16", "float32", "float64", "complex64", "complex128",
+]  # fmt: skip
+
+
+def _sample(dtype: str, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    dt = np.dtype(dtype)
+    if dt.kind == "b":
+        return rng.random(shape) > 0.5
+    if dt.kind in "iu":
+        info = np.iinfo(dt)
+        return rng.integers(info.min, info.max, size=shape, dtype=dt, endpoint=True)
+    values = rng.normal(0, 1000, size=shape)
+    if dt.kind == "c":
+        values = values + 1j * rng.normal(size=shape)
+    return values.astype(dt)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_round_trip_every_dtype(store: cpr_zarr.ResultStore, dtype: str) -> None:
+    data = _sample(dtype, (7, 33, 20))
+    target = store.save(data, name="r", chunks=(4, 16, 16))
+    assert target.dtype == np.dtype(dtype).name
+    assert target.shape == data.shape
+    lazy = target.get_data()
+    assert isinstance(lazy, da.Array)
+    assert lazy.dtype == data.dtype
+    np.testing.assert_array_equal(lazy.compute(), data)
+    np.testing.assert_array_equal(target.to_numpy(), data)
+
+
+@pytest.mark.parametrize("shape", [(50,), (30, 40), (5, 30, 40), (2, 3, 10, 12), (2, 2, 3, 10, 12)])
+def test_round_trip_1d_to_5d(store: cpr_zarr.ResultStore, shape: tuple[int, ...]) -> None:
+    data = _sample("float32", shape)
+    target = store.save(data, name="nd", chunks=tuple(max(1, s // 2) for s in shape))
+    np.testing.assert_array_equal(target.to_numpy(), data)
+    np.testing.assert_array_equal(target.get_data().compute(), data)
+
+
+def test_big_endian_and_non_contiguous_input_hash_like_native(store: cpr_zarr.ResultStore) -> None:
+    data = microscopy_volume()
+    native = store.save(data, name="a")
+    swapped = store.save(data.astype(">u2"), name="a")
+    fortran = store.save(np.asfortranarray(data), name="a")
+    assert native == swapped == fortran
+    assert native.to_numpy().dtype == np.dtype("uint16")
+
+
+def test_group_layout_codec_and_attributes(local_store: cpr_zarr.ResultStore) -> None:
+    data = microscopy_volume((70, 300, 260))
+    target = local_store.save(data, name="denoised")
+    assert target.group_path == f"denoised-{target.content_hash}"
+    assert target.chunks == (64, 256, 256)  # about 8 MiB of uint16
+    group = zarr.open_group(local_store.url, path=target.group_path, mode="r")
+    meta = group.attrs["cpr_zarr"]
+    assert meta["layout"] == 1
+    assert meta["algorithm"] == "xxh3_128-per-chunk+blake2b-128"
+    assert len(meta["chunk_digests"]) == 2 * 2 * 2
+    array = group["0"]
+    assert array.metadata.zarr_format == 3
+    blosc = array.metadata.to_dict()["codecs"][-1]
+    assert blosc["name"] == "blosc"
+    assert blosc["configuration"]["cname"] == "zstd"
+    assert blosc["configuration"]["clevel"] == 1
+    assert blosc["configuration"]["shuffle"] == "shuffle"
+    # the root is never consolidated and holds only the store marker
+    root = json.loads((Path(local_store.url) / "zarr.json").read_text())
+    assert root == {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": {"store_layout": 1}}}
+
+
+def test_codec_and_chunks_are_configurable_and_do_not_change_the_hash(
+    local_store: cpr_zarr.ResultStore, tmp_path: Path
+) -> None:
+    data = microscopy_volume()
+    default = local_store.save(data, name="x", chunks=(10, 32, 32))
+    other = cpr_zarr.ResultStore(tmp_path / "other.zarr")
+    lz4 = other.save(
+        data, name="x", chunks=(10, 32, 32),
+        compressor=zarr.codecs.BloscCodec(cname="lz4", clevel=5, shuffle="bitshuffle"),
+    )  # fmt: skip
+    assert lz4.content_hash == default.content_hash
+    codecs = zarr.open_array(other.url, path=f"{lz4.group_path}/0").metadata.to_dict()["codecs"]
+    assert codecs[-1]["configuration"]["cname"] == "lz4"
+    rechunked = local_store.save(data, name="x", chunks=(20, 32, 32))
+    assert rechunked.content_hash != default.content_hash  # chunk shape is part of the identity
+
+
+def test_same_hash_with_1_and_4_threads(tmp_path: Path) -> None:
+    import numcodecs.blosc
+
+    data = microscopy_volume((64, 256, 256))
+    hashes = []
+    try:
+        for n, threads in enumerate((1, 4)):
+            numcodecs.blosc.set_nthreads(threads)
+            with zarr.config.set({"threading.max_workers": threads, "async.concurrency": threads}):
+                store = cpr_zarr.ResultStore(tmp_path / f"s{n}.zarr")
+                target = store.save(data, name="v", chunks=(16, 128, 128))
+                with dask.config.set(scheduler="threads", num_workers=threads):
+                    streamed = store.save(
+                            da.from_array(data, chunks=(8, 64, 100)), name="d", chunks=(16, 128, 128)
+                        )
+                hashes += [target.content_hash, streamed.content_hash]
+    finally:
+        numcodecs.blosc.set_nthreads(os.cpu_count() or 1)
+    assert len(set(hashes)) == 1, hashes
+
+
+def test_saving_stored_content_again_writes_no_chunk(local_store: cpr_zarr.ResultStore) -> None:
+    data = microscopy_volume()
+    first = local_store.save(data, name="nuclei", chunks=(10, 48, 40))
+    before = {p: p.stat().st_mtime_ns for p in Path(local_store.url).rglob("*")}
+    again = local_store.save(data.copy(), name="nuclei", chunks=(10, 48, 40))
+    renamed = local_store.save(data.copy(), name="other-name", chunks=(10, 48, 40))
+    streamed = local_store.save(da.from_array(data, chunks=(5, 48, 40)), name="nuclei", chunks=(10, 48, 40))
+    after = {p: p.stat().st_mtime_ns for p in Path(local_store.url).rglob("*") if "_staging" not in p.parts}
+    assert first == again == renamed == streamed  # identical content is stored once
+    assert after == before
+
+
+def test_dedup_on_memory_store_writes_nothing(store: cpr_zarr.ResultStore) -> None:
+    data = microscopy_volume()
+    first = store.save(data, name="a")
+    snapshot = store_files(store)
+    assert store.save(data, name="a") == first
+    assert store_files(store) == snapshot
+
+
+def test_flipped_byte_in_a_chunk_is_detected_with_store_group_and_chunk(
+    local_store: cpr_zarr.ResultStore,
+) -> None:
+    data = microscopy_volume((40, 96, 80))
+    target = local_store.save(data, name="img", chunks=(20, 48, 40))
+    chunk_file = Path(local_store.url) / target.group_path / "0" / "c" / "1" / "0" / "1"
+    raw = bytearray(chunk_file.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    chunk_file.write_bytes(bytes(raw))
+
+    lazy = target.get_data()
+    pattern = rf"chunk \(1, 0, 1\) of result '{target.group_path}' in store '{local_store.url}'"
+    with pytest.raises(ChunkVerificationError, match=pattern) as info:
+        lazy.compute()
+    assert info.value.chunk_index == (1, 0, 1)
+    assert info.value.group_path == target.group_path
+    with pytest.raises(ChunkVerificationError, match=pattern):
+        target.to_numpy()
+    # the other chunks stay readable
+    np.testing.assert_array_equal(lazy[:20].compute(), data[:20])
+    np.testing.assert_array_equal(lazy[20:, :, :40].compute(), data[20:, :, :40])
+
+
+def test_decodable_but_wrong_chunk_is_caught_only_when_verifying(
+    local_store: cpr_zarr.ResultStore,
+) -> None:
+    data = microscopy_volume((40, 96, 80))
+    target = local_store.save(data, name="img", chunks=(20, 48, 40))
+    chunks = Path(local_store.url) / target.group_path / "0" / "c"
+    (chunks / "1" / "1" / "1").write_bytes((chunks / "0" / "0" / "0").read_bytes())
+    with pytest.raises(ChunkVerificationError, match=r"chunk \(1, 1, 1\).*hash to"):
+        target.get_data().compute()
+    unverified = target.get_data(verify=False).compute()  # verification can be switched off
+    np.testing.assert_array_equal(unverified[20:, 48:, 40:], data[:20, :48, :40])
+
+
+def test_lazy_array_is_named_after_content_hash(store: cpr_zarr.ResultStore) -> None:
+    target = store.save(microscopy_volume(), name="x")
+    assert target.get_data().name == f"cpr-zarr-{target.content_hash}"
+    assert target.get_data().name == target.get_data().name
+    assert dask.base.tokenize(target) == dask.base.tokenize(store.open(target.content_hash))
+
+
+def test_incomplete_groups_are_never_returned(local_store: cpr_zarr.ResultStore) -> None:
+    data = microscopy_volume()
+    target = local_store.save(data, name="ok", chunks=(10, 48, 40))
+    # simulate a writer that died before its commit marker: data and array metadata, no group doc
+    other = local_store.save(data + 1, name="dead", chunks=(10, 48, 40))
+    (Path(local_store.url) / other.group_path / "zarr.json").unlink()
+    assert list(local_store.targets()) == [target]
+    with pytest.raises(ResultNotFoundError, match="No committed result"):
+        local_store.open(other.group_path)
+    with pytest.raises(ResultNotFoundError):
+        local_store.open(other.content_hash)
+    assert other.group_path not in local_store
+    # saving again completes the dead writer's group
+    again = local_store.save(data + 1, name="dead", chunks=(10, 48, 40))
+    assert again == other
+    np.testing.assert_array_equal(again.to_numpy(), data + 1)
+
+
+def test_open_by_hash_prefix_and_group_path(store: cpr_zarr.ResultStore) -> None:
+    targets = [store.save(microscopy_volume(seed=i), name=f"img{i}") for i in range(3)]
+    for t in targets:
+        assert store.open(t.content_hash) == t
+        assert store.open(t.content_hash[:8]) == t
+        assert store.open(t.content_hash.upper()[:10]) == t
+        assert store.open(t.group_path) == t
+        assert store.open(t) == t
+    assert sorted(store.targets(), key=lambda t: t.group_path) == sorted(targets, key=lambda t: t.group_path)
+    with pytest.raises(ResultNotFoundError, match="at least 6 hex"):
+        store.open("abc")
+    with pytest.raises(ResultNotFoundError, match="No committed result with hash 'ffffffffff'"):
+        store.open("ffffffffff")
+
+
+def test_ambiguous_prefix_names_the_candidates(local_store: cpr_zarr.ResultStore) -> None:
+    from cpr_zarr.hashing import chunk_digest, combine_digests
+
+    def would_be_hash(value: np.ndarray) -> str:
+        return combine_digests(value.shape, value.dtype, value.shape, [chunk_digest(value)])
+
+    seen: dict[str, np.ndarray] = {}
+    for seed in range(100_000):  # two 1-element arrays whose hashes share 6 hex digits
+        value = np.array([seed], dtype=np.int64)
+        prefix = would_be_hash(value)[:6]
+        if prefix in seen:
+            break
+        seen[prefix] = value
+    first = local_store.save(seen[prefix], name="n")
+    second = local_store.save(value, name="n")
+    assert first.content_hash[:6] == second.content_hash[:6] == prefix
+    with pytest.raises(AmbiguousReferenceError, match=rf"'{prefix}' matches 2 results") as info:
+        local_store.open(prefix)
+    assert first.group_path in str(info.value)
+    assert second.group_path in str(info.value)
+    assert local_store.open(first.content_hash[:12]) == first
+
+
+def test_target_is_a_small_json_and_pickle_value(store: cpr_zarr.ResultStore) -> None:
+    target = store.save(microscopy_volume(), name="denoised")
+    as_json = target.to_json()
+    assert len(as_json.encode()) < 2048
+    assert len(pickle.dumps(target)) < 2048
+    assert cpr_zarr.ZarrTarget.from_dict(json.loads(as_json)) == target
+    assert pickle.loads(pickle.dumps(target)) == target
+    assert set(json.loads(as_json)) == {"store_url", "group_path", "content_hash", "shape", "dtype", "chunks"}
+    with pytest.raises(ValueError, match="expected keys"):
+        cpr_zarr.ZarrTarget.from_dict({"store_url": "x"})
+
+
+def test_credentials_never_enter_the_pointer() -> None:
+    from cpr_zarr.store import normalize_url
+
+    assert normalize_url("s3://key:secret@bucket/results.zarr")[0] == "s3://bucket/results.zarr"
+    assert normalize_url("https://user:pw@host:9000/a.zarr/")[0] == "https://host:9000/a.zarr"
+
+
+def test_opening_an_existing_store_changes_nothing(local_store: cpr_zarr.ResultStore) -> None:
+    local_store.save(microscopy_volume(), name="a")
+    snapshot = store_files(local_store)
+    root_stat = (Path(local_store.url) / "zarr.json").stat().st_mtime_ns
+    reopened = cpr_zarr.ResultStore(local_store.url)
+    cpr_zarr.ResultStore(local_store.url, mode="r")
+    list(reopened.targets())
+    assert store_files(local_store) == snapshot
+    assert (Path(local_store.url) / "zarr.json").stat().st_mtime_ns == root_stat
+
+
+def test_concurrent_writers_of_the_same_result_both_succeed(local_store: cpr_zarr.ResultStore) -> None:
+    data = microscopy_volume((40, 96, 80))
+    results: list[object] = []
+    barrier = threading.Barrier(4)
+
+    def write(i: int) -> None:
+        barrier.wait()
+        try:
+            results.append(local_store.save(data if i % 2 else da.from_array(data, chunks=20), name="same", chunks=(10, 48, 40)))
+        except Exception as exc:  # pragma: no cover - reported below
+            results.append(exc)
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(isinstance(r, cpr_zarr.ZarrTarget) for r in results), results
+    assert len(set(results)) == 1
+    assert [t.group_path for t in local_store.targets()] == [results[0].group_path]  # type: ignore[attr-defined]
+    np.testing.assert_array_equal(results[0].to_numpy(), data)  # type: ignore[attr-defined]
+
+
+BAD_VALUES = [
+    (np.array(["a", "b"]), UnsupportedResultError, "dtype"),
+    (np.array([object(), 1], dtype=object), UnsupportedResultError, "dtype"),
+    (np.zeros(3, dtype=[("x", "i4"), ("y", "f4")]), UnsupportedResultError, "dtype"),
+    (np.array(3.0), UnsupportedResultError, "0-D"),
+    (np.zeros((1,) * 6), UnsupportedResultError, "6-D"),
+    ([1, 2, 3], UnsupportedResultError, "numpy or Dask array"),
+    ({"a": 1}, UnsupportedResultError, "numpy or Dask array"),
+]
+
+
+@pytest.mark.parametrize(("value", "error", "match"), BAD_VALUES)
+def test_bad_values_raise_clearly_and_leave_the_store_unchanged(
+    store: cpr_zarr.ResultStore, value: object, error: type[Exception], match: str
+) -> None:
+    store.save(microscopy_volume(), name="keep")
+    snapshot = store_files(store)
+    with pytest.raises(error, match=match):
+        store.save(value, name="bad")
+    assert store_files(store) == snapshot
+
+
+@pytest.mark.parametrize("name", ["", "-x", "a/b", "../up", "a b", "_staging", "x" * 101, 3])
+def test_bad_names_raise_clearly_and_leave_the_store_unchanged(
+    store: cpr_zarr.ResultStore, name: object
+) -> None:
+    snapshot = store_files(store)
+    with pytest.raises(InvalidNameError, match="name"):
+        store.save(np.zeros(3), name=name)  # type: ignore[arg-type]
+    assert store_files(store) == snapshot
+
+
+def test_bad_chunks_raise_clearly(store: cpr_zarr.ResultStore) -> None:
+    with pytest.raises(ValueError, match=r"Invalid chunks \(0, 4\).*one positive integer per axis"):
+        store.save(np.zeros((4, 4)), name="x", chunks=(0, 4))
+    with pytest.raises(ValueError, match="Invalid chunks"):
+        store.save(np.zeros((4, 4)), name="x", chunks=(2,))
+
+
+def test_store_locations_that_cannot_be_opened(tmp_path: Path) -> None:
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("hello")
+    with pytest.raises(StoreError, match="is a file, not a folder"):
+        cpr_zarr.ResultStore(a_file)
+    (tmp_path / "photos").mkdir()
+    (tmp_path / "photos" / "cat.jpg").write_text("meow")
+    with pytest.raises(StoreError, match="not empty and is not a Zarr store"):
+        cpr_zarr.ResultStore(tmp_path / "photos")
+    assert sorted(os.listdir(tmp_path / "photos")) == ["cat.jpg"]
+    with pytest.raises(StoreError, match="Protocol not known: nosuch"):
+        cpr_zarr.ResultStore("nosuch://bucket/results.zarr")
+    with pytest.raises(StoreError, match="No result store at"):
+        cpr_zarr.ResultStore(tmp_path / "missing.zarr", mode="r")
+    assert not (tmp_path / "missing.zarr").exists()
+    zarr.create_group(str(tmp_path / "foreign.zarr"))
+    with pytest.raises(StoreError, match="cpr_zarr did not create"):
+        cpr_zarr.ResultStore(tmp_path / "foreign.zarr")
+    with pytest.raises(StoreError, match="folder path or a URL string"):
+        cpr_zarr.ResultStore(42)  # type: ignore[arg-type]
+
+
+def test_read_only_store_refuses_writes(local_store: cpr_zarr.ResultStore) -> None:
+    ro = cpr_zarr.ResultStore(local_store.url, mode="r")
+    with pytest.raises(StoreError, match="read-only"):
+        ro.save(np.zeros(3), name="x")
+
+
+def test_delete_uncommits_first(local_store: cpr_zarr.ResultStore) -> None:
+    target = local_store.save(microscopy_volume(), name="gone")
+    local_store.delete(target.content_hash)
+    assert not (Path(local_store.url) / target.group_path).exists()
+    with pytest.raises(ResultNotFoundError):
+        local_store.open(target.content_hash)
+    with pytest.raises(ResultNotFoundError, match="not \\(or no longer\\) committed"):
+        target.get_data()
