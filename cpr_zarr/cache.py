@@ -47,7 +47,11 @@ def content_token(value: Any) -> Any:
         return {"dask": value.name, "shape": list(value.shape), "dtype": value.dtype.str}
     if isinstance(value, PurePath) and Path(value).is_file():
         stat = Path(value).stat()
-        return {"file": str(Path(value).resolve()), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+        return {
+            "file": str(Path(value).resolve()),
+            "size": stat.st_size,
+            "mtime_ns": stat.st_mtime_ns,
+        }
     if isinstance(value, dict):
         return {k: content_token(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):

@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 import dask
+import dask.base
 
 __all__ = ["clean_context", "compute", "install_safe_scheduler"]
 
@@ -40,12 +41,12 @@ def clean_context() -> contextvars.Context:
 
 def compute(*collections: Any, **kwargs: Any) -> tuple[Any, ...]:
     """Like :func:`dask.compute`, but safe inside Prefect tasks on Dask workers."""
-    return clean_context().run(dask.compute, *collections, **kwargs)
+    return clean_context().run(dask.base.compute, *collections, **kwargs)
 
 
 def _on_worker_thread() -> bool:
     try:
-        from distributed.worker import thread_state
+        from distributed.utils import thread_state  # type: ignore[attr-defined]
     except ImportError:
         return False
     return bool(getattr(thread_state, "key", None))

@@ -111,7 +111,8 @@ def _store_getter(
     store: str | os.PathLike[str] | ResultStore | None,
 ) -> Callable[[], ResultStore]:
     if isinstance(store, ResultStore):
-        return lambda: store
+        given = store
+        return lambda: given
     if store is None:
         store = os.environ.get(DEFAULT_STORE_ENV, "results.zarr")
     # resolve relative paths now (no I/O at import time); open on first use

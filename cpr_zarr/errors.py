@@ -49,7 +49,10 @@ class ChunkVerificationError(CprZarrError, OSError):
 
     def __reduce__(self) -> tuple[object, ...]:
         # keep the keyword-only fields when the error travels through Dask
-        return (_rebuild_chunk_error, (str(self), self.store_url, self.group_path, self.chunk_index))
+        return (
+            _rebuild_chunk_error,
+            (str(self), self.store_url, self.group_path, self.chunk_index),
+        )
 
 
 def _rebuild_chunk_error(

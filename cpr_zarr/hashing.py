@@ -29,7 +29,7 @@ ALGORITHM = "xxh3_128-per-chunk+blake2b-128"
 
 def _canonical_bytes(block: np.ndarray) -> memoryview:
     dt = block.dtype.newbyteorder("<") if block.dtype.itemsize > 1 else block.dtype
-    return memoryview(np.ascontiguousarray(block, dtype=dt)).cast("B")
+    return memoryview(np.ascontiguousarray(block, dtype=dt)).cast("B")  # type: ignore[arg-type]
 
 
 def chunk_digest(block: np.ndarray) -> str:

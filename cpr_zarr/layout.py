@@ -10,7 +10,7 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,8 +37,14 @@ HASH_HEX_LENGTH = 32
 MIN_PREFIX_LENGTH = 6
 TARGET_CHUNK_BYTES = 8 * 2**20
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_GROUP_RE = re.compile(r"(?P<name>.+)-(?P<hash>[0-9a-f]{%d})" % HASH_HEX_LENGTH)
-_SUPPORTED_KINDS = {"b": "bool", "i": "signed integer", "u": "unsigned integer", "f": "float", "c": "complex"}
+_GROUP_RE = re.compile(rf"(?P<name>.+)-(?P<hash>[0-9a-f]{{{HASH_HEX_LENGTH}}})")
+_SUPPORTED_KINDS = {
+    "b": "bool",
+    "i": "signed integer",
+    "u": "unsigned integer",
+    "f": "float",
+    "c": "complex",
+}
 
 
 def parse_name(name: object) -> str:
@@ -78,7 +84,7 @@ def canonical_dtype(dtype: object, *, what: str = "array") -> np.dtype:
     UnsupportedResultError
         For object, string, bytes, structured, datetime and other dtypes zarr viewers cannot show.
     """
-    dt = np.dtype(dtype)  # type: ignore[call-overload]
+    dt: np.dtype[Any] = np.dtype(dtype)  # type: ignore[call-overload]
     if dt.kind not in _SUPPORTED_KINDS or dt.fields is not None or dt.subdtype is not None:
         raise UnsupportedResultError(
             f"Cannot store {what} with dtype {dt!r}: cpr_zarr stores bool, integer, float and "
@@ -109,9 +115,7 @@ def default_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def parse_chunks(
-    chunks: object, shape: tuple[int, ...], dtype: np.dtype
-) -> tuple[int, ...]:
+def parse_chunks(chunks: object, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     """Validate a user's chunk shape (``None`` means :func:`default_chunks`)."""
     if chunks is None:
         return default_chunks(shape, dtype)
@@ -140,6 +144,10 @@ def chunk_grid(
     """Yield ``(chunk index, slices)`` for every chunk, in C order."""
     counts = [math.ceil(s / c) if s else 0 for s, c in zip(shape, chunks, strict=True)]
     for index in itertools.product(*(range(n) for n in counts)):
-        yield index, tuple(
-            slice(i * c, min((i + 1) * c, s)) for i, c, s in zip(index, chunks, shape, strict=True)
+        yield (
+            index,
+            tuple(
+                slice(i * c, min((i + 1) * c, s))
+                for i, c, s in zip(index, chunks, shape, strict=True)
+            ),
         )

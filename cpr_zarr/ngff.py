@@ -26,9 +26,7 @@ def multiscales_attrs(name: str, ndim: int, dataset_path: str = "0") -> dict[str
         "multiscales": [
             {
                 "name": name,
-                "axes": [
-                    {"name": a, "type": _AXIS_TYPES.get(a, "space")} for a in axes
-                ],
+                "axes": [{"name": a, "type": _AXIS_TYPES.get(a, "space")} for a in axes],
                 "datasets": [
                     {
                         "path": dataset_path,

@@ -34,13 +34,13 @@ class ChunkReader:
         self.grid = tuple(
             math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
         )
-        self._array: zarr.Array | None = None
+        self._array: zarr.Array[Any] | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkReader, (self.store, self.group_path, self.attrs))
 
     @property
-    def array(self) -> zarr.Array:
+    def array(self) -> zarr.Array[Any]:
         if self._array is None:
             self._array = zarr.open_array(
                 self.store._zstore, path=f"{self.group_path}/{self.attrs['array']}", mode="r"
@@ -48,9 +48,7 @@ class ChunkReader:
         return self._array
 
     def _where(self, index: tuple[int, ...]) -> str:
-        return (
-            f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
-        )
+        return f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
 
     def _slices(self, index: tuple[int, ...]) -> tuple[slice, ...]:
         return tuple(
@@ -76,7 +74,7 @@ class ChunkReader:
     def read_chunk(self, index: tuple[int, ...], verify: bool = True) -> np.ndarray:
         """Read (and by default verify) one chunk."""
         try:
-            block = self.array[self._slices(index)]
+            block = np.asarray(self.array[self._slices(index)])
         except Exception as exc:
             raise ChunkVerificationError(
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "

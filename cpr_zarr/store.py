@@ -136,13 +136,17 @@ class ResultStore:
                     f"No result store at {self.url!r} (no zarr.json there). Check the path, "
                     "or open it with mode='a' to create it."
                 )
-            if not read_only and path.is_dir() and not (path / "zarr.json").exists():
-                if any(path.iterdir()):
-                    raise StoreError(
-                        f"Cannot create a result store in {self.url!r}: the folder is not empty "
-                        "and is not a Zarr store. Choose a new or empty folder, e.g. "
-                        f"{str(path / 'results.zarr')!r}."
-                    )
+            if (
+                not read_only
+                and path.is_dir()
+                and not (path / "zarr.json").exists()
+                and any(path.iterdir())
+            ):
+                raise StoreError(
+                    f"Cannot create a result store in {self.url!r}: the folder is not empty "
+                    "and is not a Zarr store. Choose a new or empty folder, e.g. "
+                    f"{str(path / 'results.zarr')!r}."
+                )
             try:
                 return zarr.storage.LocalStore(path, read_only=read_only)
             except OSError as exc:
@@ -327,9 +331,12 @@ class ResultStore:
         matches: dict[str, ZarrTarget] = {}
         for path in self._candidate_paths():
             content_hash = path[-HASH_HEX_LENGTH:]
-            if content_hash.startswith(lowered) and content_hash not in matches:
-                if (attrs := self._committed_attrs(path)) is not None:
-                    matches[content_hash] = self._target(path, attrs)
+            if (
+                content_hash.startswith(lowered)
+                and content_hash not in matches
+                and (attrs := self._committed_attrs(path)) is not None
+            ):
+                matches[content_hash] = self._target(path, attrs)
         if not matches:
             raise ResultNotFoundError(
                 f"No committed result with hash {ref!r} in store {self.url!r}. List what the "
@@ -426,4 +433,3 @@ def open_store(
     if existing is not None and (existing.mode == "a" or mode == "r"):
         return existing
     return ResultStore(url, mode=mode, storage_options=storage_options)
-

@@ -68,7 +68,7 @@ class ZarrTarget:
         """Read the whole result into memory, verifying every chunk."""
         return self.store.reader(self).to_numpy(verify=verify)
 
-    def zarr_array(self) -> zarr.Array:
+    def zarr_array(self) -> zarr.Array[Any]:
         """The stored base array, opened read-only with plain zarr (no verification)."""
         return self.store.reader(self).array
 

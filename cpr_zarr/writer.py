@@ -138,9 +138,10 @@ def _save_dask(
         array = _create_array(
             store, f"{staging}/{ARRAY_PATH}", data.shape, dtype, chunk_shape, compressor
         )
-        digest_blocks = data.map_blocks(
+        digest_blocks = da.map_blocks(
             _write_block,
-            array,
+            data,
+            array=array,
             chunks=tuple((1,) * len(c) for c in data.chunks),
             dtype=object,
             meta=np.empty((0,) * data.ndim, dtype=object),
@@ -159,7 +160,9 @@ def _save_dask(
         _remove_prefix(store, staging)
 
 
-def _write_block(block: np.ndarray, array: zarr.Array, block_info: Any = None) -> np.ndarray:
+def _write_block(
+    block: np.ndarray, *, array: zarr.Array[Any], block_info: dict[Any, Any]
+) -> np.ndarray:
     location = block_info[0]["array-location"]
     array[tuple(slice(start, stop) for start, stop in location)] = block
     out = np.empty((1,) * block.ndim, dtype=object)
@@ -174,7 +177,7 @@ def _create_array(
     dtype: np.dtype,
     chunks: tuple[int, ...],
     compressor: Any,
-) -> zarr.Array:
+) -> zarr.Array[Any]:
     """Write the array metadata (no parent group documents) and open the array for writing.
 
     If a crashed or concurrent writer already wrote metadata here, it is reused: the path
@@ -196,6 +199,8 @@ def _create_array(
             dimension_names=list(axes) if axes else None,
         )
         doc = sync(scratch.get("zarr.json", default_buffer_prototype()))
+        if doc is None:  # pragma: no cover - zarr wrote it just above
+            raise StoreError(f"zarr did not produce array metadata for {path!r}")
         sync(store._zstore.set(key, doc))
     array = zarr.open_array(store._zstore, path=path, mode="r+")
     if array.shape != shape or array.dtype != dtype or array.chunks != chunks:

@@ -124,11 +124,13 @@ def main() -> None:
     labels = results["labels"]
     print("\nOpen them without Prefect:")
     print(
-        f"  python -c \"import cpr_zarr; s = cpr_zarr.ResultStore({store.url!r}); "
-        f"print(s.open({labels.content_hash[:10]!r}).to_numpy().max())\""
+        f'  python -c "import cpr_zarr; s = cpr_zarr.ResultStore({store.url!r}); '
+        f'print(s.open({labels.content_hash[:10]!r}).to_numpy().max())"'
     )
     print(f"  napari --plugin napari-ome-zarr {store.url}/{labels.group_path}")
-    print(f"  python -c \"import zarr; print(zarr.open_array({store.url!r}, path={labels.group_path + '/0'!r}))\"")
+    print(
+        f'  python -c "import zarr; print(zarr.open_array({store.url!r}, path={labels.group_path + "/0"!r}))"'
+    )
     print("Run this script again: every task is Cached.")
 
 

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
 import cpr_zarr
 
 # Prefect reads its settings at import: point it at a throwaway home before anything imports it
-_PREFECT_HOME = Path(os.environ.get("CPR_ZARR_TEST_TMP", "/tmp")) / f"cpr-zarr-prefect-{uuid.uuid4().hex[:8]}"
+_PREFECT_HOME = (
+    Path(os.environ.get("CPR_ZARR_TEST_TMP", "/tmp")) / f"cpr-zarr-prefect-{uuid.uuid4().hex[:8]}"
+)
 os.environ["PREFECT_HOME"] = str(_PREFECT_HOME)
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")

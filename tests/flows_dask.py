@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from prefect import flow
 from prefect_dask import DaskTaskRunner
 
 import cpr_zarr
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def make_compute_flow(store_url: str, records: Path, n_chains: int = 3):  # type: ignore[no-untyped-def]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import dask.array as da
 import numpy as np
@@ -12,6 +12,9 @@ from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 import cpr_zarr
 from tests.conftest import microscopy_volume
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 class Unpicklable(np.ndarray):
@@ -70,7 +73,9 @@ def test_path_inputs_change_with_the_file(tmp_path: Path) -> None:
 def test_exclude_and_compose() -> None:
     policy = cpr_zarr.CONTENT_INPUTS - "verbose"
     assert policy.compute_key(None, {"x": 1, "verbose": True}, {}) == policy.compute_key(  # type: ignore[arg-type]
-        None, {"x": 1, "verbose": False}, {}  # type: ignore[arg-type]
+        None,
+        {"x": 1, "verbose": False},
+        {},  # type: ignore[arg-type]
     )
     composed = cpr_zarr.CONTENT_INPUTS + TASK_SOURCE
     # Prefect swaps Inputs subclasses for Inputs() inside compound policies; ours survives
@@ -80,7 +85,9 @@ def test_exclude_and_compose() -> None:
 def test_unhashable_inputs_name_the_parameter_and_the_fix() -> None:
     import threading
 
-    with pytest.raises(ValueError, match=r"(?s)cannot hash the task input\(s\) \['lock'\].*CONTENT_INPUTS - 'lock'"):
+    with pytest.raises(
+        ValueError, match=r"(?s)cannot hash the task input\(s\) \['lock'\].*CONTENT_INPUTS - 'lock'"
+    ):
         key(lock=threading.Lock(), x=1)
 
 

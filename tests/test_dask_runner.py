@@ -43,6 +43,4 @@ def test_tasks_that_compute_on_workers_persist_every_record(
     store = cpr_zarr.ResultStore(tmp_path / "results.zarr", mode="r")
     assert len(list(store.targets())) == 2 * n_chains
     smoothed = [t for t in store.targets() if t.name == "smooth"]
-    np.testing.assert_array_equal(
-        smoothed[0].to_numpy(), smoothed[0].to_numpy().astype(np.float32)
-    )
+    np.testing.assert_array_equal(smoothed[0].to_numpy(), smoothed[0].to_numpy().astype(np.float32))

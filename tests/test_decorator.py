@@ -50,9 +50,11 @@ def test_arrays_in_containers_become_pointers_and_inputs_arrive_lazy_or_numpy(
     assert isinstance(out, tuple)
     assert isinstance(image, cpr_zarr.ZarrTarget)
     assert isinstance(extra["mask"], cpr_zarr.ZarrTarget)
-    assert extra["count"] == 3 and type(extra["count"]) is int
+    assert extra["count"] == 3
+    assert type(extra["count"]) is int
     assert extra["label"] == "x"
-    assert isinstance(others[0], cpr_zarr.ZarrTarget) and others[1] == 2.5
+    assert isinstance(others[0], cpr_zarr.ZarrTarget)
+    assert others[1] == 2.5
     assert image.group_path.startswith("produce.0-")
     assert extra["mask"].group_path.startswith("produce.1.mask-")
     assert others[0].group_path.startswith("produce.2.0-")

@@ -27,7 +27,12 @@ def run_example(cwd: Path, prefect_home: Path) -> str:
     env.pop("PREFECT_API_URL", None)  # each run starts its own temporary server, as a user's would
     env.pop("CPR_ZARR_STORE", None)
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLE)], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+        [sys.executable, str(EXAMPLE)],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
     return proc.stdout + proc.stderr
@@ -36,7 +41,9 @@ def run_example(cwd: Path, prefect_home: Path) -> str:
 def final_states(log: str) -> dict[str, str]:
     return {
         m["task"]: m["state"]
-        for m in re.finditer(r"Task run '(?P<task>\w+)-\w+' - Finished in state (?P<state>\w+)", log)
+        for m in re.finditer(
+            r"Task run '(?P<task>\w+)-\w+' - Finished in state (?P<state>\w+)", log
+        )
     }
 
 

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import dask
 import dask.array as da
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cpr_zarr
 from cpr_zarr.hashing import chunk_digest, combine_digests
 from cpr_zarr.layout import chunk_grid, default_chunks, group_path, parse_group_path, parse_name
+
+if TYPE_CHECKING:
+    import pytest
 
 
 def store_hash(data: np.ndarray, chunks: tuple[int, ...]) -> str:
@@ -22,7 +26,9 @@ def store_hash(data: np.ndarray, chunks: tuple[int, ...]) -> str:
 shapes = st.lists(st.integers(1, 12), min_size=1, max_size=4).map(tuple)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(shape=shapes, data=st.data())
 def test_dask_chunking_and_scheduler_do_not_change_the_hash(
     shape: tuple[int, ...], data: st.DataObject, tmp_path_factory: pytest.TempPathFactory
@@ -35,7 +41,9 @@ def test_dask_chunking_and_scheduler_do_not_change_the_hash(
     assert store.save(values, name="n", chunks=store_chunks).content_hash == expected
     scheduler = data.draw(st.sampled_from(["threads", "sync"]))
     with dask.config.set(scheduler=scheduler):
-        streamed = store.save(da.from_array(values, chunks=dask_chunks), name="d", chunks=store_chunks)
+        streamed = store.save(
+            da.from_array(values, chunks=dask_chunks), name="d", chunks=store_chunks
+        )
     assert streamed.content_hash == expected
 
 

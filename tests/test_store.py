@@ -94,7 +94,11 @@ def test_group_layout_codec_and_attributes(local_store: cpr_zarr.ResultStore) ->
     assert blosc["configuration"]["shuffle"] == "shuffle"
     # the root is never consolidated and holds only the store marker
     root = json.loads((Path(local_store.url) / "zarr.json").read_text())
-    assert root == {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": {"store_layout": 1}}}
+    assert root == {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"cpr_zarr": {"store_layout": 1}},
+    }
 
 
 def test_codec_and_chunks_are_configurable_and_do_not_change_the_hash(
@@ -127,8 +131,8 @@ def test_same_hash_with_1_and_4_threads(tmp_path: Path) -> None:
                 target = store.save(data, name="v", chunks=(16, 128, 128))
                 with dask.config.set(scheduler="threads", num_workers=threads):
                     streamed = store.save(
-                            da.from_array(data, chunks=(8, 64, 100)), name="d", chunks=(16, 128, 128)
-                        )
+                        da.from_array(data, chunks=(8, 64, 100)), name="d", chunks=(16, 128, 128)
+                    )
                 hashes += [target.content_hash, streamed.content_hash]
     finally:
         numcodecs.blosc.set_nthreads(os.cpu_count() or 1)
@@ -141,8 +145,14 @@ def test_saving_stored_content_again_writes_no_chunk(local_store: cpr_zarr.Resul
     before = {p: p.stat().st_mtime_ns for p in Path(local_store.url).rglob("*")}
     again = local_store.save(data.copy(), name="nuclei", chunks=(10, 48, 40))
     renamed = local_store.save(data.copy(), name="other-name", chunks=(10, 48, 40))
-    streamed = local_store.save(da.from_array(data, chunks=(5, 48, 40)), name="nuclei", chunks=(10, 48, 40))
-    after = {p: p.stat().st_mtime_ns for p in Path(local_store.url).rglob("*") if "_staging" not in p.parts}
+    streamed = local_store.save(
+        da.from_array(data, chunks=(5, 48, 40)), name="nuclei", chunks=(10, 48, 40)
+    )
+    after = {
+        p: p.stat().st_mtime_ns
+        for p in Path(local_store.url).rglob("*")
+        if "_staging" not in p.parts
+    }
     assert first == again == renamed == streamed  # identical content is stored once
     assert after == before
 
@@ -224,7 +234,9 @@ def test_open_by_hash_prefix_and_group_path(store: cpr_zarr.ResultStore) -> None
         assert store.open(t.content_hash.upper()[:10]) == t
         assert store.open(t.group_path) == t
         assert store.open(t) == t
-    assert sorted(store.targets(), key=lambda t: t.group_path) == sorted(targets, key=lambda t: t.group_path)
+    assert sorted(store.targets(), key=lambda t: t.group_path) == sorted(
+        targets, key=lambda t: t.group_path
+    )
     with pytest.raises(ResultNotFoundError, match="at least 6 hex"):
         store.open("abc")
     with pytest.raises(ResultNotFoundError, match="No committed result with hash 'ffffffffff'"):
@@ -261,7 +273,14 @@ def test_target_is_a_small_json_and_pickle_value(store: cpr_zarr.ResultStore) ->
     assert len(pickle.dumps(target)) < 2048
     assert cpr_zarr.ZarrTarget.from_dict(json.loads(as_json)) == target
     assert pickle.loads(pickle.dumps(target)) == target
-    assert set(json.loads(as_json)) == {"store_url", "group_path", "content_hash", "shape", "dtype", "chunks"}
+    assert set(json.loads(as_json)) == {
+        "store_url",
+        "group_path",
+        "content_hash",
+        "shape",
+        "dtype",
+        "chunks",
+    }
     with pytest.raises(ValueError, match="expected keys"):
         cpr_zarr.ZarrTarget.from_dict({"store_url": "x"})
 
@@ -284,7 +303,9 @@ def test_opening_an_existing_store_changes_nothing(local_store: cpr_zarr.ResultS
     assert (Path(local_store.url) / "zarr.json").stat().st_mtime_ns == root_stat
 
 
-def test_concurrent_writers_of_the_same_result_both_succeed(local_store: cpr_zarr.ResultStore) -> None:
+def test_concurrent_writers_of_the_same_result_both_succeed(
+    local_store: cpr_zarr.ResultStore,
+) -> None:
     data = microscopy_volume((40, 96, 80))
     results: list[object] = []
     barrier = threading.Barrier(4)
@@ -292,7 +313,13 @@ def test_concurrent_writers_of_the_same_result_both_succeed(local_store: cpr_zar
     def write(i: int) -> None:
         barrier.wait()
         try:
-            results.append(local_store.save(data if i % 2 else da.from_array(data, chunks=20), name="same", chunks=(10, 48, 40)))
+            results.append(
+                local_store.save(
+                    data if i % 2 else da.from_array(data, chunks=20),
+                    name="same",
+                    chunks=(10, 48, 40),
+                )
+            )
         except Exception as exc:  # pragma: no cover - reported below
             results.append(exc)
 
