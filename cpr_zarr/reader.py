@@ -43,7 +43,10 @@ class ChunkReader:
     def array(self) -> zarr.Array[Any]:
         if self._array is None:
             self._array = zarr.open_array(
-                self.store._zstore, path=f"{self.group_path}/{self.attrs['array']}", mode="r"
+                self.store._zstore,
+                path=f"{self.group_path}/{self.attrs['array']}",
+                mode="r",
+                zarr_format=3,
             )
         return self._array
 

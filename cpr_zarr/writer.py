@@ -45,6 +45,7 @@ from cpr_zarr.layout import (
     parse_chunks,
     parse_name,
 )
+from cpr_zarr.progress import SaveProgress, count_keys
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
@@ -108,8 +109,10 @@ def _save_numpy(
     found = store._find(content_hash, preferred=path)
     if found is not None:
         return found
-    array = _create_array(store, f"{path}/{ARRAY_PATH}", data.shape, dtype, chunk_shape, compressor)
-    array[...] = data
+    array_path = f"{path}/{ARRAY_PATH}"
+    array = _create_array(store, array_path, data.shape, dtype, chunk_shape, compressor)
+    with SaveProgress(path, len(digests), data.nbytes, count_keys(store, array_path)):
+        array[...] = data
     return _commit(store, path, name, content_hash, data.shape, dtype, chunk_shape, digests)
 
 
@@ -147,7 +150,13 @@ def _save_dask(
             meta=np.empty((0,) * data.ndim, dtype=object),
             name=f"cpr-zarr-write-{token}",
         )
-        (digest_grid,) = compute(digest_blocks)
+        with SaveProgress(
+            f"{name} (streaming)",
+            digest_blocks.npartitions,
+            int(data.nbytes),
+            count_keys(store, f"{staging}/{ARRAY_PATH}"),
+        ):
+            (digest_grid,) = compute(digest_blocks)
         digests = [str(d) for d in np.asarray(digest_grid).ravel(order="C")]
         content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
         path = group_path(name, content_hash)
@@ -202,7 +211,7 @@ def _create_array(
         if doc is None:  # pragma: no cover - zarr wrote it just above
             raise StoreError(f"zarr did not produce array metadata for {path!r}")
         sync(store._zstore.set(key, doc))
-    array = zarr.open_array(store._zstore, path=path, mode="r+")
+    array = zarr.open_array(store._zstore, path=path, mode="r+", zarr_format=3)
     if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
         raise StoreError(
             f"Array metadata at {path!r} in store {store.url!r} (shape {array.shape}, dtype "

@@ -44,3 +44,27 @@ def test_tasks_that_compute_on_workers_persist_every_record(
     assert len(list(store.targets())) == 2 * n_chains
     smoothed = [t for t in store.targets() if t.name == "smooth"]
     np.testing.assert_array_equal(smoothed[0].to_numpy(), smoothed[0].to_numpy().astype(np.float32))
+
+
+def test_region_read_on_a_worker_reads_only_the_needed_chunk(
+    tmp_path: Path, result_storage: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dask
+
+    from tests.counting_fs import LOG_ENV, chunk_reads
+    from tests.flows_dask import make_region_flow
+
+    log = tmp_path / "reads.log"
+    monkeypatch.setenv(LOG_ENV, str(log))
+    store_url = f"countfile://{tmp_path}/results.zarr"
+    with dask.config.set({"distributed.worker.preload": ["tests.counting_fs"]}):
+        out = make_region_flow(store_url, result_storage)()
+    volume = out["volume"]
+    assert isinstance(volume, cpr_zarr.ZarrTarget)
+    assert volume.chunks == (64, 256, 256)  # 2 x 2 x 2 chunks of 8 MiB
+    expected = np.random.default_rng(0).integers(0, 4000, size=(128, 512, 512), dtype=np.uint16)
+    assert out["sum"] == int(expected[70:90, 10:200, 300:500].sum())
+    # task B touched one chunk of eight, once; the writer read none
+    assert chunk_reads(str(log), volume.group_path) == ["c/1/0/1"]
+    # a 64 MiB result crossed Dask and Prefect as a pointer of a few KB
+    assert all(n < 16_000 for n in out["carried_bytes"]), out["carried_bytes"]

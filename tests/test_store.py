@@ -409,3 +409,19 @@ def test_delete_uncommits_first(local_store: cpr_zarr.ResultStore) -> None:
         local_store.open(target.content_hash)
     with pytest.raises(ResultNotFoundError, match="not \\(or no longer\\) committed"):
         target.get_data()
+
+
+def test_slicing_reads_only_overlapping_chunks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.counting_fs import LOG_ENV, chunk_reads
+
+    log = tmp_path / "reads.log"
+    monkeypatch.setenv(LOG_ENV, str(log))
+    store = cpr_zarr.ResultStore(f"countfile://{tmp_path}/results.zarr")
+    data = microscopy_volume((40, 96, 80))
+    target = store.save(data, name="img", chunks=(10, 32, 40))  # 4 x 3 x 2 chunks
+    assert chunk_reads(str(log), target.group_path) == []  # saving reads no chunk
+    lazy = store.open(target.content_hash).get_data()
+    np.testing.assert_array_equal(lazy[12:25, 40:50, 45:].compute(), data[12:25, 40:50, 45:])
+    assert sorted(chunk_reads(str(log), target.group_path)) == ["c/1/1/1", "c/2/1/1"]
