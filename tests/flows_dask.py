@@ -33,7 +33,12 @@ def make_compute_flow(store_url: str, records: Path, n_chains: int = 3):  # type
 
     @flow(
         task_runner=DaskTaskRunner(
-            cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}
+            cluster_kwargs={
+                "n_workers": 2,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
         )
     )
     def compute_flow() -> list[float]:
@@ -62,7 +67,12 @@ def make_region_flow(store_url: str, records: Path):  # type: ignore[no-untyped-
 
     @flow(
         task_runner=DaskTaskRunner(
-            cluster_kwargs={"n_workers": 2, "threads_per_worker": 1, "processes": True}
+            cluster_kwargs={
+                "n_workers": 2,
+                "threads_per_worker": 1,
+                "processes": True,
+                "dashboard_address": None,
+            }
         )
     )
     def region_flow() -> dict[str, object]:
