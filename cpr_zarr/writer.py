@@ -21,6 +21,7 @@ completes.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import uuid
@@ -273,15 +274,22 @@ def _move(store: ResultStore, src: str, dst: str) -> None:
                 os.replace(os.path.join(dirpath, filename), dst_dir / rel / filename)
         return
 
+    # object stores cannot rename: copy each key server-side (S3 CopyObject: one request
+    # per chunk, no data through this process), array metadata last
+    zstore: Any = store._zstore
+    fs, root = zstore.fs, zstore.path.rstrip("/")
+
     async def _copy() -> None:
-        proto = default_buffer_prototype()
-        keys = [k async for k in store._zstore.list_prefix(f"{src}/")]
-        # metadata last so a half-copied array never looks complete to plain zarr readers
+        keys = [k async for k in zstore.list_prefix(f"{src}/")]
         keys.sort(key=lambda k: k.endswith("zarr.json"))
-        for key in keys:
-            value = await store._zstore.get(key, proto)
-            if value is not None:
-                await store._zstore.set(dst + key[len(src) :], value)
+        data_keys = [k for k in keys if not k.endswith("zarr.json")]
+        for start in range(0, len(data_keys), 64):
+            await asyncio.gather(*(_copy_key(k) for k in data_keys[start : start + 64]))
+        for key in keys[len(data_keys) :]:
+            await _copy_key(key)
+
+    async def _copy_key(key: str) -> None:
+        await fs._cp_file(f"{root}/{key}", f"{root}/{dst}{key[len(src) :]}")
 
     sync(_copy())
 

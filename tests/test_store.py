@@ -425,3 +425,15 @@ def test_slicing_reads_only_overlapping_chunks(
     lazy = store.open(target.content_hash).get_data()
     np.testing.assert_array_equal(lazy[12:25, 40:50, 45:].compute(), data[12:25, 40:50, 45:])
     assert sorted(chunk_reads(str(log), target.group_path)) == ["c/1/1/1", "c/2/1/1"]
+
+
+@pytest.mark.parametrize("dtype", ["bool", "uint16", "float32"])
+def test_streamed_dask_round_trip(store: cpr_zarr.ResultStore, dtype: str) -> None:
+    data = _sample(dtype, (30, 50, 40), seed=3)
+    lazy = da.from_array(data, chunks=(7, 20, 40))  # not aligned with the stored chunks
+    target = store.save(lazy, name="lazy", chunks=(10, 25, 20))
+    assert target == store.save(data, name="lazy", chunks=(10, 25, 20))
+    np.testing.assert_array_equal(target.to_numpy(), data)
+    np.testing.assert_array_equal(store.open(target.content_hash).get_data().compute(), data)
+    leftovers = [k for k in store_files(store) if k.startswith("_staging/")]
+    assert leftovers == []  # staging is cleaned up after the commit
