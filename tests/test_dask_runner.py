@@ -68,3 +68,24 @@ def test_region_read_on_a_worker_reads_only_the_needed_chunk(
     assert chunk_reads(str(log), volume.group_path) == ["c/1/0/1"]
     # a 64 MiB result crossed Dask and Prefect as a pointer of a few KB
     assert all(n < 16_000 for n in out["carried_bytes"]), out["carried_bytes"]
+
+
+def test_streamed_hash_is_the_same_on_a_distributed_cluster(tmp_path: Path) -> None:
+    import dask.array as da
+    from distributed import Client, LocalCluster
+
+    from tests.conftest import microscopy_volume
+
+    data = microscopy_volume((48, 96, 80))
+    store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    expected = store.save(data, name="local", chunks=(10, 48, 40))
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=2, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster),
+    ):
+        lazy = da.from_array(data, chunks=(7, 30, 80)) + 0  # blocks computed on the workers
+        streamed = store.save(lazy, name="cluster", chunks=(10, 48, 40))
+    assert streamed.content_hash == expected.content_hash
+    assert streamed == expected  # identical content is stored once
