@@ -30,6 +30,7 @@ from cpr_zarr.cache import CONTENT_INPUTS
 from cpr_zarr.compute import install_safe_scheduler
 from cpr_zarr.errors import UnsupportedResultError
 from cpr_zarr.layout import canonical_dtype, parse_name
+from cpr_zarr.provenance import record_for_task
 from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import ZarrTarget
@@ -70,7 +71,18 @@ def _load(value: Any, as_numpy: bool) -> Any:
     return value
 
 
-def _walk(value: Any, name: str, where: str, store: ResultStore | None) -> Any:
+class _Saver:
+    """Saves each returned array with the task's provenance record."""
+
+    def __init__(self, store: ResultStore, record: dict[str, Any]) -> None:
+        self.store = store
+        self.record = record
+
+    def save(self, value: Any, name: str) -> ZarrTarget:
+        return self.store.save(value, name, provenance=self.record)
+
+
+def _walk(value: Any, name: str, where: str, store: _Saver | None) -> Any:
     """Check (``store=None``) or save (``store`` given) a task's return value.
 
     The check runs over the whole value first, so a bad part leaves the store untouched.
@@ -170,12 +182,13 @@ def task(
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         install_safe_scheduler()
         bound = signature.bind(*args, **kwargs)
+        record = record_for_task(fn, bound.arguments)
         for pname, value in bound.arguments.items():
             bound.arguments[pname] = _load(value, pname in numpy_params)
         result = fn(*bound.args, **bound.kwargs)
         where = f"The return value of {fn.__qualname__}"
         _walk(result, result_name, where, None)
-        return _walk(result, result_name, where, get_store())
+        return _walk(result, result_name, where, _Saver(get_store(), record))
 
     task_kwargs.setdefault("cache_policy", CONTENT_INPUTS + TASK_SOURCE)
     task_kwargs.setdefault("persist_result", True)

@@ -75,7 +75,12 @@ def decode_object(data: dict[str, Any]) -> Any:
     if TARGET_KEY in data:
         target = ZarrTarget.from_dict(data[TARGET_KEY])
         try:
-            target.store.reader(target)
+            # a fresh look (not the reader cache): gc in another process may have removed it
+            if target.store._committed_attrs(target.group_path) is None:
+                raise ResultNotFoundError(
+                    f"Result {target.group_path!r} is no longer committed in store "
+                    f"{target.store_url!r}"
+                )
         except (ResultNotFoundError, StoreError) as exc:
             logger.warning(
                 "Cached result %s in store %s cannot be loaded (%s); the task will run again.",

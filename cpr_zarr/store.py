@@ -37,8 +37,10 @@ from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, MIN_PREFIX_LENGTH, 
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator
+    import builtins
+    from collections.abc import Iterator, Mapping
 
+    import pandas as pd
     from zarr.abc.store import Store
 
     from cpr_zarr.reader import ChunkReader
@@ -172,7 +174,7 @@ class ResultStore:
             if doc is None and self.mode == "a":
                 # create-if-absent: concurrent creators all write the same document and
                 # an existing root (ours or anyone's) is never overwritten
-                sync(self._zstore.set_if_not_exists("zarr.json", _to_buffer(_ROOT_DOC)))
+                sync(self._zstore.set_if_not_exists("zarr.json", to_buffer(_ROOT_DOC)))
                 doc = self._get_json("zarr.json")
         except StoreError:
             raise
@@ -221,7 +223,7 @@ class ResultStore:
             return None
 
     def _set_json(self, key: str, doc: Any) -> None:
-        sync(self._zstore.set(key, _to_buffer(doc)))
+        sync(self._zstore.set(key, to_buffer(doc)))
 
     def _list_dir(self, prefix: str) -> list[str]:
         async def _collect() -> list[str]:
@@ -292,7 +294,7 @@ class ResultStore:
         return True
 
     def open(self, ref: str | ZarrTarget) -> ZarrTarget:
-        """Find a committed result by content hash, unique hash prefix or group path.
+        """Find a committed result by content hash, unique hash prefix, group path or name.
 
         Raises
         ------
@@ -319,34 +321,30 @@ class ResultStore:
                 )
             return self._target(ref, attrs)
         lowered = ref.lower()
-        if not (
-            MIN_PREFIX_LENGTH <= len(lowered) <= HASH_HEX_LENGTH
-            and all(c in "0123456789abcdef" for c in lowered)
-        ):
-            raise ResultNotFoundError(
-                f"Cannot find result {ref!r} in store {self.url!r}: a reference is a group path "
-                f"like 'denoised-<hash>', a content hash, or a hash prefix of at least "
-                f"{MIN_PREFIX_LENGTH} hex digits."
-            )
+        is_prefix = MIN_PREFIX_LENGTH <= len(lowered) <= HASH_HEX_LENGTH and all(
+            c in "0123456789abcdef" for c in lowered
+        )
         matches: dict[str, ZarrTarget] = {}
         for path in self._candidate_paths():
-            content_hash = path[-HASH_HEX_LENGTH:]
+            name, content_hash = path[: -HASH_HEX_LENGTH - 1], path[-HASH_HEX_LENGTH:]
             if (
-                content_hash.startswith(lowered)
+                ((is_prefix and content_hash.startswith(lowered)) or name == ref)
                 and content_hash not in matches
                 and (attrs := self._committed_attrs(path)) is not None
             ):
                 matches[content_hash] = self._target(path, attrs)
         if not matches:
             raise ResultNotFoundError(
-                f"No committed result with hash {ref!r} in store {self.url!r}. List what the "
-                "store holds with store.targets() (or `cpr-zarr ls`)."
+                f"No committed result named or hashed {ref!r} in store {self.url!r}. A "
+                "reference is a group path like 'denoised-<hash>', a content hash, a hash "
+                f"prefix of at least {MIN_PREFIX_LENGTH} hex digits, or a result name. List "
+                "what the store holds with store.targets() (or `cpr-zarr ls`)."
             )
         if len(matches) > 1:
             found = ", ".join(sorted(t.group_path for t in matches.values()))
             raise AmbiguousReferenceError(
-                f"Hash prefix {ref!r} matches {len(matches)} results in {self.url!r}: {found}. "
-                "Give more digits of the hash."
+                f"Reference {ref!r} matches {len(matches)} results in {self.url!r}: {found}. "
+                "Give the group path or more digits of the hash."
             )
         return next(iter(matches.values()))
 
@@ -357,6 +355,7 @@ class ResultStore:
         *,
         chunks: tuple[int, ...] | int | None = None,
         compressor: Any = None,
+        provenance: Mapping[str, Any] | None = None,
     ) -> ZarrTarget:
         """Store an array as a content-hash-named result group and return its pointer.
 
@@ -372,6 +371,9 @@ class ResultStore:
         compressor
             A zarr v3 bytes-to-bytes codec; default ``BloscCodec(cname="zstd", clevel=1,
             shuffle="shuffle")``. It changes the files, not the content hash.
+        provenance
+            Extra fields for the provenance record this save adds (``cpr_zarr.task`` passes
+            the task and flow run, parameters and input hashes).
 
         Returns
         -------
@@ -386,9 +388,31 @@ class ResultStore:
             For names that cannot be part of a group path.
         """
         from cpr_zarr import writer
+        from cpr_zarr.provenance import write_record
 
         self._check_writable()
-        return writer.save(self, data, name, chunks=chunks, compressor=compressor)
+        target = writer.save(self, data, name, chunks=chunks, compressor=compressor)
+        write_record(self, target, provenance, output=name)
+        return target
+
+    def list(self) -> pd.DataFrame:
+        """One row per committed result: name, hash, kind, shape, dtype, chunks, stored and
+        raw bytes, compression ratio, created, last produced, last task and flow run."""
+        from cpr_zarr.inventory import list_results
+
+        return list_results(self)
+
+    def lineage(self, ref: str | ZarrTarget) -> dict[str, builtins.list[ZarrTarget]]:
+        """Results upstream (``"inputs"``) and downstream (``"outputs"``) of ``ref``."""
+        from cpr_zarr.inventory import lineage
+
+        return lineage(self, ref)
+
+    def provenance(self, ref: str | ZarrTarget) -> builtins.list[dict[str, Any]]:
+        """Every provenance record of a result, oldest first."""
+        from cpr_zarr.provenance import read_records
+
+        return read_records(self, self.open(ref).group_path)
 
     def delete(self, ref: str | ZarrTarget) -> ZarrTarget:
         """Remove a committed result: first its commit marker, then its data."""
@@ -416,7 +440,7 @@ class ResultStore:
         return reader
 
 
-def _to_buffer(doc: Any) -> Any:
+def to_buffer(doc: Any) -> Any:
     return default_buffer_prototype().buffer.from_bytes(json.dumps(doc, indent=2).encode())
 
 

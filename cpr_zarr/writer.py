@@ -167,7 +167,7 @@ def _save_dask(
         _move(store, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
         return _commit(store, path, name, content_hash, data.shape, dtype, chunk_shape, digests)
     finally:
-        _remove_prefix(store, staging)
+        remove_prefix(store, staging)
 
 
 def _write_block(
@@ -294,7 +294,7 @@ def _move(store: ResultStore, src: str, dst: str) -> None:
     sync(_copy())
 
 
-def _remove_prefix(store: ResultStore, prefix: str) -> None:
+def remove_prefix(store: ResultStore, prefix: str) -> None:
     if store._local_path is not None:
         shutil.rmtree(store._local_path / prefix, ignore_errors=True)
         return

@@ -15,6 +15,7 @@ import pytest
 import zarr
 
 import cpr_zarr
+import cpr_zarr.provenance
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     ChunkVerificationError,
@@ -142,27 +143,29 @@ def test_same_hash_with_1_and_4_threads(tmp_path: Path) -> None:
 def test_saving_stored_content_again_writes_no_chunk(local_store: cpr_zarr.ResultStore) -> None:
     data = microscopy_volume()
     first = local_store.save(data, name="nuclei", chunks=(10, 48, 40))
-    before = {p: p.stat().st_mtime_ns for p in Path(local_store.url).rglob("*")}
+    before = data_files(local_store)
     again = local_store.save(data.copy(), name="nuclei", chunks=(10, 48, 40))
     renamed = local_store.save(data.copy(), name="other-name", chunks=(10, 48, 40))
     streamed = local_store.save(
         da.from_array(data, chunks=(5, 48, 40)), name="nuclei", chunks=(10, 48, 40)
     )
-    after = {
-        p: p.stat().st_mtime_ns
-        for p in Path(local_store.url).rglob("*")
-        if "_staging" not in p.parts
-    }
+    after = data_files(local_store)
     assert first == again == renamed == streamed  # identical content is stored once
-    assert after == before
+    assert after == before  # not a chunk nor a metadata document was rewritten
+    # each save left its own provenance record
+    records = cpr_zarr.provenance.read_records(local_store, first.group_path)
+    assert [r["output"] for r in records] == ["nuclei", "nuclei", "other-name", "nuclei"]
 
 
-def test_dedup_on_memory_store_writes_nothing(store: cpr_zarr.ResultStore) -> None:
+def test_dedup_writes_no_data(store: cpr_zarr.ResultStore) -> None:
     data = microscopy_volume()
     first = store.save(data, name="a")
     snapshot = store_files(store)
     assert store.save(data, name="a") == first
-    assert store_files(store) == snapshot
+    added = set(store_files(store)) - set(snapshot)
+    assert {k for k, v in store_files(store).items() if snapshot.get(k) not in (None, v)} == set()
+    assert len(added) == 1  # one provenance record, nothing else
+    assert added.pop().startswith(f"{first.group_path}/provenance/")
 
 
 def test_flipped_byte_in_a_chunk_is_detected_with_store_group_and_chunk(
@@ -201,6 +204,15 @@ def test_decodable_but_wrong_chunk_is_caught_only_when_verifying(
     np.testing.assert_array_equal(unverified[20:, 48:, 40:], data[:20, :48, :40])
 
 
+def data_files(store: cpr_zarr.ResultStore) -> dict[Path, int]:
+    """Modification times of every file but provenance records and staging."""
+    return {
+        p: p.stat().st_mtime_ns
+        for p in Path(store.url).rglob("*")
+        if "provenance" not in p.parts and "_staging" not in p.parts
+    }
+
+
 def test_lazy_array_is_named_after_content_hash(store: cpr_zarr.ResultStore) -> None:
     target = store.save(microscopy_volume(), name="x")
     assert target.get_data().name == f"cpr-zarr-{target.content_hash}"
@@ -237,9 +249,13 @@ def test_open_by_hash_prefix_and_group_path(store: cpr_zarr.ResultStore) -> None
     assert sorted(store.targets(), key=lambda t: t.group_path) == sorted(
         targets, key=lambda t: t.group_path
     )
+    assert store.open("img1") == targets[1]  # a result name works when it is unique
+    store.save(microscopy_volume(seed=9), name="img1")
+    with pytest.raises(AmbiguousReferenceError, match="'img1' matches 2 results"):
+        store.open("img1")
     with pytest.raises(ResultNotFoundError, match="at least 6 hex"):
         store.open("abc")
-    with pytest.raises(ResultNotFoundError, match="No committed result with hash 'ffffffffff'"):
+    with pytest.raises(ResultNotFoundError, match="No committed result named or hashed 'ffffffffff'"):
         store.open("ffffffffff")
 
 
@@ -259,7 +275,7 @@ def test_ambiguous_prefix_names_the_candidates(local_store: cpr_zarr.ResultStore
     first = local_store.save(seen[prefix], name="n")
     second = local_store.save(value, name="n")
     assert first.content_hash[:6] == second.content_hash[:6] == prefix
-    with pytest.raises(AmbiguousReferenceError, match=rf"'{prefix}' matches 2 results") as info:
+    with pytest.raises(AmbiguousReferenceError, match=rf"Reference '{prefix}' matches 2 results") as info:
         local_store.open(prefix)
     assert first.group_path in str(info.value)
     assert second.group_path in str(info.value)

@@ -1,0 +1,3 @@
+from cpr_zarr.cli import main
+
+main()

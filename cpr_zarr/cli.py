@@ -1,0 +1,332 @@
+"""``cpr-zarr``: list, inspect, verify, clean up and open results, without Prefect running."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from cpr_zarr.errors import ChunkVerificationError, CprZarrError
+from cpr_zarr.layout import chunk_grid
+
+if TYPE_CHECKING:
+    from cpr_zarr.store import ResultStore
+    from cpr_zarr.target import ZarrTarget
+
+__all__ = ["main"]
+
+_UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+          "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
+_AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError("unreachable")
+
+
+def parse_size(text: str) -> int:
+    """``500M``, ``2GiB``, ``1.5G``, ``1000`` -> bytes."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]i?)?b?\s*", text.lower())
+    if m is None:
+        raise click.BadParameter(f"{text!r} is not a size; use e.g. 500M, 2GiB or 1000000.")
+    return int(float(m[1]) * _UNITS[m[2] or ""])
+
+
+def parse_age(text: str) -> float:
+    """``30d``, ``12h``, ``90m``, ``45s``, ``2w`` -> seconds."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([smhdw]?)\s*", text.lower())
+    if m is None:
+        raise click.BadParameter(f"{text!r} is not an age; use e.g. 30d, 12h, 90m or 45s.")
+    return float(m[1]) * _AGES[m[2] or "s"]
+
+
+def parse_since(text: str) -> datetime:
+    """An ISO date/time (UTC unless given) or an age such as ``2d`` (meaning: 2 days ago)."""
+    try:
+        return datetime.now(UTC) - timedelta(seconds=parse_age(text))
+    except click.BadParameter:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise click.BadParameter(
+            f"{text!r} is neither a date (2026-11-23, 2026-11-23T14:00) nor an age (2d, 12h)."
+        ) from exc
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def _open(url: str, mode: str = "r") -> ResultStore:
+    from cpr_zarr.store import ResultStore
+
+    try:
+        return ResultStore(url, mode=mode)  # type: ignore[arg-type]
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+def _target(store: ResultStore, ref: str) -> ZarrTarget:
+    try:
+        return store.open(ref)
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="cpr_zarr")
+def main() -> None:
+    """Inspect a cpr_zarr result store: list, show, verify, clean up and open results.
+
+    STORE is a folder path or URL (memory://, s3://...). REF is a content hash, a unique
+    hash prefix (6+ hex digits) or a group path such as denoise-0d4e01f1...
+    """
+
+
+@main.command("ls")
+@click.argument("store")
+@click.option("--name", "pattern", help="Only names matching this glob, e.g. 'label*'.")
+@click.option("--since", help="Only results produced since a date (2026-11-01) or age (2d).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
+def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool) -> None:
+    """List the committed results in STORE, oldest first."""
+    import fnmatch
+
+    frame = _open(store).list()
+    if pattern:
+        frame = frame[[fnmatch.fnmatchcase(n, pattern) for n in frame["name"]]]
+    if since:
+        limit = parse_since(since)
+        frame = frame[frame["last_produced"].notna() & (frame["last_produced"] >= limit)]
+    if as_json:
+        for row in frame.to_dict(orient="records"):
+            row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
+            row = {k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()}
+            row = {k: (None if v != v else v) for k, v in row.items()}  # NaN/NaT -> null
+            click.echo(json.dumps(row))
+        return
+    if frame.empty:
+        click.echo("no results" + (" match" if pattern or since else " in this store"))
+        return
+    table = [
+        (
+            r["name"], r["hash"][:12], r["kind"], "x".join(map(str, r["shape"])), r["dtype"],
+            human_bytes(r["stored_bytes"]), f"{r['ratio']:.2f}",
+            r["last_produced"].strftime("%Y-%m-%d %H:%M") if r["last_produced"] == r["last_produced"] else "-",
+            r["last_task"] or "-",
+        )
+        for _, r in frame.iterrows()
+    ]  # fmt: skip
+    header = ("NAME", "HASH", "KIND", "SHAPE", "DTYPE", "STORED", "RATIO", "PRODUCED", "TASK")
+    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
+    for row in [header, *table]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    total = int(frame["stored_bytes"].sum())
+    click.echo(f"{len(frame)} results, {human_bytes(total)} stored")
+
+
+@main.command("info")
+@click.argument("store")
+@click.argument("ref")
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
+def info_command(store: str, ref: str, as_json: bool) -> None:
+    """Show a result: metadata, provenance, lineage and its OME-NGFF summary."""
+    from cpr_zarr.inventory import result_row
+
+    rs = _open(store)
+    target = _target(rs, ref)
+    doc = rs._get_json(f"{target.group_path}/zarr.json")["attributes"]
+    row = result_row(rs, target)
+    records = rs.provenance(target)
+    lineage = rs.lineage(target)
+    ome = doc.get("ome")
+    if as_json:
+        out = {
+            "target": target.to_dict(),
+            "stored_bytes": row["stored_bytes"],
+            "raw_bytes": row["raw_bytes"],
+            "algorithm": doc["cpr_zarr"]["algorithm"],
+            "chunk_count": len(doc["cpr_zarr"]["chunk_digests"]),
+            "ome": ome,
+            "provenance": records,
+            "lineage": {k: [t.group_path for t in v] for k, v in lineage.items()},
+        }
+        click.echo(json.dumps(out, indent=2, default=str))
+        return
+    cpr = doc["cpr_zarr"]
+    click.echo(f"{target.group_path}")
+    click.echo(f"  store         {rs.url}")
+    click.echo(
+        f"  content hash  {target.content_hash} ({cpr['algorithm']}, layout {cpr['layout']})"
+    )
+    click.echo(f"  array         {target.dtype}{list(target.shape)}, chunks {list(target.chunks)}, "
+               f"{len(cpr['chunk_digests'])} chunks")  # fmt: skip
+    click.echo(f"  size          {human_bytes(row['raw_bytes'])} raw, {human_bytes(row['stored_bytes'])} "
+               f"stored (ratio {row['ratio']:.2f})")  # fmt: skip
+    if ome:
+        ms = ome["multiscales"][0]
+        axes = ", ".join(f"{a['name']}({a.get('unit', a['type'])})" for a in ms["axes"])
+        levels = [d["path"] for d in ms["datasets"]]
+        scale = ms["datasets"][0]["coordinateTransformations"][0].get("scale")
+        click.echo(f"  OME-NGFF      {ome['version']}: axes {axes}; levels {levels}; scale {scale}")
+    click.echo(f"  open with     zarr.open_array({rs.url!r}, path={target.group_path + '/0'!r})")
+    click.echo(f"provenance ({len(records)} record{'s' * (len(records) != 1)}):")
+    for r in records:
+        who = (
+            f"task {r['task_name']} run {r['task_run_name']}"
+            if r.get("task_name")
+            else "direct save"
+        )
+        flow = (
+            f", flow run {r['flow_run_name']} ({r['flow_name']})" if r.get("flow_run_name") else ""
+        )
+        click.echo(f"  {r['created']}  {who}{flow} as {r['output']!r} on {r.get('host', '?')}")
+        if r.get("parameters"):
+            click.echo(f"    parameters  {json.dumps(r['parameters'], default=str)[:300]}")
+        if r.get("source_hash"):
+            click.echo(f"    source      {r['function']} (source hash {r['source_hash'][:12]})")
+    for key in ("inputs", "outputs"):
+        names = [t.group_path for t in lineage[key]]
+        click.echo(f"{key} ({len(names)}): " + (", ".join(names) if names else "-"))
+
+
+@main.command("verify")
+@click.argument("store")
+@click.argument("refs", nargs=-1)
+@click.option("--threads", type=int, default=None, help="Chunks checked at once (default: cores).")
+def verify_command(store: str, refs: tuple[str, ...], threads: int | None) -> None:
+    """Re-hash every chunk of REFS (default: every result) against its recorded digest.
+
+    Exits with status 0 only if everything verifies; every bad chunk is named.
+    """
+    rs = _open(store)
+    targets = [_target(rs, r) for r in refs] if refs else list(rs.targets())
+    jobs = [(t, index) for t in targets for index, _ in chunk_grid(t.shape, t.chunks)]
+    bad: list[str] = []
+    with (
+        ThreadPoolExecutor(max_workers=threads) as pool,
+        click.progressbar(
+            length=len(jobs), label=f"verifying {len(targets)} results", file=sys.stderr
+        ) as bar,
+    ):
+        futures = {pool.submit(rs.reader(t).read_chunk, idx): (t, idx) for t, idx in jobs}
+        for future in as_completed(futures):
+            try:
+                future.result()
+            except ChunkVerificationError as exc:
+                bad.append(str(exc))
+            bar.update(1)
+    for message in bad:
+        click.echo(f"BAD {message}")
+    if bad:
+        click.echo(f"{len(bad)} of {len(jobs)} chunks failed verification.")
+        sys.exit(1)
+    click.echo(f"OK: {len(jobs)} chunks of {len(targets)} results verified.")
+
+
+@main.command("gc")
+@click.argument("store")
+@click.option(
+    "--older-than", "older_than", help="Remove results last produced longer ago (30d, 12h)."
+)
+@click.option(
+    "--max-size", "max_size", help="Remove least recently produced results beyond this total (50G)."
+)
+@click.option(
+    "--keep-referenced",
+    "keep_referenced",
+    type=click.Path(exists=True, file_okay=False),
+    help="Prefect result-storage folder: results its records point to are kept; alone, "
+    "every other result is removed.",
+)
+@click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
+def gc_command(
+    store: str, older_than: str | None, max_size: str | None, keep_referenced: str | None, yes: bool
+) -> None:
+    """Remove leftovers and unwanted results (a dry run unless --yes).
+
+    Always removes staging leftovers and never-committed groups older than an hour (or
+    --older-than). A removed result is a cache miss on the next flow run: the task runs again.
+    """
+    from cpr_zarr.inventory import plan_gc
+    from cpr_zarr.writer import remove_prefix
+
+    rs = _open(store, mode="a" if yes else "r")
+    plan = plan_gc(
+        rs,
+        older_than=parse_age(older_than) if older_than else None,
+        max_size=parse_size(max_size) if max_size else None,
+        keep_referenced=keep_referenced,
+    )
+    if not plan:
+        click.echo("nothing to remove")
+        return
+    for item in plan:
+        click.echo(f"{'remove' if yes else 'would remove'}  {human_bytes(item.nbytes):>10}  "
+                   f"{item.path}  ({item.reason})")  # fmt: skip
+        if yes:
+            if item.content_hash is not None:
+                rs.delete(item.path)
+            else:
+                remove_prefix(rs, item.path)
+    total = human_bytes(sum(i.nbytes for i in plan))
+    if yes:
+        click.echo(f"removed {len(plan)} entries, freed {total}")
+    else:
+        click.echo(
+            f"would free {total} in {len(plan)} entries; run again with --yes to remove them"
+        )
+
+
+@main.command("open")
+@click.argument("store")
+@click.argument("ref")
+def open_command(store: str, ref: str) -> None:
+    """Open a result in napari if it is installed, else print how to view it."""
+    rs = _open(store)
+    target = _target(rs, ref)
+    location = f"{rs.url}/{target.group_path}"
+    reason = _napari_unavailable()
+    if reason is None:
+        import napari
+
+        try:
+            viewer: Any = napari.Viewer()
+            viewer.open(location, plugin="napari-ome-zarr")
+        except Exception as exc:  # no Qt, no plugin: say so and fall back to instructions
+            reason = f"napari could not open a window ({type(exc).__name__}: {exc})"
+        else:
+            napari.run()
+            return
+    click.echo(f"{reason}. To view this result:")
+    click.echo("  pip install 'napari[all]' napari-ome-zarr")
+    click.echo(f"  napari --plugin napari-ome-zarr {location}")
+    click.echo(f"  ome_zarr view {location}   # serves it for OME-Zarr web viewers")
+    click.echo(
+        f'  python -c "import cpr_zarr; print(cpr_zarr.ResultStore({rs.url!r}).open('
+        f'{target.content_hash[:12]!r}).to_numpy())"'
+    )
+
+
+def _napari_unavailable() -> str | None:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("napari") is None:
+        return "napari is not installed here"
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        return "napari is installed but there is no display (DISPLAY is not set)"
+    return None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,257 @@
+"""What a store holds: listings, lineage, leftovers and garbage-collection plans.
+
+Everything here reads the store alone (attributes and provenance records): no Prefect
+server is needed, and a store written by flows elsewhere is inspected the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cpr_zarr.layout import HASH_HEX_LENGTH
+from cpr_zarr.provenance import read_records
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from cpr_zarr.store import ResultStore
+    from cpr_zarr.target import ZarrTarget
+
+__all__ = [
+    "Removal",
+    "leftovers",
+    "lineage",
+    "list_results",
+    "plan_gc",
+    "referenced_hashes",
+    "stored_bytes",
+]
+
+COLUMNS = [
+    "name", "hash", "kind", "shape", "dtype", "chunks", "stored_bytes", "raw_bytes",
+    "ratio", "created", "last_produced", "records", "last_task", "last_flow_run", "group_path",
+]  # fmt: skip
+_HASH_RE = re.compile(rb"[0-9a-f]{%d}" % HASH_HEX_LENGTH)
+
+
+def _parse_time(value: str | None) -> datetime | None:
+    return datetime.fromisoformat(value) if value else None
+
+
+def stored_bytes(store: ResultStore, prefix: str) -> int:
+    """Bytes of every object under ``prefix`` (a group, a staging folder)."""
+    if store._local_path is not None:
+        total = 0
+        for dirpath, _, files in os.walk(store._local_path / prefix):
+            for f in files:
+                try:
+                    total += os.path.getsize(os.path.join(dirpath, f))
+                except OSError:  # removed meanwhile
+                    continue
+        return total
+    from zarr.core.sync import sync
+
+    zstore: Any = store._zstore
+    return int(sync(zstore.fs._du(f"{zstore.path.rstrip('/')}/{prefix}", total=True)))
+
+
+def _newest_mtime(store: ResultStore, prefix: str) -> float:
+    if store._local_path is None:
+        return time.time()  # unknown: treat as fresh, never collected by age
+    newest = 0.0
+    for dirpath, _, files in os.walk(store._local_path / prefix):
+        for f in files:
+            try:
+                newest = max(newest, os.path.getmtime(os.path.join(dirpath, f)))
+            except OSError:
+                continue
+    return newest or time.time()
+
+
+def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
+    attrs = store._committed_attrs(target.group_path) or {}
+    records = read_records(store, target.group_path)
+    stored = stored_bytes(store, target.group_path)
+    raw = int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
+    last = records[-1] if records else {}
+    return {
+        "name": target.name,
+        "hash": target.content_hash,
+        "kind": attrs.get("kind", "array"),
+        "shape": target.shape,
+        "dtype": target.dtype,
+        "chunks": target.chunks,
+        "stored_bytes": stored,
+        "raw_bytes": raw,
+        "ratio": raw / stored if stored else float("nan"),
+        "created": _parse_time(records[0]["created"]) if records else None,
+        "last_produced": _parse_time(last.get("created")),
+        "records": len(records),
+        "last_task": last.get("task_name"),
+        "last_flow_run": last.get("flow_run_name"),
+        "group_path": target.group_path,
+    }
+
+
+def list_results(store: ResultStore) -> pd.DataFrame:
+    """One row per committed result (see ``COLUMNS``), oldest first."""
+    import pandas as pd
+
+    rows = [result_row(store, t) for t in store.targets()]
+    frame = pd.DataFrame(rows, columns=COLUMNS)
+    for col in ("created", "last_produced"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame.sort_values(["created", "group_path"], na_position="first").reset_index(drop=True)
+
+
+def lineage(store: ResultStore, ref: str | ZarrTarget) -> dict[str, list[ZarrTarget]]:
+    """Results upstream (``inputs``) and downstream (``outputs``) of ``ref``, transitively.
+
+    Edges come from provenance records: a record lists the content hashes of the inputs
+    of the task run that produced the result.
+    """
+    start = store.open(ref)
+    by_hash = {t.content_hash: t for t in store.targets()}
+    parents = {h: set() for h in by_hash}  # type: dict[str, set[str]]
+    for h, t in by_hash.items():
+        for record in read_records(store, t.group_path):
+            parents[h].update(i for i in record.get("inputs", []) if i in by_hash)
+    children: dict[str, set[str]] = {h: set() for h in by_hash}
+    for h, ps in parents.items():
+        for p in ps:
+            children[p].add(h)
+
+    def walk(edges: dict[str, set[str]]) -> list[ZarrTarget]:
+        seen: list[str] = []
+        frontier = sorted(edges.get(start.content_hash, ()))
+        while frontier:
+            nxt = []
+            for h in frontier:
+                if h not in seen and h != start.content_hash:
+                    seen.append(h)
+                    nxt.extend(sorted(edges.get(h, ())))
+            frontier = nxt
+        return [by_hash[h] for h in seen]
+
+    return {"inputs": walk(parents), "outputs": walk(children)}
+
+
+@dataclass(frozen=True)
+class Removal:
+    """One entry a garbage collection removes."""
+
+    path: str
+    reason: str
+    nbytes: int
+    content_hash: str | None = None
+
+
+def leftovers(store: ResultStore, min_age_seconds: float) -> list[Removal]:
+    """Staging folders and uncommitted groups whose newest file is older than the limit."""
+    now = time.time()
+    found = [(f"_staging/{entry}", "staging leftover") for entry in store._list_dir("_staging")]
+    found += [
+        (path, "incomplete (never committed)")
+        for path in store._candidate_paths()
+        if store._committed_attrs(path) is None
+    ]
+    return [
+        Removal(path, reason, stored_bytes(store, path))
+        for path, reason in found
+        if now - _newest_mtime(store, path) >= min_age_seconds
+    ]
+
+
+def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
+    """Content hashes of the results that Prefect records in a result-storage folder point to.
+
+    Reads JSON records (``cpr_zarr.task``) and pickled ones (plain tasks returning a
+    ``ZarrTarget``: the hash is plain text inside the pickle), without unpickling anything.
+    """
+    root = Path(result_storage)
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Result storage {str(root)!r} is not a folder. Pass the folder Prefect writes "
+            "result records to (PREFECT_LOCAL_STORAGE_PATH, default ~/.prefect/storage)."
+        )
+    found: set[str] = set()
+    for path in root.rglob("*"):
+        if not path.is_file():
+            continue
+        try:
+            raw = path.read_bytes()
+        except OSError:
+            continue
+        found.update(m.decode() for m in _HASH_RE.findall(raw))
+        try:
+            payload = json.loads(raw).get("result")
+        except (ValueError, AttributeError):
+            continue
+        if isinstance(payload, str):
+            with contextlib.suppress(ValueError):
+                found.update(
+                    m.decode() for m in _HASH_RE.findall(base64.b64decode(payload, validate=True))
+                )
+    return found
+
+
+def plan_gc(
+    store: ResultStore,
+    *,
+    older_than: float | None = None,
+    max_size: int | None = None,
+    keep_referenced: str | os.PathLike[str] | None = None,
+    leftover_age: float = 3600.0,
+) -> list[Removal]:
+    """What a garbage collection removes (nothing is removed here).
+
+    * leftovers (staging, uncommitted groups) older than ``leftover_age`` seconds, always;
+    * with ``keep_referenced``: results referenced by a record there are never removed, and
+      with no other criterion every unreferenced result is;
+    * ``older_than`` seconds: results last produced longer ago than that;
+    * ``max_size`` bytes: least recently produced results until the rest fits.
+    """
+    plan = leftovers(store, leftover_age if older_than is None else min(leftover_age, older_than))
+    frame = list_results(store)
+    protected: set[str] = set()
+    if keep_referenced is not None:
+        protected = referenced_hashes(keep_referenced)
+    candidates = frame[~frame["hash"].isin(protected)]
+    chosen: dict[str, str] = {}
+    now = datetime.now(UTC)
+    if keep_referenced is not None and older_than is None and max_size is None:
+        chosen.update(dict.fromkeys(candidates["hash"], "not referenced by any record"))
+    if older_than is not None:
+        for _, row in candidates.iterrows():
+            last = row["last_produced"]
+            if (
+                last is None
+                or last != last
+                or (now - last.to_pydatetime()).total_seconds() > older_than
+            ):
+                chosen.setdefault(row["hash"], "older than the limit")
+    if max_size is not None:
+        kept = frame[~frame["hash"].isin(chosen)]
+        recent_first = kept.sort_values("last_produced", ascending=False, na_position="last")
+        total = 0
+        for _, row in recent_first.iterrows():
+            total += int(row["stored_bytes"])
+            if total > max_size and row["hash"] not in protected:
+                chosen.setdefault(row["hash"], "least recently produced beyond the size budget")
+    rows = frame.set_index("hash")
+    for h, reason in chosen.items():
+        plan.append(
+            Removal(str(rows.loc[h, "group_path"]), reason, int(rows.loc[h, "stored_bytes"]), h)
+        )
+    return plan

@@ -1,0 +1,162 @@
+"""Provenance: who made a result, from what, when; one record per save, never overwritten.
+
+Each save (a dedup hit included) adds a record as its own small zarr group::
+
+    <name>-<hash>/provenance/zarr.json                      {"cpr_zarr_provenance": "records"}
+    <name>-<hash>/provenance/<UTC time>-<uuid>/zarr.json    attributes.cpr_zarr_provenance = {...}
+
+Writers never touch each other's records, so two runs that produce the same content both
+leave theirs. Plain zarr reads them: ``zarr.open_group(store, path=".../provenance")``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import platform
+import sys
+import uuid
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import PurePath
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from cpr_zarr.target import ZarrTarget
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Mapping
+
+    from cpr_zarr.store import ResultStore
+
+__all__ = ["PROVENANCE", "read_records", "record_for_task", "write_record"]
+
+PROVENANCE = "provenance"
+ATTR = "cpr_zarr_provenance"
+_PACKAGES = ("cpr_zarr", "zarr", "numcodecs", "numpy", "dask", "prefect")
+
+
+def _versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:  # pragma: no cover
+            continue
+    return out
+
+
+def render(value: Any, depth: int = 0) -> Any:
+    """A JSON-safe, small rendering of a parameter value (arrays are described, not copied)."""
+    if isinstance(value, ZarrTarget):
+        return {"cpr_zarr_target": value.group_path, "content_hash": value.content_hash}
+    if isinstance(value, (str, int, float, bool, type(None))):
+        return value if not isinstance(value, str) or len(value) <= 500 else value[:500] + "..."
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return f"numpy.ndarray(shape={value.shape}, dtype={value.dtype})"
+    if hasattr(value, "dask") and hasattr(value, "name") and hasattr(value, "shape"):
+        return f"dask.array(name={value.name!r}, shape={value.shape}, dtype={value.dtype})"
+    if isinstance(value, PurePath):
+        return str(value)
+    if depth < 4 and isinstance(value, (list, tuple)):
+        return [render(v, depth + 1) for v in list(value)[:100]]
+    if depth < 4 and isinstance(value, dict):
+        return {str(k): render(v, depth + 1) for k, v in list(value.items())[:100]}
+    return repr(value)[:200]
+
+
+def input_hashes(value: Any) -> list[str]:
+    """Content hashes of every ``ZarrTarget`` inside a parameter value."""
+    if isinstance(value, ZarrTarget):
+        return [value.content_hash]
+    if isinstance(value, (list, tuple)):
+        return [h for v in value for h in input_hashes(v)]
+    if isinstance(value, dict):
+        return [h for v in value.values() for h in input_hashes(v)]
+    return []
+
+
+def source_hash(fn: Callable[..., Any]) -> str | None:
+    try:
+        source = inspect.getsource(fn)
+    except (OSError, TypeError):
+        return None
+    return hashlib.blake2b(source.encode(), digest_size=16).hexdigest()
+
+
+def record_for_task(fn: Callable[..., Any], parameters: Mapping[str, Any]) -> dict[str, Any]:
+    """Provenance of a save made inside a Prefect task run (task/flow fields None outside one)."""
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    record: dict[str, Any] = {
+        "task_name": None,
+        "task_run_id": None,
+        "task_run_name": None,
+        "flow_run_id": None,
+        "flow_run_name": None,
+        "flow_name": None,
+    }
+    task_ctx = TaskRunContext.get()
+    if task_ctx is not None:
+        record["task_name"] = task_ctx.task.name
+        record["task_run_id"] = str(task_ctx.task_run.id)
+        record["task_run_name"] = task_ctx.task_run.name
+        if task_ctx.task_run.flow_run_id is not None:
+            record["flow_run_id"] = str(task_ctx.task_run.flow_run_id)
+    flow_ctx = FlowRunContext.get()
+    if flow_ctx is not None and flow_ctx.flow_run is not None:
+        record["flow_run_id"] = str(flow_ctx.flow_run.id)
+        record["flow_run_name"] = flow_ctx.flow_run.name
+        record["flow_name"] = flow_ctx.flow.name if flow_ctx.flow else None
+    record["function"] = f"{fn.__module__}.{fn.__qualname__}"
+    record["source_hash"] = source_hash(fn)
+    record["parameters"] = {k: render(v) for k, v in parameters.items()}
+    record["inputs"] = sorted({h for v in parameters.values() for h in input_hashes(v)})
+    return record
+
+
+def _group_doc(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {"zarr_format": 3, "node_type": "group", "attributes": attributes}
+
+
+def write_record(
+    store: ResultStore, target: ZarrTarget, record: Mapping[str, Any] | None, output: str
+) -> None:
+    """Add one provenance record to a committed result (additive; no read-modify-write)."""
+    from zarr.core.sync import sync
+
+    from cpr_zarr.store import to_buffer
+
+    now = datetime.now(UTC)
+    full = {
+        "created": now.isoformat(timespec="milliseconds"),
+        "output": output,
+        "host": platform.node(),
+        "versions": _versions(),
+        "argv": sys.argv[:1],
+        **(record or {}),
+    }
+    base = f"{target.group_path}/{PROVENANCE}"
+    sync(
+        store._zstore.set_if_not_exists(
+            f"{base}/zarr.json", to_buffer(_group_doc({ATTR: "records"}))
+        )
+    )
+    key = f"{base}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}/zarr.json"
+    store._set_json(key, _group_doc({ATTR: full}))
+
+
+def read_records(store: ResultStore, group_path: str) -> list[dict[str, Any]]:
+    """All provenance records of a result, oldest first."""
+    base = f"{group_path}/{PROVENANCE}"
+    records = []
+    for entry in sorted(store._list_dir(base)):
+        if entry == "zarr.json":
+            continue
+        doc = store._get_json(f"{base}/{entry}/zarr.json")
+        if isinstance(doc, dict) and isinstance(doc.get("attributes", {}).get(ATTR), dict):
+            records.append(doc["attributes"][ATTR])
+    return records
