@@ -14,8 +14,12 @@ from cpr_zarr.errors import (
     StoreError,
     UnsupportedResultError,
 )
+from cpr_zarr.export import to_ngff_v04, to_ome_tiff
+from cpr_zarr.ngff import Image, Labels
+from cpr_zarr.pyramid import read_level
 from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.store import ResultStore, open_store
+from cpr_zarr.table import read_table, save_table
 from cpr_zarr.target import ZarrTarget
 
 __all__ = [
@@ -24,7 +28,9 @@ __all__ = [
     "ChunkVerificationError",
     "ContentInputs",
     "CprZarrError",
+    "Image",
     "InvalidNameError",
+    "Labels",
     "ResultNotFoundError",
     "ResultStore",
     "StoreError",
@@ -33,7 +39,12 @@ __all__ = [
     "compute",
     "open_store",
     "pointer_serializer",
+    "read_level",
+    "read_table",
+    "save_table",
     "task",
+    "to_ngff_v04",
+    "to_ome_tiff",
 ]
 
 __version__ = "0.1.0"

@@ -206,8 +206,12 @@ def verify_command(store: str, refs: tuple[str, ...], threads: int | None) -> No
 
     Exits with status 0 only if everything verifies; every bad chunk is named.
     """
+    from cpr_zarr.table import read_table
+
     rs = _open(store)
     targets = [_target(rs, r) for r in refs] if refs else list(rs.targets())
+    tables = [t for t in targets if t.dtype == "table"]
+    targets = [t for t in targets if t.dtype != "table"]
     jobs = [(t, index) for t in targets for index, _ in chunk_grid(t.shape, t.chunks)]
     bad: list[str] = []
     with (
@@ -223,12 +227,18 @@ def verify_command(store: str, refs: tuple[str, ...], threads: int | None) -> No
             except ChunkVerificationError as exc:
                 bad.append(str(exc))
             bar.update(1)
+    for table_target in tables:  # every column array is re-hashed as the table is read
+        try:
+            read_table(table_target)
+        except ChunkVerificationError as exc:
+            bad.append(str(exc))
     for message in bad:
         click.echo(f"BAD {message}")
     if bad:
         click.echo(f"{len(bad)} of {len(jobs)} chunks failed verification.")
         sys.exit(1)
-    click.echo(f"OK: {len(jobs)} chunks of {len(targets)} results verified.")
+    tail = f" and {len(tables)} tables" if tables else ""
+    click.echo(f"OK: {len(jobs)} chunks of {len(targets)} results{tail} verified.")
 
 
 @main.command("gc")
@@ -283,6 +293,47 @@ def gc_command(
         click.echo(
             f"would free {total} in {len(plan)} entries; run again with --yes to remove them"
         )
+
+
+@main.command("export")
+@click.argument("store")
+@click.argument("ref")
+@click.argument("dest", type=click.Path(dir_okay=True, writable=True))
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["ome-tiff", "ngff-v04", "csv"]),
+    help="Default: from DEST (.tif/.tiff: OME-TIFF, .zarr: NGFF 0.4 on zarr v2, .csv: table).",
+)
+def export_command(store: str, ref: str, dest: str, fmt: str | None) -> None:
+    """Export a result to OME-TIFF, an NGFF 0.4 / zarr v2 copy (Fiji, MoBIE) or CSV."""
+    from cpr_zarr.export import to_ngff_v04, to_ome_tiff
+    from cpr_zarr.table import to_csv
+
+    target = _target(_open(store), ref)
+    if fmt is None:
+        lowered = dest.lower().rstrip("/")
+        fmt = (
+            "ome-tiff" if lowered.endswith((".tif", ".tiff")) else
+            "ngff-v04" if lowered.endswith(".zarr") else
+            "csv" if lowered.endswith(".csv") else None
+        )  # fmt: skip
+        if fmt is None:
+            raise click.BadParameter(
+                f"cannot tell the format from {dest!r}; end it in .ome.tif, .zarr or .csv, "
+                "or pass --format.",
+                param_hint="DEST",
+            )
+    try:
+        if fmt == "ome-tiff":
+            to_ome_tiff(target, dest)
+        elif fmt == "ngff-v04":
+            to_ngff_v04(target, dest)
+        else:
+            to_csv(target, dest)
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"exported {target.group_path} to {dest} ({fmt})")
 
 
 @main.command("open")

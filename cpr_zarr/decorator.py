@@ -23,14 +23,16 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import prefect
 from prefect.cache_policies import TASK_SOURCE
 
+from cpr_zarr import ngff, table
 from cpr_zarr.cache import CONTENT_INPUTS
 from cpr_zarr.compute import install_safe_scheduler
 from cpr_zarr.errors import UnsupportedResultError
 from cpr_zarr.layout import canonical_dtype, parse_name
-from cpr_zarr.provenance import record_for_task
+from cpr_zarr.provenance import record_for_task, write_record
 from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import ZarrTarget
@@ -61,6 +63,8 @@ def _numpy_params(fn: Callable[..., Any]) -> set[str]:
 
 def _load(value: Any, as_numpy: bool) -> Any:
     if isinstance(value, ZarrTarget):
+        if table.is_table(value):
+            return table.read_table(value)
         return value.to_numpy() if as_numpy else value.get_data()
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
         return tuple(_load(v, as_numpy) for v in value)
@@ -81,26 +85,48 @@ class _Saver:
     def save(self, value: Any, name: str) -> ZarrTarget:
         return self.store.save(value, name, provenance=self.record)
 
+    def save_table(self, value: pd.DataFrame, name: str) -> ZarrTarget:
+        target = table.save_table(self.store, value, name)
+        write_record(self.store, target, self.record, output=name)
+        return target
 
-def _walk(value: Any, name: str, where: str, store: _Saver | None) -> Any:
+
+def _walk(
+    value: Any,
+    name: str,
+    where: str,
+    store: _Saver | None,
+    inputs: ngff.InputImages | None = None,
+) -> Any:
     """Check (``store=None``) or save (``store`` given) a task's return value.
 
     The check runs over the whole value first, so a bad part leaves the store untouched.
+    Arrays inherit the metadata of a same-shaped input (``inputs``).
     """
-    if isinstance(value, (np.ndarray, da.Array)):
+    if isinstance(value, (np.ndarray, da.Array, ngff.Image, ngff.Labels)):
         if store is None:
             parse_name(name)
-            canonical_dtype(value.dtype, what=where)
+            array = value if isinstance(value, (np.ndarray, da.Array)) else value.data
+            canonical_dtype(array.dtype, what=where)
             return value
-        return store.save(value, name)
+        return store.save(inputs.prepare(value) if inputs is not None else value, name)
+    if isinstance(value, pd.DataFrame):
+        if store is None:
+            parse_name(name)
+            return value
+        return store.save_table(value, name)
     if isinstance(value, (ZarrTarget, *_JSON_SCALARS)):
         return value
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, tuple) and not hasattr(value, "_fields"):
-        return tuple(_walk(v, f"{name}.{i}", f"{where}[{i}]", store) for i, v in enumerate(value))
+        return tuple(
+            _walk(v, f"{name}.{i}", f"{where}[{i}]", store, inputs) for i, v in enumerate(value)
+        )
     if isinstance(value, list):
-        return [_walk(v, f"{name}.{i}", f"{where}[{i}]", store) for i, v in enumerate(value)]
+        return [
+            _walk(v, f"{name}.{i}", f"{where}[{i}]", store, inputs) for i, v in enumerate(value)
+        ]
     if isinstance(value, dict):
         out = {}
         for i, (k, v) in enumerate(value.items()):
@@ -110,7 +136,7 @@ def _walk(value: Any, name: str, where: str, store: _Saver | None) -> Any:
                     "need str keys in dicts (they become JSON). Use str(key)."
                 )
             part = k if _NAME_PART.fullmatch(k) else str(i)
-            out[k] = _walk(v, f"{name}.{part}", f"{where}[{k!r}]", store)
+            out[k] = _walk(v, f"{name}.{part}", f"{where}[{k!r}]", store, inputs)
         return out
     raise UnsupportedResultError(
         f"{where} is a {type(value).__module__}.{type(value).__qualname__} ({value!r:.60}), which "
@@ -183,12 +209,14 @@ def task(
         install_safe_scheduler()
         bound = signature.bind(*args, **kwargs)
         record = record_for_task(fn, bound.arguments)
+        inputs = ngff.InputImages()
         for pname, value in bound.arguments.items():
             bound.arguments[pname] = _load(value, pname in numpy_params)
+            inputs.add(value, bound.arguments[pname])
         result = fn(*bound.args, **bound.kwargs)
         where = f"The return value of {fn.__qualname__}"
         _walk(result, result_name, where, None)
-        return _walk(result, result_name, where, _Saver(get_store(), record))
+        return _walk(result, result_name, where, _Saver(get_store(), record), inputs)
 
     task_kwargs.setdefault("cache_policy", CONTENT_INPUTS + TASK_SOURCE)
     task_kwargs.setdefault("persist_result", True)

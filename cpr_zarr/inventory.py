@@ -83,7 +83,9 @@ def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
     attrs = store._committed_attrs(target.group_path) or {}
     records = read_records(store, target.group_path)
     stored = stored_bytes(store, target.group_path)
-    raw = int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
+    raw: int | None = None  # tables: columns of mixed, partly variable-width types
+    if target.dtype != "table":
+        raw = int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
     last = records[-1] if records else {}
     return {
         "name": target.name,
@@ -94,7 +96,7 @@ def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
         "chunks": target.chunks,
         "stored_bytes": stored,
         "raw_bytes": raw,
-        "ratio": raw / stored if stored else float("nan"),
+        "ratio": raw / stored if raw is not None and stored else float("nan"),
         "created": _parse_time(records[0]["created"]) if records else None,
         "last_produced": _parse_time(last.get("created")),
         "records": len(records),

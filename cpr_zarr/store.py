@@ -30,6 +30,7 @@ from zarr.core.sync import sync
 
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
+    CprZarrError,
     ResultNotFoundError,
     StoreError,
 )
@@ -109,12 +110,13 @@ class ResultStore:
         *,
         mode: Literal["r", "a"] = "a",
         storage_options: dict[str, Any] | None = None,
+        **more_storage_options: Any,
     ) -> None:
         if mode not in ("r", "a"):
             raise ValueError(f"mode must be 'r' or 'a', got {mode!r}.")
         self.url, self._local_path = normalize_url(url)
         self.mode = mode
-        self._storage_options = dict(storage_options or {})
+        self._storage_options = {**(storage_options or {}), **more_storage_options}
         self._readers: dict[str, ChunkReader] = {}
         self._zstore = self._open_zarr_store()
         self._ensure_root()
@@ -153,9 +155,17 @@ class ResultStore:
                 return zarr.storage.LocalStore(path, read_only=read_only)
             except OSError as exc:
                 raise StoreError(f"Cannot open result store {self.url!r}: {exc}") from exc
+        options = dict(self._storage_options)
+        if self.url.startswith(("s3://", "s3a://")):
+            # one GET per chunk (s3fs otherwise sends a HEAD first to split big objects), and
+            # retries with exponential backoff for 5xx, throttling and dropped connections
+            options.setdefault("max_concurrency", 1)
+            options.setdefault(
+                "config_kwargs", {"retries": {"max_attempts": 8, "mode": "standard"}}
+            )
         try:
             return zarr.storage.FsspecStore.from_url(
-                self.url, storage_options=self._storage_options or None, read_only=read_only
+                self.url, storage_options=options or None, read_only=read_only
             )
         except ImportError as exc:
             raise StoreError(
@@ -265,8 +275,21 @@ class ResultStore:
             chunks=tuple(attrs["chunks"]),
         )
 
-    def _candidate_paths(self) -> list[str]:
-        return sorted(p for p in self._list_dir("") if parse_group_path(p) is not None)
+    def _candidate_paths(self, *, nested: bool = False) -> list[str]:
+        """Result group paths under the root; with ``nested``, label images inside them too
+        (one more listing per result, so saves, which only need the top level, skip it)."""
+        top = sorted(p for p in self._list_dir("") if parse_group_path(p) is not None)
+        if not nested:
+            return top
+        out = []
+        for path in top:
+            out.append(path)
+            out.extend(
+                f"{path}/labels/{child}"
+                for child in sorted(self._list_dir(f"{path}/labels"))
+                if parse_group_path(child) is not None
+            )
+        return out
 
     def _find(self, content_hash: str, preferred: str | None = None) -> ZarrTarget | None:
         """A committed result with exactly this hash (``preferred`` path first), or None."""
@@ -278,8 +301,8 @@ class ResultStore:
         return None
 
     def targets(self) -> Iterator[ZarrTarget]:
-        """Every committed result in the store, sorted by group path."""
-        for path in self._candidate_paths():
+        """Every committed result in the store (label images included), by group path."""
+        for path in self._candidate_paths(nested=True):
             if (attrs := self._committed_attrs(path)) is not None:
                 yield self._target(path, attrs)
 
@@ -325,8 +348,9 @@ class ResultStore:
             c in "0123456789abcdef" for c in lowered
         )
         matches: dict[str, ZarrTarget] = {}
-        for path in self._candidate_paths():
-            name, content_hash = path[: -HASH_HEX_LENGTH - 1], path[-HASH_HEX_LENGTH:]
+        for path in self._candidate_paths(nested=True):
+            name = path.rsplit("/", 1)[-1][: -HASH_HEX_LENGTH - 1]
+            content_hash = path[-HASH_HEX_LENGTH:]
             if (
                 ((is_prefix and content_hash.startswith(lowered)) or name == ref)
                 and content_hash not in matches
@@ -356,14 +380,16 @@ class ResultStore:
         chunks: tuple[int, ...] | int | None = None,
         compressor: Any = None,
         provenance: Mapping[str, Any] | None = None,
+        **metadata: Any,
     ) -> ZarrTarget:
         """Store an array as a content-hash-named result group and return its pointer.
 
         Parameters
         ----------
         data
-            A numpy array (bool, int, uint, float or complex; 1-D to 5-D) or a Dask array,
-            which is written chunk by chunk without ever being held whole in memory.
+            A numpy array (bool, int, uint, float or complex; 1-D to 5-D), a Dask array
+            (written chunk by chunk, never held whole in memory), a ``cpr_zarr.Image`` or
+            ``cpr_zarr.Labels`` (array plus NGFF metadata), or a pandas DataFrame (a table).
         name
             Readable part of the group path (letters, digits, ``_ . -``).
         chunks
@@ -391,8 +417,27 @@ class ResultStore:
         from cpr_zarr.provenance import write_record
 
         self._check_writable()
-        target = writer.save(self, data, name, chunks=chunks, compressor=compressor)
-        write_record(self, target, provenance, output=name)
+        try:
+            if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
+                from cpr_zarr.table import save_table
+
+                target = save_table(self, data, name)
+            else:
+                target = writer.save(
+                    self, data, name, chunks=chunks, compressor=compressor, **metadata
+                )
+            write_record(self, target, provenance, output=name)
+        except CprZarrError:
+            raise
+        except Exception as exc:
+            if not (isinstance(exc, OSError) or _is_storage_error(exc)):
+                raise
+            raise StoreError(
+                f"Saving result {name!r} to store {self.url!r} failed: {type(exc).__name__}: "
+                f"{exc}. Nothing was committed (a later save of the same data completes or "
+                "replaces what was written). Check that the store is reachable and writable, "
+                "then run the task again."
+            ) from exc
         return target
 
     def list(self) -> pd.DataFrame:
@@ -420,6 +465,10 @@ class ResultStore:
         target = self.open(ref)
         sync(self._zstore.delete(f"{target.group_path}/zarr.json"))
         sync(self._zstore.delete_dir(target.group_path))
+        if "/labels/" in target.group_path:  # keep the image's list of label images true
+            from cpr_zarr.ngff import _update_labels_list
+
+            _update_labels_list(self, target.group_path.split("/labels/")[0])
         self._readers.pop(target.group_path, None)
         return target
 
@@ -438,6 +487,12 @@ class ResultStore:
             reader = ChunkReader(self, target.group_path, attrs)
             self._readers[target.group_path] = reader
         return reader
+
+
+def _is_storage_error(exc: BaseException) -> bool:
+    """Whether an exception comes from the storage layer (botocore, aiohttp, fsspec)."""
+    module = type(exc).__module__
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec"))
 
 
 def to_buffer(doc: Any) -> Any:

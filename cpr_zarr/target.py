@@ -46,8 +46,8 @@ class ZarrTarget:
 
     @property
     def name(self) -> str:
-        """The readable part of the group path."""
-        return self.group_path[: -len(self.content_hash) - 1]
+        """The readable part of the group path (of its last component, for label images)."""
+        return self.group_path.rsplit("/", 1)[-1][: -len(self.content_hash) - 1]
 
     @property
     def store(self) -> ResultStore:

@@ -22,6 +22,7 @@ completes.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import shutil
 import uuid
@@ -42,7 +43,6 @@ from cpr_zarr.layout import (
     LAYOUT_VERSION,
     canonical_dtype,
     chunk_grid,
-    group_path,
     parse_chunks,
     parse_name,
 )
@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
 __all__ = ["DEFAULT_COMPRESSOR", "save"]
 
+logger = logging.getLogger("cpr_zarr")
 ARRAY_PATH = "0"
 MAX_NDIM = 5
 STAGING = "_staging"
@@ -83,13 +84,26 @@ def save(
     *,
     chunks: Any = None,
     compressor: Any = None,
+    axes: Any = None,
+    scale: Any = None,
+    units: Any = None,
+    translation: Any = None,
+    levels: int | None = None,
 ) -> ZarrTarget:
-    """Write ``data`` into ``store`` and commit it (see the module docstring)."""
+    """Write ``data`` into ``store`` and commit it (see the module docstring).
+
+    ``data`` may be wrapped in :class:`~cpr_zarr.ngff.Image` / :class:`~cpr_zarr.ngff.Labels`;
+    ``axes``, ``scale``, ``units``, ``translation`` and ``levels`` go to the NGFF metadata
+    and pyramid (:mod:`cpr_zarr.ngff`, :mod:`cpr_zarr.pyramid`), never into the content hash.
+    """
     name = parse_name(name)
+    data, spec = ngff.resolve_save(
+        store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
+    )
     if isinstance(data, da.Array):
-        return _save_dask(store, data, name, chunks=chunks, compressor=compressor)
+        return _save_dask(store, data, name, chunks=chunks, compressor=compressor, spec=spec)
     if isinstance(data, np.ndarray):
-        return _save_numpy(store, data, name, chunks=chunks, compressor=compressor)
+        return _save_numpy(store, data, name, chunks=chunks, compressor=compressor, spec=spec)
     raise UnsupportedResultError(
         f"Cannot store {type(data).__module__}.{type(data).__qualname__} object {data!r:.80} "
         f"as result {name!r}: ResultStore.save takes a numpy or Dask array. Convert it "
@@ -98,7 +112,13 @@ def save(
 
 
 def _save_numpy(
-    store: ResultStore, data: np.ndarray, name: str, *, chunks: Any, compressor: Any
+    store: ResultStore,
+    data: np.ndarray,
+    name: str,
+    *,
+    chunks: Any,
+    compressor: Any,
+    spec: ngff.SaveSpec,
 ) -> ZarrTarget:
     dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
     _check_ndim(data.shape, f"result {name!r}")
@@ -106,19 +126,35 @@ def _save_numpy(
     chunk_shape = parse_chunks(chunks, data.shape, dtype)
     digests = [chunk_digest(data[s]) for _, s in chunk_grid(data.shape, chunk_shape)]
     content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
-    path = group_path(name, content_hash)
-    found = store._find(content_hash, preferred=path)
+    path = spec.path(name, content_hash)
+    found = spec.find(store, content_hash, path)
     if found is not None:
         return found
     array_path = f"{path}/{ARRAY_PATH}"
-    array = _create_array(store, array_path, data.shape, dtype, chunk_shape, compressor)
+    array = _create_array(
+        store,
+        array_path,
+        data.shape,
+        dtype,
+        chunk_shape,
+        compressor,
+        dimension_names=spec.dimension_names,
+    )
     with SaveProgress(path, len(digests), data.nbytes, count_keys(store, array_path)):
         array[...] = data
-    return _commit(store, path, name, content_hash, data.shape, dtype, chunk_shape, digests)
+    return _commit(
+        store, path, name, content_hash, data.shape, dtype, chunk_shape, digests, spec=spec
+    )
 
 
 def _save_dask(
-    store: ResultStore, data: da.Array, name: str, *, chunks: Any, compressor: Any
+    store: ResultStore,
+    data: da.Array,
+    name: str,
+    *,
+    chunks: Any,
+    compressor: Any,
+    spec: ngff.SaveSpec,
 ) -> ZarrTarget:
     if any(np.isnan(s) for s in data.shape):
         raise UnsupportedResultError(
@@ -129,7 +165,7 @@ def _save_dask(
     _check_ndim(data.shape, f"result {name!r}")
     if data.size == 0:
         (small,) = compute(data)
-        return _save_numpy(store, small, name, chunks=chunks, compressor=compressor)
+        return _save_numpy(store, small, name, chunks=chunks, compressor=compressor, spec=spec)
     if data.dtype != dtype:
         data = data.astype(dtype)
     chunk_shape = parse_chunks(chunks, data.shape, dtype)
@@ -140,7 +176,13 @@ def _save_dask(
     staging = f"{STAGING}/{name}-{token}"
     try:
         array = _create_array(
-            store, f"{staging}/{ARRAY_PATH}", data.shape, dtype, chunk_shape, compressor
+            store,
+            f"{staging}/{ARRAY_PATH}",
+            data.shape,
+            dtype,
+            chunk_shape,
+            compressor,
+            dimension_names=spec.dimension_names,
         )
         digest_blocks = da.map_blocks(
             _write_block,
@@ -160,14 +202,19 @@ def _save_dask(
             (digest_grid,) = compute(digest_blocks)
         digests = [str(d) for d in np.asarray(digest_grid).ravel(order="C")]
         content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
-        path = group_path(name, content_hash)
-        found = store._find(content_hash, preferred=path)
+        path = spec.path(name, content_hash)
+        found = spec.find(store, content_hash, path)
         if found is not None:
             return found
         _move(store, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
-        return _commit(store, path, name, content_hash, data.shape, dtype, chunk_shape, digests)
+        return _commit(
+            store, path, name, content_hash, data.shape, dtype, chunk_shape, digests, spec=spec
+        )
     finally:
-        remove_prefix(store, staging)
+        try:
+            remove_prefix(store, staging)
+        except Exception as exc:  # never hide the save's own error; gc removes leftovers
+            logger.warning("Could not remove staging folder %s of %s: %s", staging, store.url, exc)
 
 
 def _write_block(
@@ -187,6 +234,8 @@ def _create_array(
     dtype: np.dtype,
     chunks: tuple[int, ...],
     compressor: Any,
+    *,
+    dimension_names: list[str] | None = None,
 ) -> zarr.Array[Any]:
     """Write the array metadata (no parent group documents) and open the array for writing.
 
@@ -198,7 +247,7 @@ def _create_array(
         # build the metadata document in memory: zarr.create_array would also write parent
         # group documents, and the group document is our commit marker
         scratch = zarr.storage.MemoryStore()
-        axes = ngff.default_axes(len(shape))
+        axes = dimension_names if dimension_names is not None else ngff.default_axes(len(shape))
         zarr.create_array(
             scratch,
             shape=shape,
@@ -232,6 +281,8 @@ def _commit(
     dtype: np.dtype,
     chunks: tuple[int, ...],
     digests: list[str],
+    *,
+    spec: ngff.SaveSpec | None = None,
 ) -> ZarrTarget:
     attrs: dict[str, Any] = {
         "layout": LAYOUT_VERSION,
@@ -246,13 +297,17 @@ def _commit(
         "chunk_digests": digests,
     }
     attributes: dict[str, Any] = {}
-    ome = ngff.multiscales_attrs(name, len(shape), ARRAY_PATH)
+    # NGFF metadata and pyramid levels (written now, before the commit marker)
+    ome, image_attrs = (spec or ngff.SaveSpec(None)).group_attributes(store, path, name)
+    attrs.update(image_attrs)
     if ome is not None:
         attributes["ome"] = ome
     attributes["cpr_zarr"] = attrs
     store._set_json(
         f"{path}/zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes}
     )
+    if spec is not None:
+        spec.after_commit(store)  # label images: list it in the image's labels group
     return store._target(path, attrs)
 
 

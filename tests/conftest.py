@@ -11,6 +11,8 @@ import pytest
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    from tests.s3_server import S3Server
+
 import cpr_zarr
 
 # Prefect reads its settings at import: point it at a throwaway home before anything imports it
@@ -45,11 +47,41 @@ def result_storage(tmp_path: Path) -> Path:
     return path
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """moto on 127.0.0.1 behind a counting, fault-injecting proxy; credentials in the env."""
+    from tests.s3_server import S3Server
+
+    server = S3Server()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)  # Dask worker processes inherit these
+    server.make_bucket("cpr-zarr-tests")
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_server: S3Server) -> str:
+    """A fresh store URL in the test bucket."""
+    s3_server.proxy.inject()
+    s3_server.proxy.always_fail = ""
+    return f"s3://cpr-zarr-tests/{uuid.uuid4().hex}/results.zarr"
+
+
+@pytest.fixture(params=["local", "memory", "s3"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> cpr_zarr.ResultStore:
-    """The same store tests run on every store kind."""
+    """The same store tests run on every store kind: a folder, memory, S3 on loopback."""
     if request.param == "local":
         return cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    if request.param == "s3":
+        return cpr_zarr.ResultStore(request.getfixturevalue("s3_url"))
     return cpr_zarr.ResultStore(f"memory://cpr-zarr-tests/{uuid.uuid4().hex}/results.zarr")
 
 

@@ -14,7 +14,7 @@ import tifffile
 import cpr_zarr
 
 EXAMPLE = Path(__file__).parents[1] / "examples" / "nuclei_flow.py"
-TASKS = ("load_nuclei", "denoise", "threshold", "label")
+TASKS = ("load_nuclei", "denoise", "threshold", "label", "measure")
 
 
 def run_example(cwd: Path, prefect_home: Path) -> str:
@@ -57,19 +57,30 @@ def test_example_runs_twice_in_two_processes_second_all_cached(tmp_path: Path) -
 
     # the results are where the example says, and readable without Prefect
     store = cpr_zarr.ResultStore(tmp_path / "results.zarr", mode="r")
-    by_name = {t.name: t for t in store.targets()}
-    assert set(by_name) == {"load_nuclei", "denoise", "threshold", "label.0"}
-    labels = by_name["label.0"].to_numpy()
+    paths = dict(re.findall(r"^  (raw|denoised|mask|labels|table) +(\S+)  ", second, re.M))
+    by_name = {key: store.open(path) for key, path in paths.items()}
+    assert set(by_name) == {"raw", "denoised", "mask", "labels", "table"}
+    assert by_name["labels"].group_path.startswith(f"{by_name['raw'].group_path}/labels/")
+    labels = by_name["labels"].to_numpy()
     assert labels.shape == (60, 256, 256)
     count = int(re.search(r"Found (\d+) nuclei", second)[1])  # type: ignore[index]
     assert labels.max() == count
     assert 15 <= count <= 25  # the ground truth has 20 nuclei
-    for line in ("napari --plugin napari-ome-zarr", by_name["label.0"].group_path):
-        assert line in second
+    # physical units flowed from the raw image to every result
+    for key in ("denoised", "mask", "labels"):
+        ome = store._get_json(f"{by_name[key].group_path}/zarr.json")["attributes"]["ome"]
+        axes = ome["multiscales"][0]["axes"]
+        assert [a.get("unit") for a in axes] == ["micrometer"] * 3, key
+    table = cpr_zarr.read_table(by_name["table"])
+    assert len(table) == count
+    assert (table["volume_um3"] > 0).all()
+    csv = tmp_path / "nuclei_measurements.csv"
+    assert len(csv.read_text().splitlines()) == count + 1
+    assert f"napari --plugin napari-ome-zarr {store.url}/{by_name['raw'].group_path}" in second
     # the stored raw image is the shipped TIFF, bit for bit
     sys.path.insert(0, str(EXAMPLE.parent))
     try:
         from nuclei_flow import sample_path
     finally:
         sys.path.remove(str(EXAMPLE.parent))
-    np.testing.assert_array_equal(by_name["load_nuclei"].to_numpy(), tifffile.imread(sample_path()))
+    np.testing.assert_array_equal(by_name["raw"].to_numpy(), tifffile.imread(sample_path()))
