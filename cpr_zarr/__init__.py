@@ -18,6 +18,7 @@ from cpr_zarr.export import to_ngff_v04, to_ome_tiff
 from cpr_zarr.ngff import Image, Labels
 from cpr_zarr.pyramid import read_level
 from cpr_zarr.serializer import pointer_serializer
+from cpr_zarr.source import TiffSource, ZarrSource
 from cpr_zarr.store import ResultStore, open_store
 from cpr_zarr.table import read_table, save_table
 from cpr_zarr.target import ZarrTarget
@@ -34,7 +35,9 @@ __all__ = [
     "ResultNotFoundError",
     "ResultStore",
     "StoreError",
+    "TiffSource",
     "UnsupportedResultError",
+    "ZarrSource",
     "ZarrTarget",
     "compute",
     "open_store",

@@ -45,6 +45,8 @@ def content_token(value: Any) -> Any:
         return {"numpy": array_fingerprint(value)}
     if isinstance(value, da.Array):
         return {"dask": value.name, "shape": list(value.shape), "dtype": value.dtype.str}
+    if hasattr(value, "fingerprint") and callable(value.fingerprint):  # TiffSource, ZarrSource
+        return {type(value).__name__: value.fingerprint()}
     if isinstance(value, PurePath) and Path(value).is_file():
         stat = Path(value).stat()
         return {

@@ -34,6 +34,7 @@ from cpr_zarr.errors import UnsupportedResultError
 from cpr_zarr.layout import canonical_dtype, parse_name
 from cpr_zarr.provenance import record_for_task, write_record
 from cpr_zarr.serializer import pointer_serializer
+from cpr_zarr.source import TiffSource, ZarrSource, to_array
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import ZarrTarget
 
@@ -62,6 +63,8 @@ def _numpy_params(fn: Callable[..., Any]) -> set[str]:
 
 
 def _load(value: Any, as_numpy: bool) -> Any:
+    if isinstance(value, (TiffSource, ZarrSource)):
+        return to_array(value, as_numpy)
     if isinstance(value, ZarrTarget):
         if table.is_table(value):
             return table.read_table(value)

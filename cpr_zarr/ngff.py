@@ -638,7 +638,7 @@ class InputImages:
         """Record the targets in an argument and the values the task received for them."""
         from cpr_zarr.target import ZarrTarget
 
-        if isinstance(original, ZarrTarget):
+        if isinstance(original, ZarrTarget) or hasattr(original, "image_meta"):  # or a source
             self._targets.append(original)
             self._by_id[id(loaded)] = original
             self._keep.append(loaded)
@@ -650,6 +650,9 @@ class InputImages:
                 self.add(o, loaded.get(k))
 
     def _meta(self, target: Any) -> ImageMeta:
+        if hasattr(target, "image_meta"):  # TiffSource, ZarrSource
+            meta: ImageMeta = target.image_meta()
+            return meta
         attrs = target.store.reader(target).attrs.get("image")
         return (
             ImageMeta.from_dict(attrs) if isinstance(attrs, dict) else parse_meta(len(target.shape))
