@@ -36,7 +36,7 @@ from cpr_zarr.provenance import record_for_task, write_record
 from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.source import TiffSource, ZarrSource, to_array
 from cpr_zarr.store import ResultStore, normalize_url, open_store
-from cpr_zarr.target import ZarrTarget
+from cpr_zarr.target import PILTarget, ZarrTarget
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -65,6 +65,8 @@ def _numpy_params(fn: Callable[..., Any]) -> set[str]:
 def _load(value: Any, as_numpy: bool) -> Any:
     if isinstance(value, (TiffSource, ZarrSource)):
         return to_array(value, as_numpy)
+    if isinstance(value, PILTarget):
+        return value.to_pil()
     if isinstance(value, ZarrTarget):
         if table.is_table(value):
             return table.read_table(value)
@@ -94,6 +96,10 @@ class _Saver:
         return target
 
 
+def _is_pil(value: Any) -> bool:
+    return type(value).__module__.startswith("PIL.") and hasattr(value, "mode")
+
+
 def _walk(
     value: Any,
     name: str,
@@ -113,6 +119,18 @@ def _walk(
             canonical_dtype(array.dtype, what=where)
             return value
         return store.save(inputs.prepare(value) if inputs is not None else value, name)
+    if _is_pil(value):
+        array = np.asarray(value)
+        if array.ndim == 3:  # bands last in PIL, channels first in OME-NGFF
+            array = np.moveaxis(array, -1, 0)
+        if store is None:
+            parse_name(name)
+            canonical_dtype(array.dtype, what=where)
+            return value
+        array = np.ascontiguousarray(array)
+        saved = store.save(ngff.Image(array, axes="cyx") if array.ndim == 3 else array, name)
+        fields = saved.to_dict() | {"shape": saved.shape, "chunks": saved.chunks}
+        return PILTarget(**fields, pil_mode=value.mode)
     if isinstance(value, pd.DataFrame):
         if store is None:
             parse_name(name)

@@ -19,7 +19,7 @@ from prefect.serializers import (
 )
 
 from cpr_zarr.errors import ResultNotFoundError, StoreError
-from cpr_zarr.target import ZarrTarget
+from cpr_zarr.target import PILTarget, ZarrTarget
 
 __all__ = ["decode_object", "dumps", "encode_object", "loads", "pointer_serializer"]
 
@@ -61,6 +61,8 @@ def loads(s: str, **kwargs: Any) -> Any:
 
 def encode_object(obj: Any) -> Any:
     """JSON form of objects json cannot encode: targets as pointers, the rest as Prefect does."""
+    if isinstance(obj, PILTarget):
+        return {TARGET_KEY: obj.to_dict(), "pil_mode": obj.pil_mode}
     if isinstance(obj, ZarrTarget):
         return {TARGET_KEY: obj.to_dict()}
     return prefect_json_object_encoder(obj)
@@ -74,6 +76,9 @@ def decode_object(data: dict[str, Any]) -> Any:
     """
     if TARGET_KEY in data:
         target = ZarrTarget.from_dict(data[TARGET_KEY])
+        if "pil_mode" in data:
+            target = PILTarget(**target.to_dict() | {"shape": target.shape, "chunks": target.chunks},
+                               pil_mode=data["pil_mode"])  # fmt: skip
         try:
             # a fresh look (not the reader cache): gc in another process may have removed it
             if target.store._committed_attrs(target.group_path) is None:

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
     from cpr_zarr.store import ResultStore
 
-__all__ = ["ZarrTarget"]
+__all__ = ["PILTarget", "ZarrTarget"]
 
 _FIELDS = ("store_url", "group_path", "content_hash", "shape", "dtype", "chunks")
 
@@ -112,3 +112,26 @@ class ZarrTarget:
             f"ZarrTarget({self.store_url!r}, {self.group_path!r}, shape={self.shape}, "
             f"dtype={self.dtype!r}, chunks={self.chunks})"
         )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PILTarget(ZarrTarget):
+    """A PIL image returned by a ``cpr_zarr.task``: stored as an array, read back as PIL.
+
+    Multi-band images (RGB, RGBA) are stored channel-first (``c, y, x``), as OME-NGFF wants.
+    """
+
+    pil_mode: str = "L"
+
+    def to_pil(self) -> Any:
+        """The image as a ``PIL.Image.Image`` (its mode as returned)."""
+        import numpy as np
+        from PIL import Image
+
+        data = self.to_numpy()
+        if data.ndim == 3:
+            data = np.moveaxis(data, 0, -1)
+        return Image.fromarray(data, mode=self.pil_mode)
+
+    def __repr__(self) -> str:
+        return f"PILTarget({self.store_url!r}, {self.group_path!r}, mode={self.pil_mode!r})"

@@ -186,3 +186,33 @@ def test_decorator_keeps_prefect_options_and_rejects_async(tmp_path: Path) -> No
 
         @cpr_zarr.task(store=str(tmp_path / "r.zarr"))
         async def g() -> None: ...
+
+
+def test_pil_images_are_stored_as_arrays_and_come_back_as_pil(
+    tmp_path: Path, result_storage: Path
+) -> None:
+    from PIL import Image
+
+    rgb = np.random.default_rng(0).integers(0, 255, size=(40, 60, 3), dtype=np.uint8)
+
+    @cpr_zarr.task(store=str(tmp_path / "results.zarr"), result_storage=result_storage)
+    def make() -> tuple[Image.Image, Image.Image]:
+        return Image.fromarray(rgb, mode="RGB"), Image.fromarray(rgb[..., 0], mode="L")
+
+    @cpr_zarr.task(store=str(tmp_path / "results.zarr"), result_storage=result_storage)
+    def size(images: tuple) -> list:  # type: ignore[type-arg]
+        return [[im.mode, list(im.size), int(np.asarray(im).sum())] for im in images]
+
+    @flow
+    def f() -> tuple[object, object]:
+        images = make()
+        return images, size(images)
+
+    (color, gray), described = f()
+    assert isinstance(color, cpr_zarr.target.PILTarget)
+    assert color.shape == (3, 40, 60)  # channels first in the store
+    assert described == [["RGB", [60, 40], int(rgb.sum())], ["L", [60, 40], int(rgb[..., 0].sum())]]
+    np.testing.assert_array_equal(np.asarray(color.to_pil()), rgb)
+    ome = color.store._get_json(f"{color.group_path}/zarr.json")["attributes"]["ome"]
+    assert [a["type"] for a in ome["multiscales"][0]["axes"]] == ["channel", "space", "space"]
+    assert f()[0] == (color, gray)  # cached: the same pointers, still PIL targets
