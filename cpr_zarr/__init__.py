@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from cpr_zarr.cache import CONTENT_INPUTS, ContentInputs
+from typing import TYPE_CHECKING, Any
+
 from cpr_zarr.compute import compute
-from cpr_zarr.decorator import task
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     ChunkVerificationError,
@@ -17,7 +17,6 @@ from cpr_zarr.errors import (
 from cpr_zarr.export import to_ngff_v04, to_ome_tiff
 from cpr_zarr.ngff import Image, Labels
 from cpr_zarr.pyramid import read_level
-from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.source import TiffSource, ZarrSource
 from cpr_zarr.store import ResultStore, open_store
 from cpr_zarr.table import read_table, save_table
@@ -51,3 +50,28 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from cpr_zarr.cache import CONTENT_INPUTS, ContentInputs
+    from cpr_zarr.decorator import task
+    from cpr_zarr.serializer import pointer_serializer
+
+# the Prefect-facing names import Prefect (seconds): load them on first use, so that
+# reading a store (the `cpr-zarr` command line, notebooks) does not pay for it
+_LAZY = {
+    "CONTENT_INPUTS": "cpr_zarr.cache",
+    "ContentInputs": "cpr_zarr.cache",
+    "task": "cpr_zarr.decorator",
+    "pointer_serializer": "cpr_zarr.serializer",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'cpr_zarr' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value

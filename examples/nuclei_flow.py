@@ -27,8 +27,9 @@ from prefect import flow, get_run_logger
 from prefect_dask import DaskTaskRunner
 
 import cpr_zarr
+from cpr_zarr.decorator import DEFAULT_STORE_ENV
 
-STORE = os.environ.get(cpr_zarr.decorator.DEFAULT_STORE_ENV, "results.zarr")
+STORE = os.environ.get(DEFAULT_STORE_ENV, "results.zarr")
 # nuclei.tif records no pixel size (no ImageJ/OME metadata); this voxel size is assumed, for
 # illustration: put your microscope's here, and every result downstream carries it
 VOXEL_SIZE_UM = (0.5, 0.25, 0.25)
