@@ -23,7 +23,6 @@ import numpy as np
 import zarr
 
 from cpr_zarr.compute import compute
-from cpr_zarr.hashing import chunk_digest
 
 if TYPE_CHECKING:
     from cpr_zarr.ngff import ImageMeta
@@ -93,16 +92,6 @@ def downsample(block: np.ndarray, step: tuple[int, ...], method: str) -> np.ndar
     return mean.astype(block.dtype)
 
 
-def _write_block(
-    block: np.ndarray, *, array: zarr.Array[Any], block_info: dict[Any, Any]
-) -> np.ndarray:
-    location = block_info[0]["array-location"]
-    array[tuple(slice(start, stop) for start, stop in location)] = block
-    out = np.empty((1,) * block.ndim, dtype=object)
-    out.flat[0] = chunk_digest(block)
-    return out
-
-
 def write_levels(
     store: ResultStore,
     group: str,
@@ -115,7 +104,7 @@ def write_levels(
     Runs before the group is committed. A level left by a crashed writer is overwritten
     (its path names the base's hash, and the steps are a pure function of the metadata).
     """
-    from cpr_zarr.writer import _create_array
+    from cpr_zarr.writer import _create_array, write_block
 
     source: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
@@ -147,7 +136,7 @@ def write_levels(
             store, path, shape, np.dtype(dtype), chunks, codecs, dimension_names=dimension_names
         )
         digests = da.map_blocks(
-            _write_block,
+            write_block,
             level,
             array=target,
             chunks=tuple((1,) * len(c) for c in level.chunks),

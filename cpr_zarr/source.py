@@ -57,8 +57,27 @@ def _to_meta(axes: str, ndim: int, scale: dict[str, float], units: dict[str, str
     )
 
 
+class _Source:
+    """What both sources share: a lazy, optionally cropped Dask array of one zarr array."""
+
+    region: tuple[Any, ...] | None
+
+    def _array(self) -> Any:
+        raise NotImplementedError
+
+    def get_data(self) -> da.Array:
+        data = da.from_zarr(self._array())
+        region = _region(self.region)
+        out: da.Array = data[region] if region is not None else data
+        return out
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return tuple(int(s) for s in self.get_data().shape)
+
+
 @dataclass(frozen=True)
-class TiffSource:
+class TiffSource(_Source):
     """A TIFF file (or OME-TIFF / ImageJ hyperstack) read lazily through tifffile's zarr store.
 
     Parameters
@@ -89,23 +108,13 @@ class TiffSource:
             "series": self.series, "level": self.level, "region": repr(_region(self.region)),
         }  # fmt: skip
 
-    def _open(self) -> Any:
+    def _array(self) -> Any:
         import tifffile
         import zarr
 
         store = tifffile.imread(self.path, aszarr=True, series=self.series, level=self.level)
         array: Any = zarr.open_array(store, mode="r")
         return array
-
-    def get_data(self) -> da.Array:
-        data = da.from_zarr(self._open())
-        region = _region(self.region)
-        out: da.Array = data[region] if region is not None else data
-        return out
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.get_data().shape)
 
     def image_meta(self) -> ImageMeta:
         """Axes, pixel size and units from OME-XML or ImageJ metadata, when the file has them."""
@@ -146,7 +155,7 @@ class TiffSource:
 
 
 @dataclass(frozen=True)
-class ZarrSource:
+class ZarrSource(_Source):
     """An existing OME-Zarr image (zarr v2 or v3): one pyramid level, optionally cropped.
 
     Parameters
@@ -219,16 +228,6 @@ class ZarrSource:
             h.update(f"{key}:{info.get('size')}:{stamp}".encode())
         return {"ome_zarr": self.url, "level": self.level, "region": repr(_region(self.region)),
                 "listing": h.hexdigest()}  # fmt: skip
-
-    def get_data(self) -> da.Array:
-        data = da.from_zarr(self._array())
-        region = _region(self.region)
-        out: da.Array = data[region] if region is not None else data
-        return out
-
-    @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(int(s) for s in self.get_data().shape)
 
     def image_meta(self) -> ImageMeta:
         _, multiscale = self._multiscale()

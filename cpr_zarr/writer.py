@@ -185,7 +185,7 @@ def _save_dask(
             dimension_names=spec.dimension_names,
         )
         digest_blocks = da.map_blocks(
-            _write_block,
+            write_block,
             data,
             array=array,
             chunks=tuple((1,) * len(c) for c in data.chunks),
@@ -217,7 +217,7 @@ def _save_dask(
             logger.warning("Could not remove staging folder %s of %s: %s", staging, store.url, exc)
 
 
-def _write_block(
+def write_block(
     block: np.ndarray, *, array: zarr.Array[Any], block_info: dict[Any, Any]
 ) -> np.ndarray:
     location = block_info[0]["array-location"]

@@ -290,8 +290,12 @@ def test_labels_attach_to_their_image_and_viewers_overlay_them(
     assert nuclei_t.group_path.startswith(f"{target.group_path}/labels/nuclei-")
     np.testing.assert_array_equal(nuclei_t.to_numpy(), nuclei)
     assert local_store.open(nuclei_t.group_path) == nuclei_t
-    # the image itself is unchanged and still the only top-level result
-    assert [t.group_path for t in local_store.targets()] == [target.group_path]
+    # the image is still the only top-level result; listings show its labels under it
+    assert [t.group_path for t in local_store.targets()] == [
+        target.group_path, cells_t.group_path, nuclei_t.group_path,
+    ]  # fmt: skip
+    assert local_store.open(nuclei_t.content_hash[:10]) == nuclei_t
+    assert local_store.open("cells") == cells_t
 
     model = validate(target)
     assert model.labels is not None
