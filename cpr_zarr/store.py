@@ -18,6 +18,7 @@ root (it would go stale with concurrent writers).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import urllib.parse
@@ -47,6 +48,8 @@ if TYPE_CHECKING:
     from cpr_zarr.reader import ChunkReader
 
 __all__ = ["ResultStore", "normalize_url", "open_store"]
+
+logger = logging.getLogger("cpr_zarr")
 
 STORE_LAYOUT = 1
 _ROOT_DOC = {
@@ -400,6 +403,9 @@ class ResultStore:
         provenance
             Extra fields for the provenance record this save adds (``cpr_zarr.task`` passes
             the task and flow run, parameters and input hashes).
+        **metadata
+            OME-NGFF metadata and pyramid: ``axes="zyx"``, ``scale=(2.0, 0.65, 0.65)``,
+            ``units="micrometer"``, ``translation=...``, ``levels=N``. Not part of the hash.
 
         Returns
         -------
@@ -426,7 +432,6 @@ class ResultStore:
                 target = writer.save(
                     self, data, name, chunks=chunks, compressor=compressor, **metadata
                 )
-            write_record(self, target, provenance, output=name)
         except CprZarrError:
             raise
         except Exception as exc:
@@ -438,6 +443,15 @@ class ResultStore:
                 "replaces what was written). Check that the store is reachable and writable, "
                 "then run the task again."
             ) from exc
+        try:
+            write_record(self, target, provenance, output=name)
+        except Exception as exc:  # the result is committed and valid: do not fail the task
+            logger.warning(
+                "Result %s was saved in %s, but its provenance record could not be written: %s",
+                target.group_path,
+                self.url,
+                exc,
+            )
         return target
 
     def list(self) -> pd.DataFrame:
