@@ -32,11 +32,12 @@ from cpr_zarr.cache import CONTENT_INPUTS
 from cpr_zarr.compute import install_safe_scheduler
 from cpr_zarr.errors import UnsupportedResultError
 from cpr_zarr.layout import canonical_dtype, parse_name
-from cpr_zarr.provenance import record_for_task, write_record
+from cpr_zarr.provenance import record_for_task
 from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.source import TiffSource, ZarrSource, to_array
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import PILTarget, ZarrTarget
+from cpr_zarr.writer import check_ndim
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -90,11 +91,6 @@ class _Saver:
     def save(self, value: Any, name: str) -> ZarrTarget:
         return self.store.save(value, name, provenance=self.record)
 
-    def save_table(self, value: pd.DataFrame, name: str) -> ZarrTarget:
-        target = table.save_table(self.store, value, name)
-        write_record(self.store, target, self.record, output=name)
-        return target
-
 
 def _is_pil(value: Any) -> bool:
     return type(value).__module__.startswith("PIL.") and hasattr(value, "mode")
@@ -117,6 +113,7 @@ def _walk(
             parse_name(name)
             array = value if isinstance(value, (np.ndarray, da.Array)) else value.data
             canonical_dtype(array.dtype, what=where)
+            check_ndim(array.shape, where)
             return value
         return store.save(inputs.prepare(value) if inputs is not None else value, name)
     if _is_pil(value):
@@ -135,7 +132,7 @@ def _walk(
         if store is None:
             parse_name(name)
             return value
-        return store.save_table(value, name)
+        return store.save(value, name)
     if isinstance(value, (ZarrTarget, *_JSON_SCALARS)):
         return value
     if isinstance(value, np.generic):

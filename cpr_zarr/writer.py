@@ -68,7 +68,7 @@ def default_compressor() -> BloscCodec:
 DEFAULT_COMPRESSOR = default_compressor()
 
 
-def _check_ndim(shape: tuple[int, ...], what: str) -> None:
+def check_ndim(shape: tuple[int, ...], what: str) -> None:
     if not 1 <= len(shape) <= MAX_NDIM:
         raise UnsupportedResultError(
             f"Cannot store {what} with shape {shape} ({len(shape)}-D): results are 1-D to "
@@ -121,7 +121,7 @@ def _save_numpy(
     spec: ngff.SaveSpec,
 ) -> ZarrTarget:
     dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
-    _check_ndim(data.shape, f"result {name!r}")
+    check_ndim(data.shape, f"result {name!r}")
     data = np.asarray(data, dtype=dtype)
     chunk_shape = parse_chunks(chunks, data.shape, dtype)
     digests = [chunk_digest(data[s]) for _, s in chunk_grid(data.shape, chunk_shape)]
@@ -162,7 +162,7 @@ def _save_dask(
             "call .compute_chunk_sizes() on it before returning it."
         )
     dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
-    _check_ndim(data.shape, f"result {name!r}")
+    check_ndim(data.shape, f"result {name!r}")
     if data.size == 0:
         (small,) = compute(data)
         return _save_numpy(store, small, name, chunks=chunks, compressor=compressor, spec=spec)

@@ -216,3 +216,27 @@ def test_pil_images_are_stored_as_arrays_and_come_back_as_pil(
     ome = color.store._get_json(f"{color.group_path}/zarr.json")["attributes"]["ome"]
     assert [a["type"] for a in ome["multiscales"][0]["axes"]] == ["channel", "space", "space"]
     assert f()[0] == (color, gray)  # cached: the same pointers, still PIL targets
+
+
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        (np.array(["a", "b"]), "dtype"),
+        (np.zeros((1,) * 6), "6-D"),
+        (np.array(1.5), "0-D"),
+    ],
+)
+def test_bad_arrays_in_a_return_value_store_nothing(
+    tmp_path: Path, result_storage: Path, value: np.ndarray, match: str
+) -> None:
+    @cpr_zarr.task(store=str(tmp_path / "results.zarr"), result_storage=result_storage)
+    def bad() -> object:
+        return np.ones(4), value  # the good array comes first: it must not be saved either
+
+    @flow
+    def f() -> object:
+        return bad()
+
+    with pytest.raises(cpr_zarr.UnsupportedResultError, match=match):
+        f()
+    assert list(cpr_zarr.ResultStore(tmp_path / "results.zarr").targets()) == []
