@@ -37,14 +37,18 @@ def lazy_volume(gib: float):  # type: ignore[no-untyped-def]
     z = max(CHUNKS[0], round(gib * 2**30 / (2 * yx * yx) / CHUNKS[0]) * CHUNKS[0])
     shape = (z, yx, yx)
     zz, yy, xx = np.ogrid[: CHUNKS[0], : CHUNKS[1], : CHUNKS[2]]
-    blob = (800 * np.exp(-((zz - 32) ** 2 + (yy - 128) ** 2 + (xx - 128) ** 2) / (2 * 20.0**2)))
+    blob = 800 * np.exp(-((zz - 32) ** 2 + (yy - 128) ** 2 + (xx - 128) ** 2) / (2 * 20.0**2))
 
     def block(block_id: tuple[int, int, int]) -> np.ndarray:
         rng = np.random.default_rng(hash(block_id) % 2**32)
         noise = rng.integers(90, 110, size=CHUNKS, dtype=np.uint16)
         return noise + np.roll(blob, rng.integers(0, 128, size=3), axis=(0, 1, 2)).astype(np.uint16)
 
-    return da.map_blocks(block, dtype=np.uint16, chunks=tuple((c,) * (s // c) for c, s in zip(CHUNKS, shape)))
+    return da.map_blocks(
+        block,
+        dtype=np.uint16,
+        chunks=tuple((c,) * (s // c) for c, s in zip(CHUNKS, shape, strict=False)),
+    )
 
 
 def run_variant(variant: str, gib: float, workdir: Path) -> dict[str, float]:
@@ -95,7 +99,9 @@ def main() -> None:
                 ).stdout  # fmt: skip
             result = json.loads(out.strip().splitlines()[-1])
             rows.append((variant, result))
-    print(f"{'variant':12s} {'GiB':>6s} {'seconds':>8s} {'MB/s':>7s} {'peak RSS GiB':>13s} {'RSS/size':>9s}")
+    print(
+        f"{'variant':12s} {'GiB':>6s} {'seconds':>8s} {'MB/s':>7s} {'peak RSS GiB':>13s} {'RSS/size':>9s}"
+    )
     for variant, r in rows:
         gib = r["nbytes"] / 2**30
         print(

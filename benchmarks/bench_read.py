@@ -1,0 +1,99 @@
+"""Reading a stored result: cpr_zarr (verified and not) against plain zarr on the same files.
+
+One volume per size is saved once with cpr_zarr; every reader reads that same group:
+
+* ``cpr_get_data[_unverified]``  ``target.get_data(verify=...)[sel].compute()``: the lazy Dask
+                                 array a downstream task receives (threaded scheduler).
+* ``cpr_to_numpy[_unverified]``  ``target.to_numpy(verify=...)`` (whole result only).
+* ``zarr``                       ``zarr.open_array(store, path="<group>/0")[sel]``: the ceiling,
+                                 no hashing.
+
+Three selections: ``whole`` (everything), ``chunk`` (exactly one stored chunk) and ``region``
+(a box of one chunk's size centred on a chunk corner, so it touches 8 chunks and uses
+1/8 of each). ``track_pointer_json_bytes`` is the size of the pointer Prefect records
+(``len(target.to_json())``; the store path is part of it). Handles are opened in ``setup`` on both sides (steady state: cpr_zarr caches
+its store and chunk reader per process; the zarr array is opened once).
+"""
+
+from __future__ import annotations
+
+import os
+
+import zarr
+
+import cpr_zarr
+from benchmarks import common  # first: sets Prefect's environment before prefect is imported
+
+SIZES = ["small", "large"]
+SELECTIONS = ["whole", "chunk", "region"]
+
+
+def selection(kind: str, chunks: tuple[int, ...]) -> tuple[slice, ...]:
+    if kind == "whole":
+        return (slice(None),) * len(chunks)
+    if kind == "chunk":  # the second chunk along every axis
+        return tuple(slice(c, 2 * c) for c in chunks)
+    if kind == "region":  # one chunk's worth, straddling 2 chunks along every axis
+        return tuple(slice(c // 2, c // 2 + c) for c in chunks)
+    raise ValueError(kind)
+
+
+class Read:
+    params = (SIZES, SELECTIONS)
+    param_names = ["size", "selection"]
+    repeat = (1, 5, 30.0)
+    rounds = 1
+    warmup_time = 0.0
+    timeout = 900
+
+    def setup_cache(self):
+        store = cpr_zarr.ResultStore(os.path.join(os.getcwd(), "read.zarr"))
+        groups = {}
+        for size in SIZES:
+            data = common.microscopy_volume(common.shape_of(size))
+            target = store.save(
+                data, name=f"volume-{size}", chunks=common.chunks(), compressor=common.codec()
+            )
+            groups[size] = target.group_path
+        return {"store": store.url, "groups": groups}
+
+    def setup(self, cache, size, kind):
+        store = cpr_zarr.ResultStore(cache["store"], mode="r")
+        self.target = store.open(cache["groups"][size])
+        self.sel = selection(kind, self.target.chunks)
+        self.zarr_array = zarr.open_array(
+            cache["store"], path=f"{self.target.group_path}/0", mode="r"
+        )
+        # warm both sides with a read of chunk (0, 0, 0), which no timed selection reads alone:
+        # opens cpr_zarr's chunk reader and makes the first timed call not pay for lazy
+        # imports and thread-pool start-up (dask's and zarr's) - as any earlier read would
+        first = tuple(slice(0, c) for c in self.target.chunks)
+        self.target.get_data()[first].compute()
+        self.zarr_array[first]
+
+    def time_cpr_get_data(self, cache, size, kind):
+        self.target.get_data()[self.sel].compute()
+
+    def time_cpr_get_data_unverified(self, cache, size, kind):
+        self.target.get_data(verify=False)[self.sel].compute()
+
+    def time_cpr_to_numpy(self, cache, size, kind):
+        self.target.to_numpy()
+
+    def time_cpr_to_numpy_unverified(self, cache, size, kind):
+        self.target.to_numpy(verify=False)
+
+    # to_numpy always reads the whole result: only the "whole" selection applies
+    time_cpr_to_numpy.skip_params = time_cpr_to_numpy_unverified.skip_params = [
+        (size, kind) for size in SIZES for kind in SELECTIONS if kind != "whole"
+    ]
+
+    def time_zarr(self, cache, size, kind):
+        self.zarr_array[self.sel]
+
+    def track_pointer_json_bytes(self, cache, size, kind):
+        """Size of what Prefect records for this result: the ZarrTarget's JSON."""
+        return len(self.target.to_json().encode())
+
+    track_pointer_json_bytes.unit = "bytes"
+    track_pointer_json_bytes.skip_params = time_cpr_to_numpy.skip_params
