@@ -47,6 +47,14 @@ def content_token(value: Any) -> Any:
         return {"dask": value.name, "shape": list(value.shape), "dtype": value.dtype.str}
     if hasattr(value, "fingerprint") and callable(value.fingerprint):  # TiffSource, ZarrSource
         return {type(value).__name__: value.fingerprint()}
+    if isinstance(value, PurePath) and Path(value).is_dir():
+        # a folder (a zarr store, a TIFF series): every file's path, size and time, no reads
+        entries = sorted(
+            (str(p.relative_to(value)), p.stat().st_size, p.stat().st_mtime_ns)
+            for p in Path(value).rglob("*")
+            if p.is_file()
+        )
+        return {"folder": str(Path(value).resolve()), "files": entries}
     if isinstance(value, PurePath) and Path(value).is_file():
         stat = Path(value).stat()
         return {

@@ -262,8 +262,8 @@ def gc_command(
 ) -> None:
     """Remove leftovers and unwanted results (a dry run unless --yes).
 
-    Always removes staging leftovers and never-committed groups older than an hour (or
-    --older-than). A removed result is a cache miss on the next flow run: the task runs again.
+    Always removes staging leftovers and never-committed groups older than an hour. A
+    removed result is a cache miss on the next flow run: the task runs again.
     """
     from cpr_zarr.inventory import plan_gc
     from cpr_zarr.writer import remove_prefix
@@ -283,7 +283,10 @@ def gc_command(
                    f"{item.path}  ({item.reason})")  # fmt: skip
         if yes:
             if item.content_hash is not None:
-                rs.delete(item.path)
+                try:
+                    rs.delete(item.path)
+                except CprZarrError as exc:  # removed meanwhile (by another gc): go on
+                    click.echo(f"  skipped: {exc}", err=True)
             else:
                 remove_prefix(rs, item.path)
     total = human_bytes(sum(i.nbytes for i in plan))

@@ -224,11 +224,22 @@ def plan_gc(
     * ``older_than`` seconds: results last produced longer ago than that;
     * ``max_size`` bytes: least recently produced results until the rest fits.
     """
-    plan = leftovers(store, leftover_age if older_than is None else min(leftover_age, older_than))
+    # leftovers always wait leftover_age: a running streaming save may not touch its staging
+    # folder for a while, and removing it under the writer would corrupt its result
+    plan = leftovers(store, leftover_age)
     frame = list_results(store)
     protected: set[str] = set()
     if keep_referenced is not None:
         protected = referenced_hashes(keep_referenced)
+    # an image holding a protected label image is protected too (deleting it deletes them)
+    paths = dict(zip(frame["hash"], frame["group_path"], strict=True))
+    parent_of = {h: p.split("/labels/")[0] for h, p in paths.items() if "/labels/" in p}
+    path_to_hash = {p: h for h, p in paths.items()}
+    protected |= {
+        path_to_hash[parent_of[h]]
+        for h in protected
+        if h in parent_of and parent_of[h] in path_to_hash
+    }
     candidates = frame[~frame["hash"].isin(protected)]
     chosen: dict[str, str] = {}
     now = datetime.now(UTC)
@@ -237,11 +248,10 @@ def plan_gc(
     if older_than is not None:
         for _, row in candidates.iterrows():
             last = row["last_produced"]
-            if (
-                last is None
-                or last != last
-                or (now - last.to_pydatetime()).total_seconds() > older_than
-            ):
+            # no provenance record (e.g. just committed): age unknown, never removed by age
+            if last is None or last != last:
+                continue
+            if (now - last.to_pydatetime()).total_seconds() > older_than:
                 chosen.setdefault(row["hash"], "older than the limit")
     if max_size is not None:
         kept = frame[~frame["hash"].isin(chosen)]
@@ -252,6 +262,9 @@ def plan_gc(
             if total > max_size and row["hash"] not in protected:
                 chosen.setdefault(row["hash"], "least recently produced beyond the size budget")
     rows = frame.set_index("hash")
+    chosen_paths = {paths[h] for h in chosen}
+    for h in [h for h in chosen if h in parent_of and parent_of[h] in chosen_paths]:
+        del chosen[h]  # removed with its image
     for h, reason in chosen.items():
         plan.append(
             Removal(str(rows.loc[h, "group_path"]), reason, int(rows.loc[h, "stored_bytes"]), h)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import platform
+import re
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -51,8 +52,11 @@ def render(value: Any, depth: int = 0) -> Any:
     """A JSON-safe, small rendering of a parameter value (arrays are described, not copied)."""
     if isinstance(value, ZarrTarget):
         return {"cpr_zarr_target": value.group_path, "content_hash": value.content_hash}
-    if isinstance(value, (str, int, float, bool, type(None))):
-        return value if not isinstance(value, str) or len(value) <= 500 else value[:500] + "..."
+    if isinstance(value, str):
+        value = _redact_urls(value)
+        return value if len(value) <= 500 else value[:500] + "..."
+    if isinstance(value, (int, float, bool, type(None))):
+        return value
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, np.ndarray):
@@ -64,8 +68,20 @@ def render(value: Any, depth: int = 0) -> Any:
     if depth < 4 and isinstance(value, (list, tuple)):
         return [render(v, depth + 1) for v in list(value)[:100]]
     if depth < 4 and isinstance(value, dict):
-        return {str(k): render(v, depth + 1) for k, v in list(value.items())[:100]}
-    return repr(value)[:200]
+        return {
+            str(k): "<redacted>" if _SECRET_KEY.search(str(k)) else render(v, depth + 1)
+            for k, v in list(value.items())[:100]
+        }
+    return _redact_urls(repr(value))[:200]
+
+
+_SECRET_KEY = re.compile(r"secret|password|passwd|token|key|credential|auth", re.IGNORECASE)
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s'\"]+@")
+
+
+def _redact_urls(text: str) -> str:
+    """``s3://key:secret@bucket`` -> ``s3://bucket``: credentials never reach the store."""
+    return _URL_CREDENTIALS.sub(r"\1", text)
 
 
 def input_hashes(value: Any) -> list[str]:

@@ -284,6 +284,13 @@ def _commit(
     *,
     spec: ngff.SaveSpec | None = None,
 ) -> ZarrTarget:
+    # never commit a group whose base array is missing (e.g. staging removed under a writer)
+    if store._get_json(f"{path}/{ARRAY_PATH}/zarr.json") is None:
+        raise StoreError(
+            f"Not committing result {path!r} in store {store.url!r}: its array metadata "
+            f"{path}/{ARRAY_PATH}/zarr.json is missing (was its staging folder removed while "
+            "it was being written?). Save it again."
+        )
     attrs: dict[str, Any] = {
         "layout": LAYOUT_VERSION,
         "algorithm": ALGORITHM,
