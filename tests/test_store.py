@@ -255,7 +255,9 @@ def test_open_by_hash_prefix_and_group_path(store: cpr_zarr.ResultStore) -> None
         store.open("img1")
     with pytest.raises(ResultNotFoundError, match="at least 6 hex"):
         store.open("abc")
-    with pytest.raises(ResultNotFoundError, match="No committed result named or hashed 'ffffffffff'"):
+    with pytest.raises(
+        ResultNotFoundError, match="No committed result named or hashed 'ffffffffff'"
+    ):
         store.open("ffffffffff")
 
 
@@ -275,7 +277,9 @@ def test_ambiguous_prefix_names_the_candidates(local_store: cpr_zarr.ResultStore
     first = local_store.save(seen[prefix], name="n")
     second = local_store.save(value, name="n")
     assert first.content_hash[:6] == second.content_hash[:6] == prefix
-    with pytest.raises(AmbiguousReferenceError, match=rf"Reference '{prefix}' matches 2 results") as info:
+    with pytest.raises(
+        AmbiguousReferenceError, match=rf"Reference '{prefix}' matches 2 results"
+    ) as info:
         local_store.open(prefix)
     assert first.group_path in str(info.value)
     assert second.group_path in str(info.value)
