@@ -14,6 +14,18 @@ if TYPE_CHECKING:
     from pathlib import Path
 
 
+def two_worker_processes() -> DaskTaskRunner:
+    """A local cluster of 2 single-threaded worker processes, no dashboard port."""
+    return DaskTaskRunner(
+        cluster_kwargs={
+            "n_workers": 2,
+            "threads_per_worker": 1,
+            "processes": True,
+            "dashboard_address": None,
+        }
+    )
+
+
 def make_compute_flow(store_url: str, records: Path, n_chains: int = 3):  # type: ignore[no-untyped-def]
     """Chains of tasks whose bodies compute Dask graphs (implicitly) on the workers."""
 
@@ -31,16 +43,7 @@ def make_compute_flow(store_url: str, records: Path, n_chains: int = 3):  # type
     def stats(image) -> float:
         return float(cpr_zarr.compute(image.mean())[0])
 
-    @flow(
-        task_runner=DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": 2,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
-    )
+    @flow(task_runner=two_worker_processes())
     def compute_flow() -> list[float]:
         futures = []
         for seed in range(n_chains):
@@ -65,16 +68,7 @@ def make_region_flow(store_url: str, records: Path):  # type: ignore[no-untyped-
     def region_sum(volume) -> int:  # lazy
         return int(volume[70:90, 10:200, 300:500].sum().compute())
 
-    @flow(
-        task_runner=DaskTaskRunner(
-            cluster_kwargs={
-                "n_workers": 2,
-                "threads_per_worker": 1,
-                "processes": True,
-                "dashboard_address": None,
-            }
-        )
-    )
+    @flow(task_runner=two_worker_processes())
     def region_flow() -> dict[str, object]:
         volume = make_volume.submit()
         total = region_sum.submit(volume)
