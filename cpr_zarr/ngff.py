@@ -476,7 +476,7 @@ class SaveSpec:
         return found
 
     def group_attributes(
-        self, store: ResultStore, path: str, name: str
+        self, store: ResultStore, path: str, name: str, *, base: np.ndarray | None = None
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write the pyramid levels; return the ``ome`` attribute and extra ``cpr_zarr`` ones."""
         from cpr_zarr import pyramid
@@ -491,7 +491,7 @@ class SaveSpec:
         else:
             steps = pyramid.plan_levels(shape, self.meta, self.levels)
         method = "nearest" if label or doc.get("data_type") == "bool" else "mean"
-        records = pyramid.write_levels(store, path, steps, method, list(self.meta.axes))
+        records = pyramid.write_levels(store, path, steps, method, list(self.meta.axes), base=base)
         levels = [("0", (1,) * len(shape))]
         cumulative = (1,) * len(shape)
         for record in records:

@@ -9,6 +9,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
+from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.errors import ChunkVerificationError
 from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import chunk_grid
@@ -35,6 +36,7 @@ class ChunkReader:
             math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
         )
         self._array: zarr.Array[Any] | None = None
+        self._codec: ChunkCodec | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkReader, (self.store, self.group_path, self.attrs))
@@ -50,14 +52,14 @@ class ChunkReader:
             )
         return self._array
 
+    @property
+    def codec(self) -> ChunkCodec:
+        if self._codec is None:
+            self._codec = ChunkCodec(self.array)
+        return self._codec
+
     def _where(self, index: tuple[int, ...]) -> str:
         return f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
-
-    def _slices(self, index: tuple[int, ...]) -> tuple[slice, ...]:
-        return tuple(
-            slice(i * c, min((i + 1) * c, s))
-            for i, c, s in zip(index, self.chunks, self.shape, strict=True)
-        )
 
     def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
         expected = self.digests[int(np.ravel_multi_index(index, self.grid))]
@@ -74,10 +76,12 @@ class ChunkReader:
                 chunk_index=index,
             )
 
-    def read_chunk(self, index: tuple[int, ...], verify: bool = True) -> np.ndarray:
-        """Read (and by default verify) one chunk."""
+    def read_chunk(
+        self, index: tuple[int, ...], verify: bool = True, *, writeable: bool = True
+    ) -> np.ndarray:
+        """Read (and by default verify) one chunk; ``writeable=False`` may return a read-only view."""
         try:
-            block = np.asarray(self.array[self._slices(index)])
+            block = self.codec.read(index, writeable=writeable)
         except Exception as exc:
             raise ChunkVerificationError(
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
@@ -103,17 +107,21 @@ class ChunkReader:
         return da.Array(dsk, name, chunks, meta=meta)
 
     def to_numpy(self, *, verify: bool = True) -> np.ndarray:
-        """Read everything with zarr's concurrent bulk read, then verify chunk by chunk."""
-        try:
-            out = np.asarray(self.array[...])
-        except Exception:
-            # find and name the chunk that cannot be read
-            for index, _ in chunk_grid(self.shape, self.chunks):
-                self.read_chunk(index, verify=False)
-            raise
-        if verify:
-            for index, slices in chunk_grid(self.shape, self.chunks):
-                self._check(index, out[slices])
+        """Read everything into one array, one chunk per thread call, each verified as read.
+
+        Raises
+        ------
+        ChunkVerificationError
+            Naming the first chunk that cannot be read or does not match its digest.
+        """
+        out = np.empty(self.shape, dtype=self.dtype)
+
+        def one(item: tuple[tuple[int, ...], tuple[slice, ...]]) -> None:
+            index, region = item
+            out[region] = self.read_chunk(index, verify, writeable=False)
+
+        grid = list(chunk_grid(self.shape, self.chunks))
+        list(thread_map(one, grid, worker_count(remote=self.store._local_path is None)))
         return out
 
 

@@ -14,6 +14,9 @@ import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 from ome_zarr.io import parse_url
 from ome_zarr.reader import Reader
 from ome_zarr_models.v05 import Image as ImageModel
@@ -226,6 +229,46 @@ def test_pyramid_levels_mean_for_images_nearest_for_labels(local_store: ResultSt
     )
     with pytest.raises(IndexError, match="level 3 does not exist"):
         cpr_zarr.read_level(target, 3)
+
+
+def _reference_mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
+    """The textbook block mean: edge-pad, reshape, float64 mean, round half to even."""
+    pad = [(0, (-s) % f) for s, f in zip(block.shape, step, strict=True)]
+    block = np.pad(block, pad, mode="edge")
+    split = [v for s, f in zip(block.shape, step, strict=True) for v in (s // f, f)]
+    mean = block.reshape(split).mean(axis=tuple(range(1, 2 * block.ndim, 2)), dtype=np.float64)
+    return (np.rint(mean) if block.dtype.kind in "iu" else mean).astype(block.dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    block=hnp.arrays(
+        dtype=st.sampled_from([np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32]),
+        shape=hnp.array_shapes(min_dims=1, max_dims=4, min_side=1, max_side=9),
+    ),
+    data=st.data(),
+)
+def test_downsample_mean_is_the_exact_rounded_block_mean(block: np.ndarray, data: Any) -> None:
+    step = tuple(data.draw(st.sampled_from([1, 2])) for _ in block.shape)
+    result = pyramid.downsample(block, step, "mean")
+    np.testing.assert_array_equal(result, _reference_mean(block, step))
+    assert result.dtype == block.dtype
+
+
+def test_downsample_array_in_slabs_matches_one_block() -> None:
+    image = microscopy_volume((37, 70, 66))
+    whole = pyramid.downsample(image, (2, 2, 2), "mean")
+    for slab_bytes in (1, 40_000, 1 << 30):  # one output plane per slab, a few, one slab
+        np.testing.assert_array_equal(
+            pyramid.downsample_array(image, (2, 2, 2), "mean", workers=2, slab_bytes=slab_bytes),
+            whole,
+        )
+    floats = image.astype(np.float32) / 7
+    np.testing.assert_allclose(
+        pyramid.downsample_array(floats, (1, 2, 2), "mean", workers=2),
+        _reference_mean(floats, (1, 2, 2)),
+        rtol=1e-6,
+    )
 
 
 def test_pyramid_is_automatic_above_512_pixels(store: ResultStore) -> None:

@@ -1,0 +1,103 @@
+"""ChunkCodec: cpr_zarr's direct chunk writes and reads match zarr's own, chunk for chunk."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import zarr
+from zarr.codecs import BloscCodec, ZstdCodec
+
+from cpr_zarr.codec import ChunkCodec, thread_map
+from cpr_zarr.layout import chunk_grid
+from tests.conftest import microscopy_volume
+
+
+def _keys(store: zarr.storage.MemoryStore) -> set[str]:
+    return {k for k in store._store_dict if k != "zarr.json"}
+
+
+def _pair(
+    shape: tuple[int, ...], chunks: tuple[int, ...], dtype: str, compressors: Any
+) -> tuple[zarr.Array[Any], zarr.Array[Any]]:
+    def make() -> zarr.Array[Any]:
+        return zarr.create_array(
+            zarr.storage.MemoryStore(),
+            shape=shape,
+            chunks=chunks,
+            dtype=dtype,
+            compressors=compressors,
+            fill_value=0,
+        )
+
+    return make(), make()
+
+
+def _with_special_chunks(data: np.ndarray) -> np.ndarray:
+    """Zero the first chunk row and put -0.0 / NaN chunks in float data (fill-value edge cases)."""
+    data = data.copy()
+    data[:2] = 0
+    if data.dtype.kind == "f":
+        data[2:4, :8] = -0.0
+        data[2:4, 8:16] = np.nan
+    return data
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int32", "float32", "float64", "bool"])
+@pytest.mark.parametrize(
+    "compressors",
+    [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), ZstdCodec(level=1), None],
+    ids=["blosc", "zstd", "none"],
+)
+def test_writes_the_same_chunks_as_zarr(dtype: str, compressors: Any) -> None:
+    rng = np.random.default_rng(3)
+    data = (rng.normal(50, 20, size=(9, 21, 19)) * (1 if dtype != "bool" else 0.01)).astype(dtype)
+    data = _with_special_chunks(data)
+    ours, theirs = _pair(data.shape, (2, 8, 8), dtype, compressors)
+    codec = ChunkCodec(ours)
+    assert codec.fast
+    grid = list(chunk_grid(data.shape, (2, 8, 8)))
+    for index, region in grid:
+        codec.write(index, data[region])
+    theirs[...] = data
+
+    # the same keys: edge chunks written padded, all-fill chunks skipped (-0.0 and NaN kept)
+    assert _keys(ours.store) == _keys(theirs.store)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(ours[...], data)  # zarr reads what we wrote
+    for index, region in grid:  # and we read what zarr wrote, sign bits included
+        block = ChunkCodec(theirs).read(index)
+        assert block.flags.writeable
+        np.testing.assert_array_equal(
+            block.view(np.uint8), np.ascontiguousarray(data[region]).view(np.uint8)
+        )
+
+
+def test_arrays_zarr_cannot_encode_synchronously_fall_back_to_zarr() -> None:
+    data = microscopy_volume((8, 32, 32))
+    sharded = zarr.create_array(
+        zarr.storage.MemoryStore(),
+        shape=data.shape,
+        chunks=(4, 16, 16),
+        shards=(8, 32, 32),
+        dtype=data.dtype,
+        fill_value=0,
+    )
+    codec = ChunkCodec(sharded)
+    assert not codec.fast
+    for index, region in chunk_grid(data.shape, (4, 16, 16)):
+        codec.write(index, data[region])
+    np.testing.assert_array_equal(sharded[...], data)
+    np.testing.assert_array_equal(codec.read((1, 1, 0)), data[4:8, 16:32, 0:16])
+
+
+def test_thread_map_keeps_order_and_raises_the_first_error() -> None:
+    assert list(thread_map(lambda x: x * 2, range(50), 4)) == list(range(0, 100, 2))
+
+    def fail_on_7(x: int) -> int:
+        if x == 7:
+            raise ValueError("seven")
+        return x
+
+    with pytest.raises(ValueError, match="seven"):
+        list(thread_map(fail_on_7, range(20), 2))
