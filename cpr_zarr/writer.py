@@ -312,7 +312,11 @@ def _create_array(
         doc = sync(scratch.get("zarr.json", default_buffer_prototype()))
         if doc is None:  # pragma: no cover - zarr wrote it just above
             raise StoreError(f"zarr did not produce array metadata for {path!r}")
-        sync(store._zstore.set(key, doc))
+        # create-if-absent: a concurrent writer of the same content may have won, possibly
+        # with another compressor. Its metadata stays, and opening the array below makes us
+        # encode with its codecs, so the chunks of one array never mix codecs. (Atomic on
+        # local disk; object stores have no conditional write here, see the README.)
+        sync(store._zstore.set_if_not_exists(key, doc))
     array = zarr.open_array(store._zstore, path=path, mode="r+", zarr_format=3)
     if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
         raise StoreError(
@@ -377,7 +381,17 @@ def _commit(
 
 
 def _move(store: ResultStore, src: str, dst: str) -> None:
-    """Move every key under ``src`` to ``dst`` (an atomic rename on local disk)."""
+    """Move the staged array ``src`` to ``dst`` (an atomic rename on local disk).
+
+    If a concurrent or crashed writer of the same content already created ``dst`` with
+    other array metadata (another compressor), ``dst`` keeps its metadata and our chunks
+    are re-encoded with its codecs: replacing its ``zarr.json`` under a writer still
+    storing chunks would leave chunks in two codecs.
+    """
+    existing = store._get_json(f"{dst}/zarr.json")
+    if existing is not None and existing != store._get_json(f"{src}/zarr.json"):
+        _reencode(store, src, dst)
+        return
     if store._local_path is not None:
         src_dir, dst_dir = store._local_path / src, store._local_path / dst
         dst_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -386,11 +400,14 @@ def _move(store: ResultStore, src: str, dst: str) -> None:
             return
         except OSError:
             pass
-        # a crashed or concurrent writer left the same content there: replace file by file
+        # a crashed or concurrent writer left the same content, same metadata there:
+        # replace its chunks file by file (each replace is atomic), never its metadata
         for dirpath, _, filenames in os.walk(src_dir):
             rel = os.path.relpath(dirpath, src_dir)
             os.makedirs(dst_dir / rel, exist_ok=True)
             for filename in filenames:
+                if rel == "." and filename == "zarr.json" and (dst_dir / filename).exists():
+                    continue
                 os.replace(os.path.join(dirpath, filename), dst_dir / rel / filename)
         return
 
@@ -405,13 +422,33 @@ def _move(store: ResultStore, src: str, dst: str) -> None:
         data_keys = [k for k in keys if not k.endswith("zarr.json")]
         for start in range(0, len(data_keys), 64):
             await asyncio.gather(*(_copy_key(k) for k in data_keys[start : start + 64]))
-        for key in keys[len(data_keys) :]:
-            await _copy_key(key)
+        for key in keys[len(data_keys) :]:  # metadata: create-if-absent, like _create_array
+            if not await zstore.exists(f"{dst}{key[len(src) :]}"):
+                await _copy_key(key)
 
     async def _copy_key(key: str) -> None:
         await fs._cp_file(f"{root}/{key}", f"{root}/{dst}{key[len(src) :]}")
 
     sync(_copy())
+
+
+def _reencode(store: ResultStore, src: str, dst: str) -> None:
+    """Copy every chunk of array ``src`` into the existing array ``dst``, in ``dst``'s codecs."""
+    source = ChunkCodec(zarr.open_array(store._zstore, path=src, mode="r", zarr_format=3))
+    target = _create_array(store, dst, source.shape, source.dtype, source.chunks, compressor=None)
+    codec = ChunkCodec(target)
+    logger.info(
+        "Result array %s in store %s was created by another writer with other codecs; "
+        "storing this save's chunks in its codecs.",
+        dst,
+        store.url,
+    )
+
+    def one(index: tuple[int, ...]) -> None:
+        codec.write(index, source.read(index, writeable=False))
+
+    grid = [index for index, _ in chunk_grid(source.shape, source.chunks)]
+    list(thread_map(one, grid, worker_count(remote=store._local_path is None)))
 
 
 def remove_prefix(store: ResultStore, prefix: str) -> None:

@@ -457,3 +457,40 @@ def test_streamed_dask_round_trip(store: cpr_zarr.ResultStore, dtype: str) -> No
     np.testing.assert_array_equal(store.open(target.content_hash).get_data().compute(), data)
     leftovers = [k for k in store_files(store) if k.startswith("_staging/")]
     assert leftovers == []  # staging is cleaned up after the commit
+
+
+@pytest.mark.parametrize("kind", ["numpy", "dask"])
+def test_a_concurrent_writer_with_another_compressor_never_mixes_codecs(
+    store: cpr_zarr.ResultStore, kind: str
+) -> None:
+    from zarr.codecs import ZstdCodec
+
+    from cpr_zarr.codec import ChunkCodec
+    from cpr_zarr.layout import chunk_grid
+    from cpr_zarr.writer import _create_array
+
+    data = microscopy_volume((8, 40, 40))
+    chunks = (4, 16, 16)
+    # the content hash does not depend on the compressor: learn this save's group path
+    probe = store.save(data, "v", chunks=chunks)
+    path = probe.group_path
+    store.delete(probe)
+
+    # another writer of the same content starts first, with Zstd, and writes half its chunks
+    other = ChunkCodec(
+        _create_array(store, f"{path}/0", data.shape, data.dtype, chunks, ZstdCodec(level=3))
+    )
+    grid = list(chunk_grid(data.shape, chunks))
+    for index, region in grid[::2]:
+        other.write(index, data[region])
+
+    value = data if kind == "numpy" else da.from_array(data, chunks=(3, 20, 40))
+    ours = store.save(value, "v", chunks=chunks)  # default compressor: Blosc
+    assert ours.group_path == path
+    for index, region in grid[1::2]:  # the other writer finishes after us
+        other.write(index, data[region])
+
+    array = zarr.open_array(store._zstore, path=f"{path}/0", mode="r")
+    assert [type(c).__name__ for c in array.compressors] == ["ZstdCodec"]
+    np.testing.assert_array_equal(array[...], data)
+    np.testing.assert_array_equal(ours.to_numpy(verify=True), data)
