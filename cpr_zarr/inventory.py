@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import logging
 import os
 import re
 import time
@@ -21,6 +22,8 @@ import numpy as np
 
 from cpr_zarr.layout import HASH_HEX_LENGTH
 from cpr_zarr.provenance import read_records
+
+logger = logging.getLogger("cpr_zarr")
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -66,9 +69,30 @@ def stored_bytes(store: ResultStore, prefix: str) -> int:
     return int(sync(zstore.fs._du(f"{zstore.path.rstrip('/')}/{prefix}", total=True)))
 
 
+def _info_time(info: dict[str, Any]) -> float | None:
+    """Modification time (POSIX seconds) from an fsspec listing entry, if it has one."""
+    for field in ("LastModified", "last_modified", "mtime", "updated", "created"):
+        value = info.get(field)
+        if isinstance(value, datetime):
+            return value.timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return None
+
+
 def _newest_mtime(store: ResultStore, prefix: str) -> float:
+    """Newest modification time under ``prefix``; now if unknown (never collected by age)."""
     if store._local_path is None:
-        return time.time()  # unknown: treat as fresh, never collected by age
+        from zarr.core.sync import sync
+
+        zstore: Any = store._zstore
+        try:
+            found = sync(zstore.fs._find(f"{zstore.path.rstrip('/')}/{prefix}", detail=True))
+        except Exception as exc:  # a listing failure must never make gc remove anything
+            logger.warning("Cannot list %s in %s to age it: %s", prefix, store.url, exc)
+            return time.time()
+        times = [t for t in (_info_time(info) for info in found.values()) if t is not None]
+        return max(times) if times else time.time()
     newest = 0.0
     for dirpath, _, files in os.walk(store._local_path / prefix):
         for f in files:

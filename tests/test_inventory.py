@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import time
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -83,3 +84,12 @@ def test_commit_refuses_a_group_without_its_array(local_store: cpr_zarr.ResultSt
     with pytest.raises(cpr_zarr.StoreError, match=r"array metadata .* is missing"):
         local_store.save(lazy, "broken", chunks=50)
     assert list(local_store.targets()) == []
+
+
+def test_leftovers_are_aged_on_every_store_kind(store: cpr_zarr.ResultStore) -> None:
+    from cpr_zarr.inventory import leftovers
+
+    store._set_json("_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"})
+    assert leftovers(store, min_age_seconds=3600) == []  # a writer may still be at work
+    time.sleep(2.5)  # object stores keep modification times in whole seconds
+    assert [r.path for r in leftovers(store, min_age_seconds=1)] == ["_staging/v-0123abcd"]
