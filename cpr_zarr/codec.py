@@ -17,11 +17,14 @@ codecs) fall back to zarr's own ``array[region] = block`` / ``array[region]``.
 from __future__ import annotations
 
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from numcodecs import blosc
 from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec, SupportsSyncCodec
+from zarr.codecs import BloscCodec, BytesCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
@@ -79,6 +82,16 @@ class ChunkCodec:
             and all(isinstance(c, SupportsSyncCodec) for c in codecs)
         )
         self._codecs: list[Any] = codecs
+        # the default [bytes, blosc] chain: Blosc can decompress straight into a writable
+        # array (zarr's wrapper returns read-only bytes, which would cost a copy per chunk)
+        self._blosc_into = (
+            self.fast
+            and len(codecs) == 2
+            and isinstance(codecs[0], BytesCodec)
+            and (codecs[0].endian is None or codecs[0].endian.value == sys.byteorder)
+            and isinstance(codecs[1], BloscCodec)
+            and self.dtype.isnative
+        )
         self._prototype = default_buffer_prototype()
         if self.fast:
             self._spec = meta.get_chunk_spec(
@@ -123,21 +136,50 @@ class ChunkCodec:
         """The values of chunk ``index`` (its region only; may be a view of the decoded chunk).
 
         With ``writeable=False`` the result may be a read-only view of the codec's output
-        (saves a copy when the caller copies it anyway).
+        (saves a copy when the caller copies it anyway). A missing chunk reads as the fill
+        value, like zarr.
         """
+        block = self.load(index, writeable=writeable)
+        return self.fill_block(index) if block is None else block
+
+    def fill_block(self, index: tuple[int, ...]) -> np.ndarray:
+        """What a missing chunk ``index`` reads as: the fill value over its region."""
+        return np.full(self._valid_shape(index), self._fill, dtype=self.dtype)
+
+    def load(self, index: tuple[int, ...], *, writeable: bool = True) -> np.ndarray | None:
+        """Like :meth:`read`, but ``None`` if the chunk is not stored (fast path only)."""
         if not self.fast:
             return np.asarray(self.array[self.region(index)])
         raw = sync(self._store.get(self._key(index), self._prototype))
         if raw is None:
-            full = np.full(self.chunks, self._fill, dtype=self.dtype)
-        else:
-            data: Any = raw
-            for codec in reversed(self._codecs[1:]):
-                data = codec._decode_sync(data, self._spec)
-            full = np.asarray(self._codecs[0]._decode_sync(data, self._spec).as_numpy_array())
+            return None
+        if self._blosc_into:
+            full = np.empty(self.chunks, dtype=self.dtype)
+            frame = raw.as_numpy_array()
+            # the frame header's uncompressed size (bytes 4-8) must fill the chunk exactly,
+            # else a damaged frame could leave part of ``full`` uninitialised
+            declared = int.from_bytes(bytes(frame[4:8]), "little") if frame.size >= 16 else -1
+            if declared != full.nbytes:
+                raise ValueError(
+                    f"Blosc frame of chunk {index} declares {declared} bytes, the chunk "
+                    f"holds {full.nbytes}"
+                )
+            blosc.decompress(frame, full)
+            return self._valid(index, full)
+        data: Any = raw
+        for codec in reversed(self._codecs[1:]):
+            data = codec._decode_sync(data, self._spec)
+        full = np.asarray(self._codecs[0]._decode_sync(data, self._spec).as_numpy_array())
         if writeable and not full.flags.writeable:  # a view of the codec's output bytes
             full = full.copy()
-        region = self.region(index)
-        if full.shape == tuple(r.stop - r.start for r in region):
+        return self._valid(index, full)
+
+    def _valid(self, index: tuple[int, ...], full: np.ndarray) -> np.ndarray:
+        """The part of a decoded (padded) chunk inside the array."""
+        valid = self._valid_shape(index)
+        if full.shape == valid:
             return full
-        return full[tuple(slice(0, r.stop - r.start) for r in region)]
+        return full[tuple(slice(0, v) for v in valid)]
+
+    def _valid_shape(self, index: tuple[int, ...]) -> tuple[int, ...]:
+        return tuple(r.stop - r.start for r in self.region(index))

@@ -1,15 +1,13 @@
-"""Multiscale levels, computed lazily from the stored base level with bounded memory.
+"""Multiscale levels, written chunk by chunk with bounded memory.
 
-Level ``i`` is computed from level ``i - 1``, block by block: each output block reads the
-``f``-times larger input region it covers. When the base was saved from memory, level 1 is
-computed from that in-memory array (each level is at most 1/2 of the previous one, so the
-levels together add at most the base's size, 1/7 of it for 3D halving); for streamed Dask
-saves it is read back from the store chunk by chunk, so memory stays at a few chunks per
-Dask thread whatever the image size. Images are downsampled by
-the mean (integers rounded), label images and masks by nearest (strided) sampling, which
-never invents label values. Every level's chunks are hashed like the base level's and
-recorded in ``cpr_zarr.levels``, so reads of any level are verified; the content hash
-still identifies the base level only.
+Each chunk of level ``i`` is one job on a thread per core: read the ``f``-times larger
+region of level ``i - 1`` it covers (from the in-memory array for level 1 when the base
+was saved from numpy, else from the store, chunk by chunk), downsample it, write and hash
+it. Memory stays at a few regions per thread whatever the image size. Images are
+downsampled by the mean (integers rounded half to even, computed exactly), label images
+and masks by nearest (strided) sampling, which never invents label values. Every level's
+chunks are hashed like the base level's and recorded in ``cpr_zarr.levels``, so reads of
+any level are verified; the content hash still identifies the base level only.
 
 The default (``levels=None``) halves the finest space axes until no space axis is longer
 than :data:`AUTO_MIN_SIZE` pixels: a 256 x 2048 x 2048 volume gets 3 levels, the 60 x 256 x
@@ -18,19 +16,20 @@ than :data:`AUTO_MIN_SIZE` pixels: a 256 x 2048 x 2048 volume gets 3 levels, the
 
 from __future__ import annotations
 
+import itertools
 import math
-import uuid
 from typing import TYPE_CHECKING, Any
 
-import dask.array as da
 import numpy as np
 import zarr
 
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
-from cpr_zarr.compute import compute
+from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import chunk_grid
 
 if TYPE_CHECKING:
+    import dask.array as da
+
     from cpr_zarr.ngff import ImageMeta
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
@@ -39,9 +38,9 @@ __all__ = [
     "AUTO_MIN_SIZE",
     "MAX_LEVELS",
     "downsample",
-    "downsample_array",
     "plan_levels",
     "read_level",
+    "read_region",
     "write_levels",
 ]
 
@@ -135,46 +134,32 @@ def downsample(block: np.ndarray, step: tuple[int, ...], method: str) -> np.ndar
     return total.astype(block.dtype)
 
 
-def downsample_array(
-    data: np.ndarray,
-    step: tuple[int, ...],
-    method: str,
-    *,
-    workers: int,
-    slab_bytes: int = 32 << 20,
-) -> np.ndarray:
-    """:func:`downsample` of a whole in-memory array, in slabs along the first axis on threads.
-
-    Slabs of about ``slab_bytes`` of input keep the temporaries small whatever the array size.
-    """
-    shape = tuple(math.ceil(s / f) for s, f in zip(data.shape, step, strict=True))
-    out = np.empty(shape, dtype=data.dtype)
-    f0 = step[0]
-    plane = max(1, data[:1].nbytes) * f0
-    rows = max(1, slab_bytes // plane)
-    starts = range(0, shape[0], rows)
-
-    def one(start: int) -> None:
-        stop = min(start + rows, shape[0])
-        out[start:stop] = downsample(data[start * f0 : stop * f0], step, method)
-
-    list(thread_map(one, starts, workers))
+def read_region(codec: ChunkCodec, region: tuple[slice, ...]) -> np.ndarray:
+    """The values of ``region`` of a stored array, assembled from the chunks it overlaps."""
+    out = np.empty(tuple(r.stop - r.start for r in region), dtype=codec.dtype)
+    ranges = [
+        range(r.start // c, (r.stop - 1) // c + 1) if r.stop > r.start else range(0)
+        for r, c in zip(region, codec.chunks, strict=True)
+    ]
+    for index in itertools.product(*ranges):
+        chunk_region = codec.region(index)
+        overlap = [
+            (max(r.start, cr.start), min(r.stop, cr.stop))
+            for r, cr in zip(region, chunk_region, strict=True)
+        ]
+        block = codec.read(index, writeable=False)
+        out[
+            tuple(
+                slice(lo - r.start, hi - r.start)
+                for (lo, hi), r in zip(overlap, region, strict=True)
+            )
+        ] = block[
+            tuple(
+                slice(lo - cr.start, hi - cr.start)
+                for (lo, hi), cr in zip(overlap, chunk_region, strict=True)
+            )
+        ]
     return out
-
-
-def _stored(codec: ChunkCodec) -> da.Array:
-    """A lazy Dask array over a just-written array, read with its own codecs (unverified)."""
-    name = f"cpr-zarr-level-source-{uuid.uuid4().hex}"
-    codec_key = f"{name}-codec"
-    dsk: dict[Any, Any] = {codec_key: codec}
-    for index, _ in chunk_grid(codec.shape, codec.chunks):
-        dsk[(name, *index)] = (_read, codec_key, list(index))
-    chunks = da.core.normalize_chunks(codec.chunks, codec.shape)
-    return da.Array(dsk, name, chunks, meta=np.empty((0,) * len(codec.shape), codec.dtype))
-
-
-def _read(codec: ChunkCodec, index: list[int]) -> np.ndarray:
-    return codec.read(tuple(index))
 
 
 def write_levels(
@@ -188,23 +173,25 @@ def write_levels(
 ) -> list[dict[str, Any]]:
     """Write levels ``1..len(steps)`` of the group; their records.
 
-    Level 1 is computed from ``base`` (the in-memory base array) if given, else from the
-    stored base ``0``. Runs before the group is committed. A level left by a crashed writer
-    is overwritten (its path names the base's hash, and the steps are a pure function of
-    the metadata).
+    Each output chunk is one job on a thread per core: read the ``step``-times larger input
+    region it covers (from ``base``, the in-memory base array, for level 1 if given, else
+    from the level below as stored), downsample, write, hash. Memory stays at a few input
+    regions per thread whatever the image size. Runs before the group is committed. A level
+    left by a crashed writer is overwritten (its path names the base's hash, and the steps
+    are a pure function of the metadata).
     """
-    from cpr_zarr.writer import _create_array, remove_prefix, write_block, write_chunks
+    from cpr_zarr.writer import _create_array, remove_prefix
 
-    source: zarr.Array[Any] = zarr.open_array(
+    source_array: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
     )
-    dtype, base_chunks = np.dtype(source.dtype), source.chunks
-    codecs = source.compressors
-    current: np.ndarray | None = base
-    source_codec = ChunkCodec(source)
+    dtype, base_chunks = np.dtype(source_array.dtype), source_array.chunks
+    codecs = source_array.compressors
+    source = ChunkCodec(source_array)
+    workers = worker_count(remote=store._local_path is None)
     records: list[dict[str, Any]] = []
     for number, step in enumerate(steps, start=1):
-        shape = tuple(math.ceil(s / f) for s, f in zip(source_codec.shape, step, strict=True))
+        shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
         chunks = tuple(min(c, s) for c, s in zip(base_chunks, shape, strict=True))
         path = f"{group}/{number}"
         if store._get_json(f"{path}/zarr.json") is not None:
@@ -212,39 +199,31 @@ def write_levels(
             if existing.shape != shape or existing.chunks != chunks:
                 # a crashed writer with other metadata (other steps) left it: replace it
                 remove_prefix(store, path)
-        array = _create_array(
-            store, path, shape, dtype, chunks, codecs, dimension_names=dimension_names
+        codec = ChunkCodec(
+            _create_array(
+                store, path, shape, dtype, chunks, codecs, dimension_names=dimension_names
+            )
         )
-        codec = ChunkCodec(array)
-        if current is not None:
-            # in memory: this level from the previous one, then its chunks on threads
-            current = downsample_array(current, step, method, workers=worker_count())
-            grid = list(chunk_grid(shape, chunks))
-            digests = write_chunks(
-                codec, current, grid, workers=worker_count(remote=store._local_path is None)
+        in_memory = base if number == 1 else None
+
+        def one(
+            item: tuple[tuple[int, ...], tuple[slice, ...]],
+            step: tuple[int, ...] = step,
+            src: ChunkCodec = source,
+            in_memory: np.ndarray | None = in_memory,
+            codec: ChunkCodec = codec,
+        ) -> str:
+            index, region = item
+            wanted = tuple(
+                slice(r.start * f, min(r.stop * f, s))
+                for r, f, s in zip(region, step, src.shape, strict=True)
             )
-        else:
-            data = _stored(source_codec).rechunk(
-                tuple(c * f for c, f in zip(chunks, step, strict=True))
-            )
-            level = data.map_blocks(
-                downsample,
-                step=step,
-                method=method,
-                chunks=da.core.normalize_chunks(chunks, shape),
-                dtype=dtype,
-                meta=np.empty((0,) * len(shape), dtype=dtype),
-            )
-            digest_blocks = da.map_blocks(
-                write_block,
-                level,
-                codec=codec,
-                chunks=tuple((1,) * len(c) for c in level.chunks),
-                dtype=object,
-                meta=np.empty((0,) * len(shape), dtype=object),
-            )
-            (grid_digests,) = compute(digest_blocks)
-            digests = [str(d) for d in np.asarray(grid_digests).ravel(order="C")]
+            values = in_memory[wanted] if in_memory is not None else read_region(src, wanted)
+            block = np.ascontiguousarray(downsample(values, step, method))
+            codec.write(index, block)
+            return chunk_digest(block)
+
+        digests = list(thread_map(one, chunk_grid(shape, chunks), workers))
         records.append(
             {
                 "path": str(number),
@@ -254,7 +233,7 @@ def write_levels(
                 "chunk_digests": digests,
             }
         )
-        source_codec = codec
+        source = codec
     return records
 
 

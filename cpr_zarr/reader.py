@@ -37,6 +37,7 @@ class ChunkReader:
         )
         self._array: zarr.Array[Any] | None = None
         self._codec: ChunkCodec | None = None
+        self._fill_digests: dict[tuple[int, ...], str] = {}
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkReader, (self.store, self.group_path, self.attrs))
@@ -62,7 +63,7 @@ class ChunkReader:
         return f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
 
     def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
-        expected = self.digests[int(np.ravel_multi_index(index, self.grid))]
+        expected = self._expected(index)
         actual = chunk_digest(block)
         if actual != expected:
             raise ChunkVerificationError(
@@ -81,7 +82,7 @@ class ChunkReader:
     ) -> np.ndarray:
         """Read (and by default verify) one chunk; ``writeable=False`` may return a read-only view."""
         try:
-            block = self.codec.read(index, writeable=writeable)
+            block = self.codec.load(index, writeable=writeable)
         except Exception as exc:
             raise ChunkVerificationError(
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
@@ -91,9 +92,33 @@ class ChunkReader:
                 group_path=self.group_path,
                 chunk_index=index,
             ) from exc
+        if block is None:
+            # not stored: right only if the saved chunk held just the fill value (zarr skips
+            # those). Checked even unverified: a result deleted by another process since this
+            # reader was opened must not read as zeros.
+            block = self.codec.fill_block(index)
+            if self._fill_digest(block) != self._expected(index):
+                raise ChunkVerificationError(
+                    f"Cannot read {self._where(index)}: the chunk is not in the store (was the "
+                    "result deleted or garbage-collected?). To resolve: open the result again "
+                    "(store.open(ref)); if it is gone, re-run the task that produced it.",
+                    store_url=self.store.url,
+                    group_path=self.group_path,
+                    chunk_index=index,
+                )
+            return block
         if verify:
             self._check(index, block)
         return block
+
+    def _expected(self, index: tuple[int, ...]) -> str:
+        return self.digests[int(np.ravel_multi_index(index, self.grid))]
+
+    def _fill_digest(self, block: np.ndarray) -> str:
+        """Digest of a fill-value chunk of this shape, computed once per shape."""
+        if block.shape not in self._fill_digests:
+            self._fill_digests[block.shape] = chunk_digest(block)
+        return self._fill_digests[block.shape]
 
     def to_dask(self, *, verify: bool = True) -> da.Array:
         """A lazy Dask array named after the content hash; one read task per stored chunk."""

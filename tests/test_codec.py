@@ -101,3 +101,22 @@ def test_thread_map_keeps_order_and_raises_the_first_error() -> None:
 
     with pytest.raises(ValueError, match="seven"):
         list(thread_map(fail_on_7, range(20), 2))
+
+
+def test_a_blosc_frame_of_the_wrong_size_is_an_error_not_garbage() -> None:
+    from numcodecs import Blosc
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    data = microscopy_volume((8, 32, 32))
+    array, _ = _pair(data.shape, (4, 16, 16), "uint16", BloscCodec(cname="zstd", clevel=1))
+    codec = ChunkCodec(array)
+    for index, region in chunk_grid(data.shape, (4, 16, 16)):
+        codec.write(index, data[region])
+    np.testing.assert_array_equal(codec.read((1, 1, 1)), data[4:, 16:, 16:])
+    # a valid Blosc frame holding half a chunk, where a whole chunk belongs
+    half = Blosc(cname="zstd", clevel=1).encode(np.ascontiguousarray(data[:2, :16, :16]))
+    buffer = default_buffer_prototype().buffer.from_bytes(half)
+    sync(array.store_path.store.set("c/1/1/1", buffer))
+    with pytest.raises(ValueError, match=r"chunk \(1, 1, 1\) declares 1024 bytes.*2048"):
+        codec.read((1, 1, 1))

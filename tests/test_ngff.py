@@ -255,20 +255,20 @@ def test_downsample_mean_is_the_exact_rounded_block_mean(block: np.ndarray, data
     assert result.dtype == block.dtype
 
 
-def test_downsample_array_in_slabs_matches_one_block() -> None:
-    image = microscopy_volume((37, 70, 66))
-    whole = pyramid.downsample(image, (2, 2, 2), "mean")
-    for slab_bytes in (1, 40_000, 1 << 30):  # one output plane per slab, a few, one slab
-        np.testing.assert_array_equal(
-            pyramid.downsample_array(image, (2, 2, 2), "mean", workers=2, slab_bytes=slab_bytes),
-            whole,
-        )
-    floats = image.astype(np.float32) / 7
-    np.testing.assert_allclose(
-        pyramid.downsample_array(floats, (1, 2, 2), "mean", workers=2),
-        _reference_mean(floats, (1, 2, 2)),
-        rtol=1e-6,
-    )
+def test_read_region_assembles_any_region_from_stored_chunks(local_store: ResultStore) -> None:
+    from cpr_zarr.codec import ChunkCodec
+
+    image = microscopy_volume((9, 37, 41))
+    target = local_store.save(image, "img", chunks=(4, 16, 16), levels=1)
+    codec = ChunkCodec(target.zarr_array())
+    regions = [
+        (slice(0, 9), slice(0, 37), slice(0, 41)),  # everything, edge chunks included
+        (slice(3, 5), slice(15, 17), slice(31, 41)),  # across chunk borders
+        (slice(8, 9), slice(36, 37), slice(40, 41)),  # the last voxel
+        (slice(4, 8), slice(16, 32), slice(16, 32)),  # exactly one chunk
+    ]
+    for region in regions:
+        np.testing.assert_array_equal(pyramid.read_region(codec, region), image[region])
 
 
 def test_pyramid_is_automatic_above_512_pixels(store: ResultStore) -> None:

@@ -204,6 +204,29 @@ def test_decodable_but_wrong_chunk_is_caught_only_when_verifying(
     np.testing.assert_array_equal(unverified[20:, 48:, 40:], data[:20, :48, :40])
 
 
+def test_a_missing_chunk_never_reads_as_zeros_even_unverified(
+    store: cpr_zarr.ResultStore,
+) -> None:
+    from cpr_zarr.writer import remove_prefix
+
+    data = microscopy_volume((8, 40, 40)) + 1
+    data[:4, :16, :16] = 0  # one all-zero chunk: zarr does not store it, reads fill it in
+    target = store.save(data, name="img", chunks=(4, 16, 16))
+    np.testing.assert_array_equal(target.get_data(verify=False).compute(), data)
+    np.testing.assert_array_equal(target.to_numpy(), data)
+
+    # another process deletes the chunks while this one still holds the opened result
+    remove_prefix(store, f"{target.group_path}/0/c")
+    where = rf"chunk \(\d, \d, \d\) of result '{target.group_path}'.*not in the store"
+    for verify in (False, True):
+        with pytest.raises(ChunkVerificationError, match=where):
+            target.get_data(verify=verify).compute()
+        with pytest.raises(ChunkVerificationError, match=where):
+            target.to_numpy(verify=verify)
+    # the all-zero chunk was never stored: it still reads
+    np.testing.assert_array_equal(target.get_data(verify=False)[:4, :16, :16].compute(), 0)
+
+
 def data_files(store: cpr_zarr.ResultStore) -> dict[Path, int]:
     """Modification times of every file but provenance records and staging."""
     return {
