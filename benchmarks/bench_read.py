@@ -10,7 +10,9 @@ One volume per size is saved once with cpr_zarr; every reader reads that same gr
 
 Three selections: ``whole`` (everything), ``chunk`` (exactly one stored chunk) and ``region``
 (a box of one chunk's size centred on a chunk corner, so it touches 8 chunks and uses
-1/8 of each). ``track_pointer_json_bytes`` is the size of the pointer Prefect records
+1/8 of each). ``track_verify_ratio_*`` measure unverified time / verified time with the two
+reads interleaved in one process (the target's ratio, free of drift between batches).
+``track_pointer_json_bytes`` is the size of the pointer Prefect records
 (``len(target.to_json())``; the store path is part of it). Handles are opened in ``setup`` on both sides (steady state: cpr_zarr caches
 its store and chunk reader per process; the zarr array is opened once).
 """
@@ -18,6 +20,8 @@ its store and chunk reader per process; the zarr array is opened once).
 from __future__ import annotations
 
 import os
+import statistics
+import time
 
 import zarr
 
@@ -92,6 +96,39 @@ class Read:
 
     def time_zarr(self, cache, size, kind):
         self.zarr_array[self.sel]
+
+    # -- verified / unverified in one process, interleaved -----------------------------------
+    # The time_ pairs above run in separate batches; on a VM the drift between two batches
+    # (10-15 %) is larger than what verification costs (xxh3 of a decoded chunk: ~0.2 ms per
+    # 8 MiB chunk, ~3 % of reading it). These measure the ratio the target is about directly:
+    # alternating verified and unverified reads, the order flipped every pair.
+
+    def _interleaved_ratio(self, read, budget_seconds=20.0, pairs=25):
+        times = {True: [], False: []}
+        start = time.perf_counter()
+        for i in range(pairs):
+            for verify in (True, False) if i % 2 else (False, True):
+                t0 = time.perf_counter()
+                read(verify)
+                times[verify].append(time.perf_counter() - t0)
+            if time.perf_counter() - start > budget_seconds and i >= 2:
+                break
+        return statistics.median(times[False]) / statistics.median(times[True])
+
+    def track_verify_ratio_get_data(self, cache, size, kind):
+        """Unverified time / verified time of ``get_data()[sel].compute()`` (target >= 0.9)."""
+        return self._interleaved_ratio(
+            lambda verify: self.target.get_data(verify=verify)[self.sel].compute()
+        )
+
+    track_verify_ratio_get_data.unit = "unverified/verified"
+
+    def track_verify_ratio_to_numpy(self, cache, size, kind):
+        """Unverified time / verified time of ``to_numpy()`` (target >= 0.9)."""
+        return self._interleaved_ratio(lambda verify: self.target.to_numpy(verify=verify))
+
+    track_verify_ratio_to_numpy.unit = "unverified/verified"
+    track_verify_ratio_to_numpy.skip_params = time_cpr_to_numpy.skip_params
 
     def track_pointer_json_bytes(self, cache, size, kind):
         """Size of what Prefect records for this result: the ZarrTarget's JSON."""

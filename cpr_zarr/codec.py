@@ -50,8 +50,12 @@ def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> 
     items = list(items)
     if workers <= 1 or len(items) <= 1:
         return map(fn, items)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpr-zarr") as pool:
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cpr-zarr")
+    try:
         return iter(list(pool.map(fn, items)))
+    finally:
+        # on an error (or Ctrl-C) the items not started yet are dropped, not run
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _is_fill(block: np.ndarray, fill: np.ndarray) -> bool:

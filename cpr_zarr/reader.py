@@ -80,7 +80,7 @@ class ChunkReader:
     def read_chunk(
         self, index: tuple[int, ...], verify: bool = True, *, writeable: bool = True
     ) -> np.ndarray:
-        """Read (and by default verify) one chunk; ``writeable=False`` may return a read-only view."""
+        """Read (and by default verify) one chunk; ``writeable=False`` may give a read-only view."""
         try:
             block = self.codec.load(index, writeable=writeable)
         except Exception as exc:

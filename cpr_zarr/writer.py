@@ -3,8 +3,9 @@
 Commit protocol (every store kind):
 
 1. The content hash is known before the final group is touched: numpy arrays are hashed
-   in memory first (one thread per core); Dask arrays are written to ``_staging/<name>-<uuid>/0`` by the workers,
-   each block hashed in the same task that writes it, then moved under the final path.
+   in memory first (one thread per core); Dask arrays are written to
+   ``_staging/<name>-<uuid>/0`` by the workers, each block hashed in the same task that
+   writes it, then moved under the final path.
 2. If a committed group with this hash exists (under any name), nothing is written.
 3. The base array ``<name>-<hash>/0`` is written: metadata, then chunks. Every writer of
    the same hash writes the same decoded values, so concurrent writers and a writer

@@ -255,6 +255,20 @@ def test_downsample_mean_is_the_exact_rounded_block_mean(block: np.ndarray, data
     assert result.dtype == block.dtype
 
 
+def test_downsample_of_big_blocks_in_slabs_is_the_same_mean() -> None:
+    image = microscopy_volume((37, 300, 301))  # 6.4 MiB: reduced in slabs, odd sizes
+    for step in [(2, 2, 2), (1, 2, 2), (2, 1, 1)]:
+        np.testing.assert_array_equal(
+            pyramid.downsample(image, step, "mean"), _reference_mean(image, step)
+        )
+    floats = image.astype(np.float32) / 7
+    np.testing.assert_allclose(
+        pyramid.downsample(floats, (2, 2, 2), "mean"),
+        _reference_mean(floats, (2, 2, 2)),
+        rtol=1e-6,
+    )
+
+
 def test_read_region_assembles_any_region_from_stored_chunks(local_store: ResultStore) -> None:
     from cpr_zarr.codec import ChunkCodec
 
