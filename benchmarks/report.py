@@ -1,8 +1,10 @@
 """Print the suite's results as Markdown tables, with the ratios the targets are about.
 
-    .venv/bin/python benchmarks/report.py [results.json]
+    .venv/bin/python benchmarks/report.py [results.json [older-results.json ...]]
 
-Without an argument it reads the newest results file under ``.asv/results/`` (written by
+Benchmarks missing from the first file are taken from the next ones (after a partial re-run
+with ``asv run -b ...``; the header names their commit). Without an argument it reads the
+newest results file under ``.asv/results/`` (written by
 ``asv run ... --set-commit-hash=$(git rev-parse HEAD)``; ``--quick`` runs in the current
 environment save nothing unless a commit hash is set). All ratios come from the same run.
 
@@ -72,10 +74,22 @@ def verdict(value: float | None, ok: bool) -> str:
 
 
 def main() -> None:
-    doc, r = load(Path(sys.argv[1]) if len(sys.argv) > 1 else None)
+    paths = [Path(a) for a in sys.argv[1:]] or [None]
+    doc, r = load(paths[0])
+    older = []
+    for path in paths[1:]:  # fill benchmarks the first run did not re-run
+        other_doc, other = load(path)
+        missing = {k: v for k, v in other.items() if k[0] not in {n for n, _ in r}}
+        if missing:
+            older.append(
+                f"{other_doc['commit_hash'][:10]} ({len({n for n, _ in missing})} benchmarks)"
+            )
+        r = {**missing, **r}
     get = r.get
     print(
-        f"commit {doc['commit_hash'][:10]}, machine {doc['params'].get('machine')}: "
+        f"commit {doc['commit_hash'][:10]}"
+        + (f" (not re-run there: from {', '.join(older)})" if older else "")
+        + f", machine {doc['params'].get('machine')}: "
         f"{doc['params'].get('num_cpu')} CPUs, {doc['params'].get('cpu')}, "
         f"{int(doc['params'].get('ram', 0)) / 2**30:.0f} GiB RAM\n"
     )
