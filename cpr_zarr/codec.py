@@ -1,12 +1,12 @@
 """Whole chunks of one zarr array, encoded or decoded in the calling thread.
 
-zarr's ``array[...] = data`` runs every chunk through its asyncio codec pipeline: on a
-1 GiB save that is about 4.3 CPU seconds for 1.8 s of actual copying, hashing and Blosc
-work, and the event loop keeps the second core idle a third of the time. cpr_zarr writes
+zarr's ``array[...] = data`` runs every chunk through its asyncio codec pipeline: writing
+1 GiB took 4.3 CPU-seconds at 1.5 busy cores here, where encoding the same chunks directly
+took 1.8 CPU-seconds at 1.96 cores (see ``benchmarks/README.md``). cpr_zarr writes
 and reads whole, chunk-aligned blocks, so it can call the array's own codecs directly
 (zarr's ``SupportsSyncCodec`` ``_encode_sync``/``_decode_sync``) from a pool of threads,
-one chunk per call: Blosc, hashing and copies release the GIL, both cores stay busy, and a
-chunk is hashed while it is in cache. The bytes are exactly what zarr writes: the same
+one chunk per call: Blosc, hashing and copies release the GIL and both cores stay busy
+(streamed and pyramid chunks are hashed by the thread that encodes them). The bytes are exactly what zarr writes: the same
 codecs with the same parameters, the same keys, edge chunks padded with the fill value,
 and chunks holding only the fill value not written (zarr's ``write_empty_chunks=False``).
 
