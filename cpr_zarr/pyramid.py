@@ -26,6 +26,7 @@ import zarr
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import chunk_grid
+from cpr_zarr.progress import SaveProgress, count_keys
 
 if TYPE_CHECKING:
     import dask.array as da
@@ -241,7 +242,10 @@ def write_levels(
             codec.write(index, block)
             return chunk_digest(block)
 
-        digests = list(thread_map(one, chunk_grid(shape, chunks), workers))
+        grid = list(chunk_grid(shape, chunks))
+        nbytes = math.prod(shape) * dtype.itemsize
+        with SaveProgress(f"{group} level {number}", len(grid), nbytes, count_keys(store, path)):
+            digests = list(thread_map(one, grid, workers))
         records.append(
             {
                 "path": str(number),

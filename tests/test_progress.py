@@ -48,3 +48,17 @@ def test_short_saves_report_nothing(
         local_store.save(microscopy_volume(), name="quick")
         local_store.save(da.from_array(microscopy_volume(seed=1), chunks=20), name="quick")
     assert caplog.text == ""
+
+
+def test_pyramid_levels_report_progress_too(
+    local_store: cpr_zarr.ResultStore,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CPR_ZARR_PROGRESS_SECONDS", "0.01")
+    image = microscopy_volume((8, 1100, 600))  # level 1: 4 x 550 x 300 in 4 x 18 x 10 chunks
+    with caplog.at_level(logging.INFO, logger="cpr_zarr"):
+        target = local_store.save(image, name="big", chunks=(1, 32, 32))
+    levels = [r.getMessage() for r in caplog.records if " level 1" in r.getMessage()]
+    assert any(m.startswith(f"saving {target.group_path} level 1: ") for m in levels), caplog.text
+    assert any(m.startswith(f"saved {target.group_path} level 1: 720 chunks") for m in levels)
