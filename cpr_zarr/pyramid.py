@@ -196,10 +196,10 @@ def write_levels(
     region it covers (from ``base``, the in-memory base array, for level 1 if given, else
     from the level below as stored), downsample, write, hash. Memory stays at a few input
     regions per thread whatever the image size. Runs before the group is committed. A level
-    left by a crashed writer is overwritten (its path names the base's hash, and the steps
-    are a pure function of the metadata).
+    left at the same path by a crashed or concurrent writer with the same plan is completed
+    (same values); one with another plan is left alone and ours goes to ``<n>-<factors>``.
     """
-    from cpr_zarr.writer import _create_array, remove_prefix
+    from cpr_zarr.writer import _create_array
 
     source_array: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
@@ -209,15 +209,20 @@ def write_levels(
     source = ChunkCodec(source_array)
     workers = worker_count(remote=store._local_path is None)
     records: list[dict[str, Any]] = []
+    cumulative = (1,) * len(source.shape)
     for number, step in enumerate(steps, start=1):
         shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
         chunks = tuple(min(c, s) for c, s in zip(base_chunks, shape, strict=True))
-        path = f"{group}/{number}"
-        if store._get_json(f"{path}/zarr.json") is not None:
-            existing = zarr.open_array(store._zstore, path=path, mode="r", zarr_format=3)
+        cumulative = tuple(c * f for c, f in zip(cumulative, step, strict=True))
+        name = str(number)
+        if store._get_json(f"{group}/{name}/zarr.json") is not None:
+            existing = zarr.open_array(store._zstore, path=f"{group}/{name}", mode="r")
             if existing.shape != shape or existing.chunks != chunks:
-                # a crashed writer with other metadata (other steps) left it: replace it
-                remove_prefix(store, path)
+                # another writer of this content with another pyramid plan (other `levels=`
+                # or scale), still writing or crashed: never touch its level, use a path
+                # naming our cumulative factors (the group document records the path)
+                name = f"{number}-{'x'.join(map(str, cumulative))}"
+        path = f"{group}/{name}"
         codec = ChunkCodec(
             _create_array(
                 store, path, shape, dtype, chunks, codecs, dimension_names=dimension_names
@@ -248,7 +253,7 @@ def write_levels(
             digests = list(thread_map(one, grid, workers))
         records.append(
             {
-                "path": str(number),
+                "path": name,
                 "step": list(step),
                 "shape": list(shape),
                 "chunks": list(chunks),

@@ -444,3 +444,35 @@ def test_parse_meta_defaults() -> None:
         ]
         == "second"
     )
+
+
+def test_a_level_of_another_pyramid_plan_is_never_overwritten(store: ResultStore) -> None:
+    from cpr_zarr.codec import ChunkCodec
+    from cpr_zarr.layout import chunk_grid
+    from cpr_zarr.writer import _create_array
+
+    image = microscopy_volume((8, 40, 40))
+    chunks = (4, 16, 16)
+    probe = store.save(image, "img", chunks=chunks, levels=1)
+    path = probe.group_path
+    store.delete(probe)
+
+    # another writer of the same content, planning levels for z anisotropic (y, x halved
+    # only), has written the base and its level 1 but not committed yet
+    base = ChunkCodec(_create_array(store, f"{path}/0", image.shape, image.dtype, chunks, None))
+    for index, region in chunk_grid(image.shape, chunks):
+        base.write(index, image[region])
+    theirs = pyramid.write_levels(store, path, [(1, 2, 2)], "mean", ["z", "y", "x"])
+    assert theirs[0]["path"] == "1"
+
+    ours = save(store, image, "img", chunks=chunks, levels=2)  # isotropic: halves z too
+    record = store.reader(ours).attrs["levels"][0]
+    assert record["path"] == "1-2x2x2"
+    assert record["step"] == [2, 2, 2]
+    np.testing.assert_array_equal(
+        cpr_zarr.read_level(ours, 1).compute(), pyramid.downsample(image, (2, 2, 2), "mean")
+    )
+    # the other writer's level is intact: it can still commit a consistent group
+    other = zarr.open_array(store._zstore, path=f"{path}/1", mode="r")
+    np.testing.assert_array_equal(other[...], pyramid.downsample(image, (1, 2, 2), "mean"))
+    validate(ours)
