@@ -46,7 +46,7 @@ class Read:
     params = (SIZES, SELECTIONS)
     param_names = ["size", "selection"]
     # two interleaved rounds of up to 15 samples: verified and unverified reads differ by
-    # ~5 % of CPU, less than this VM's drift between two back-to-back batches
+    # ~3 % of CPU, less than this VM's drift between two back-to-back batches
     repeat = (3, 15, 30.0)
     rounds = 2
     warmup_time = 0.0

@@ -79,7 +79,8 @@ def main() -> None:
     older = []
     for path in paths[1:]:  # fill benchmarks the first run did not re-run
         other_doc, other = load(path)
-        missing = {k: v for k, v in other.items() if k[0] not in {n for n, _ in r}}
+        have = {name for name, _ in r}
+        missing = {k: v for k, v in other.items() if k[0] not in have}
         if missing:
             older.append(
                 f"{other_doc['commit_hash'][:10]} ({len({n for n, _ in missing})} benchmarks)"
