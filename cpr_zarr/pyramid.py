@@ -24,7 +24,6 @@ import numpy as np
 import zarr
 
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
-from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import chunk_grid
 from cpr_zarr.progress import SaveProgress, count_keys
 
@@ -199,7 +198,7 @@ def write_levels(
     left at the same path by a crashed or concurrent writer with the same plan is completed
     (same values); one with another plan is left alone and ours goes to ``<n>-<factors>``.
     """
-    from cpr_zarr.writer import _create_array
+    from cpr_zarr.writer import _create_array, store_chunk
 
     source_array: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
@@ -243,9 +242,7 @@ def write_levels(
                 for r, f, s in zip(region, step, src.shape, strict=True)
             )
             values = in_memory[wanted] if in_memory is not None else read_region(src, wanted)
-            block = np.ascontiguousarray(downsample(values, step, method))
-            codec.write(index, block)
-            return chunk_digest(block)
+            return store_chunk(codec, index, downsample(values, step, method))
 
         grid = list(chunk_grid(shape, chunks))
         nbytes = math.prod(shape) * dtype.itemsize

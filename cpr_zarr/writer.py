@@ -146,7 +146,7 @@ def _save_numpy(
         dimension_names=spec.dimension_names,
     )
     with SaveProgress(path, len(digests), data.nbytes, count_keys(store, array_path)):
-        write_chunks(ChunkCodec(array), data, grid, workers=workers, digest=False)
+        write_chunks(ChunkCodec(array), data, grid, workers=workers)
     return _commit(
         store,
         path,
@@ -188,17 +188,21 @@ def write_chunks(
     grid: list[tuple[tuple[int, ...], tuple[slice, ...]]],
     *,
     workers: int,
-    digest: bool = True,
-) -> list[str]:
-    """Encode and store every chunk of ``data`` on ``workers`` threads; their digests if asked."""
+) -> None:
+    """Encode and store every chunk of in-memory ``data`` on ``workers`` threads."""
 
-    def one(item: tuple[tuple[int, ...], tuple[slice, ...]]) -> str:
+    def one(item: tuple[tuple[int, ...], tuple[slice, ...]]) -> None:
         index, region = item
-        block = np.ascontiguousarray(data[region])
-        codec.write(index, block)
-        return chunk_digest(block) if digest else ""
+        codec.write(index, np.ascontiguousarray(data[region]))
 
-    return list(thread_map(one, grid, workers))
+    list(thread_map(one, grid, workers))
+
+
+def store_chunk(codec: ChunkCodec, index: tuple[int, ...], block: np.ndarray) -> str:
+    """Store chunk ``index`` and return its digest, hashing the very copy that was encoded."""
+    block = np.ascontiguousarray(block)
+    codec.write(index, block)
+    return chunk_digest(block)
 
 
 def _save_dask(
@@ -273,10 +277,8 @@ def _save_dask(
 
 def write_block(block: np.ndarray, *, codec: ChunkCodec, block_info: dict[Any, Any]) -> np.ndarray:
     """Store one chunk-aligned Dask block and return its digest (as a 1-element object array)."""
-    block = np.ascontiguousarray(block)
-    codec.write(tuple(block_info[0]["chunk-location"]), block)
     out = np.empty((1,) * block.ndim, dtype=object)
-    out.flat[0] = chunk_digest(block)
+    out.flat[0] = store_chunk(codec, tuple(block_info[0]["chunk-location"]), block)
     return out
 
 
