@@ -40,7 +40,11 @@ import tifffile
 
 import cpr_zarr
 from benchmarks import common  # first: sets Prefect's environment before prefect is imported
-from examples.nuclei_flow import otsu_threshold, sample_path  # the example's own helpers
+from examples.nuclei_flow import (  # the example's own helpers
+    label_objects,
+    otsu_threshold,
+    sample_path,
+)
 
 # tiny (CI smoke test): one small data set, to keep the server start-ups few
 DATA = ["synthetic"] if common.size_mode() == "tiny" else ["nuclei", "synthetic"]
@@ -68,13 +72,7 @@ def threshold(image):  # a lazy dask array (cpr_zarr) or a numpy array (plain)
 
 
 def label(mask: np.ndarray) -> tuple[np.ndarray, int]:
-    labels, n = ndi.label(mask)
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= 50
-    keep[0] = False
-    relabel = np.zeros(n + 1, dtype=np.uint32)
-    relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return relabel[labels], int(keep.sum())
+    return label_objects(mask)
 
 
 FUNCTIONS = {"load_nuclei": load_nuclei, "denoise": denoise, "threshold": threshold, "label": label}

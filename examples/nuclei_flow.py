@@ -77,16 +77,22 @@ def threshold(image):  # a lazy dask array: nothing is read until needed
     return image > level
 
 
-@cpr_zarr.task(store=STORE)
-def label(mask: np.ndarray, image) -> tuple[cpr_zarr.Labels, int]:  # type: ignore[no-untyped-def]
-    """Connected components, specks under 50 voxels dropped; attached to the raw image."""
+def label_objects(mask: np.ndarray, min_voxels: int = 50) -> tuple[np.ndarray, int]:
+    """Connected components numbered 1..n (uint32), specks under ``min_voxels`` dropped."""
     labels, n = ndi.label(mask)
     sizes = np.bincount(labels.ravel())
-    keep = sizes >= 50
+    keep = sizes >= min_voxels
     keep[0] = False
     relabel = np.zeros(n + 1, dtype=np.uint32)
     relabel[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
-    return cpr_zarr.Labels(relabel[labels], image=image), int(keep.sum())
+    return relabel[labels], int(keep.sum())
+
+
+@cpr_zarr.task(store=STORE)
+def label(mask: np.ndarray, image) -> tuple[cpr_zarr.Labels, int]:  # type: ignore[no-untyped-def]
+    """Connected components, specks under 50 voxels dropped; attached to the raw image."""
+    labels, count = label_objects(mask)
+    return cpr_zarr.Labels(labels, image=image), count
 
 
 @cpr_zarr.task(store=STORE)
