@@ -30,7 +30,8 @@ def prefect_server() -> Iterator[str]:
     import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    # a busy machine (CI, xdist workers) can take longer than Prefect's default 20 s to start it
+    with prefect_test_harness(server_startup_timeout=180):
         url = prefect.settings.PREFECT_API_URL.value()
         os.environ["PREFECT_API_URL"] = url
         try:
