@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+import cpr_zarr.logs  # noqa: F401  (installs the forwarding of cpr_zarr records to Prefect run logs)
 from cpr_zarr.compute import compute
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
@@ -38,7 +39,9 @@ __all__ = [
     "UnsupportedResultError",
     "ZarrSource",
     "ZarrTarget",
+    "ZarrTask",
     "compute",
+    "delete_on_rollback",
     "open_store",
     "pointer_serializer",
     "read_level",
@@ -47,13 +50,14 @@ __all__ = [
     "task",
     "to_ngff_v04",
     "to_ome_tiff",
+    "written_targets",
 ]
 
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from cpr_zarr.cache import CONTENT_INPUTS, ContentInputs
-    from cpr_zarr.decorator import task
+    from cpr_zarr.decorator import ZarrTask, delete_on_rollback, task, written_targets
     from cpr_zarr.serializer import pointer_serializer
 
 # the Prefect-facing names import Prefect (seconds): load them on first use, so that
@@ -62,6 +66,9 @@ _LAZY = {
     "CONTENT_INPUTS": "cpr_zarr.cache",
     "ContentInputs": "cpr_zarr.cache",
     "task": "cpr_zarr.decorator",
+    "ZarrTask": "cpr_zarr.decorator",
+    "delete_on_rollback": "cpr_zarr.decorator",
+    "written_targets": "cpr_zarr.decorator",
     "pointer_serializer": "cpr_zarr.serializer",
 }
 

@@ -14,8 +14,10 @@ Plain arrays in, plain arrays out. The wrapper
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
+import logging
 import os
 import re
 import typing
@@ -42,9 +44,17 @@ from cpr_zarr.writer import check_ndim
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-__all__ = ["DEFAULT_STORE_ENV", "task"]
+__all__ = [
+    "DEFAULT_STORE_ENV",
+    "TARGETS_KEY",
+    "ZarrTask",
+    "delete_on_rollback",
+    "task",
+    "written_targets",
+]
 
 R = TypeVar("R")
+logger = logging.getLogger("cpr_zarr")
 DEFAULT_STORE_ENV = "CPR_ZARR_STORE"
 _JSON_SCALARS = (str, int, float, bool, type(None))
 _NAME_PART = re.compile(r"[A-Za-z0-9_.-]{1,40}")
@@ -176,14 +186,253 @@ def _store_getter(
     return lambda: open_store(url, mode="a")
 
 
+def _result_name(task_name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in task_name)
+
+
+def _running_task(body: Callable[..., Any]) -> ZarrTask | None:
+    """The ``ZarrTask`` whose run is executing ``body`` now, or None (a plain ``.fn`` call)."""
+    from prefect.context import TaskRunContext
+
+    ctx = TaskRunContext.get()
+    if ctx is not None and isinstance(ctx.task, ZarrTask) and ctx.task.fn is body:
+        return ctx.task
+    return None
+
+
+def _collect_targets(value: Any) -> list[ZarrTarget]:
+    if isinstance(value, ZarrTarget):
+        return [value]
+    if isinstance(value, (tuple, list)):
+        return [t for v in value for t in _collect_targets(v)]
+    if isinstance(value, dict):
+        return [t for v in value.values() for t in _collect_targets(v)]
+    return []
+
+
+class _Call:
+    """One run of a task body: inputs loaded, outputs checked then saved."""
+
+    def __init__(self, task: ZarrTask, fn: Callable[..., Any], args: Any, kwargs: Any) -> None:
+        self.task = task
+        self.fn = fn
+        self.bound = task.signature.bind(*args, **kwargs)
+        self.record = record_for_task(fn, self.bound.arguments)
+        self.inputs = ngff.InputImages()
+
+    def load(self) -> None:
+        install_safe_scheduler()
+        for pname, value in self.bound.arguments.items():
+            self.bound.arguments[pname] = _load(value, pname in self.task.numpy_params)
+            self.inputs.add(value, self.bound.arguments[pname])
+
+    def save(self, result: Any) -> Any:
+        name = _result_name(self.task.name)
+        where = f"The return value of {self.fn.__qualname__}"
+        _walk(result, name, where, None)
+        out = _walk(result, name, where, _Saver(self.task.get_store(), self.record), self.inputs)
+        _remember_in_transaction(out, self.record.get("task_run_id"))
+        return out
+
+
+def _make_body(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """What Prefect runs: the user's function, plus loading and saving inside a task run.
+
+    Called outside a run of its own task (``my_task.fn(...)`` in a unit test, or from
+    another task's body), it is exactly the user's function.
+    """
+    if inspect.iscoroutinefunction(fn):
+
+        @functools.wraps(fn)
+        async def async_body(*args: Any, **kwargs: Any) -> Any:
+            task = _running_task(async_body)
+            if task is None:
+                return await fn(*args, **kwargs)
+            call = _Call(task, fn, args, kwargs)
+            install_safe_scheduler()  # on the worker thread itself, before leaving it
+            # loading (reads of numpy inputs) and saving do blocking I/O: off the event loop
+            await asyncio.to_thread(call.load)
+            result = await fn(*call.bound.args, **call.bound.kwargs)
+            return await asyncio.to_thread(call.save, result)
+
+        body: Callable[..., Any] = async_body
+    else:
+
+        @functools.wraps(fn)
+        def sync_body(*args: Any, **kwargs: Any) -> Any:
+            task = _running_task(sync_body)
+            if task is None:
+                return fn(*args, **kwargs)
+            call = _Call(task, fn, args, kwargs)
+            call.load()
+            return call.save(fn(*call.bound.args, **call.bound.kwargs))
+
+        body = sync_body
+    body.__cpr_zarr_fn__ = fn  # type: ignore[attr-defined]
+    return body
+
+
+# -- transactions -------------------------------------------------------------------------
+
+TARGETS_KEY = "cpr_zarr.targets"
+
+
+def _remember_in_transaction(result: Any, task_run_id: str | None) -> None:
+    from prefect.transactions import get_transaction
+
+    txn = get_transaction()
+    if txn is not None:
+        txn.set(TARGETS_KEY, {"task_run_id": task_run_id, "targets": _collect_targets(result)})
+
+
+def written_targets(txn: Any) -> list[ZarrTarget]:
+    """The results a ``cpr_zarr.task`` saved in the run of this transaction (for hooks).
+
+    Examples
+    --------
+    >>> @cpr_zarr.task(on_rollback=[lambda txn: print(cpr_zarr.written_targets(txn))])
+    ... def denoise(image): ...
+    """
+    entry = txn.get(TARGETS_KEY, None)
+    return list(entry["targets"]) if entry else []
+
+
+def delete_on_rollback(txn: Any) -> None:
+    """An ``on_rollback`` hook: remove the results this task run saved, unless shared.
+
+    Content is stored once: a result that another run also produced (it has provenance
+    records of other task runs) is kept and logged, so a rollback never removes what a
+    committed record still points to.
+    """
+    entry = txn.get(TARGETS_KEY, None)
+    if not entry:
+        return
+    for target in entry["targets"]:
+        store = open_store(target.store_url, mode="a")
+        try:
+            others = {
+                r.get("task_run_id")
+                for r in store.provenance(target)
+                if r.get("task_run_id") != entry["task_run_id"]
+            }
+        except KeyError:  # already gone
+            continue
+        if others:
+            logger.warning(
+                "Rollback kept %s in %s: other task runs produced the same content.",
+                target.group_path,
+                target.store_url,
+            )
+            continue
+        store.delete(target)
+        logger.info("Rollback removed %s from %s.", target.group_path, target.store_url)
+
+
+# -- the task class -----------------------------------------------------------------------
+
+
+def _default_options(task_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """cpr_zarr's defaults, only where the user (or Prefect's settings) said nothing."""
+    from prefect.settings import get_current_settings
+    from prefect.utilities.annotations import NotSet
+
+    options = dict(task_kwargs)
+    settings = get_current_settings()
+    wants_cache = (
+        options.get("cache_policy", NotSet) is NotSet
+        and options.get("cache_key_fn") is None
+        and options.get("persist_result") is not False
+        and options.get("result_storage_key") is None
+        and not settings.tasks.default_no_cache
+    )
+    if wants_cache:
+        options["cache_policy"] = CONTENT_INPUTS + TASK_SOURCE
+    if options.get("persist_result") is None:
+        options["persist_result"] = True
+    if options.get("result_serializer") is None:
+        options["result_serializer"] = pointer_serializer()
+    return options
+
+
+class ZarrTask(prefect.Task):  # type: ignore[type-arg]
+    """A Prefect task whose array results are saved in a :class:`ResultStore`.
+
+    Made by :func:`task`. Everything of :class:`prefect.Task` works; ``fn`` is the user's
+    function (unchanged when called directly), ``store`` the store results go to, and
+    ``with_options`` also takes ``store=``.
+    """
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        store: str | os.PathLike[str] | ResultStore | None = None,
+        **task_kwargs: Any,
+    ) -> None:
+        user_fn = getattr(fn, "__cpr_zarr_fn__", fn)
+        if inspect.isgeneratorfunction(user_fn) or inspect.isasyncgenfunction(user_fn):
+            raise TypeError(
+                f"cpr_zarr.task does not support generator functions ({user_fn.__qualname__} "
+                "yields): a stored result needs the whole value. Return the arrays (a list "
+                "works), or use @prefect.task and save with ResultStore.save yourself."
+            )
+        super().__init__(_make_body(user_fn), **_default_options(task_kwargs))
+        self.user_fn = user_fn
+        self.store = store
+        self.get_store = _store_getter(store)
+        self.numpy_params = _numpy_params(user_fn)
+        self.signature = inspect.signature(user_fn)
+
+    @property
+    def saving_fn(self) -> Callable[..., Any]:
+        """What a run of this task calls: the user's function with loading and saving."""
+        return self.fn
+
+    def with_options(self, *, store: Any = None, **options: Any) -> ZarrTask:
+        """:meth:`prefect.Task.with_options`, plus ``store=``; the stored name follows ``name``."""
+        plain = super().with_options(**options)  # a prefect.Task holding every option
+        new = object.__new__(type(self))
+        # same options as Prefect computed them, plus ours; fn is this task's body, which
+        # reads name and store from the running task, so a renamed copy saves under its name
+        new.__dict__.update(plain.__dict__)
+        for attr in ("user_fn", "numpy_params", "signature"):
+            setattr(new, attr, getattr(self, attr))
+        new.store = self.store if store is None else store
+        new.get_store = self.get_store if store is None else _store_getter(store)
+        return new
+
+    def apply_async(
+        self,
+        args: tuple[Any, ...] | None = None,
+        kwargs: dict[str, Any] | None = None,
+        wait_for: Any = None,
+        dependencies: Any = None,
+    ) -> Any:
+        """:meth:`prefect.Task.apply_async` (and ``.delay``): array arguments go to the store.
+
+        Background task workers receive their parameters through a stored record; arrays
+        travel as ``ZarrTarget`` pointers there, like task results, and arrive as arrays.
+        """
+        if args or kwargs:
+            params = self.signature.bind_partial(*(args or ()), **(kwargs or {})).arguments
+            store = self.get_store()
+            for pname, value in params.items():
+                where = f"Argument {pname!r} of {self.name}"
+                name = f"{_result_name(self.name)}.input.{pname}"
+                _walk(value, name, where, None)
+                params[pname] = _walk(value, name, where, _Saver(store, {}))
+            args, kwargs = (), params
+        return super().apply_async(args, kwargs, wait_for, dependencies)
+
+
 @overload
-def task(fn: Callable[..., R], /) -> prefect.Task[..., Any]: ...
+def task(fn: Callable[..., R], /) -> ZarrTask: ...
 
 
 @overload
 def task(
     *, store: str | os.PathLike[str] | ResultStore | None = None, **task_kwargs: Any
-) -> Callable[[Callable[..., R]], prefect.Task[..., Any]]: ...
+) -> Callable[[Callable[..., R]], ZarrTask]: ...
 
 
 def task(
@@ -202,6 +451,9 @@ def task(
         ``results.zarr`` in the working directory.
     **task_kwargs
         Any option of :func:`prefect.task` (``retries``, ``name``, ``cache_policy``...).
+        Where none of ``cache_policy``, ``cache_key_fn``, ``persist_result=False`` or
+        Prefect's no-cache settings is given, the cache policy is
+        ``CONTENT_INPUTS + TASK_SOURCE``.
 
     Examples
     --------
@@ -211,32 +463,4 @@ def task(
     """
     if fn is None:
         return functools.partial(task, store=store, **task_kwargs)
-    if inspect.iscoroutinefunction(fn) or inspect.isgeneratorfunction(fn):
-        raise TypeError(
-            f"cpr_zarr.task supports plain (sync, non-generator) functions; {fn.__qualname__} "
-            "is not. Use @prefect.task and save arrays with ResultStore.save yourself."
-        )
-    get_store = _store_getter(store)
-    numpy_params = _numpy_params(fn)
-    signature = inspect.signature(fn)
-    result_name = task_kwargs.get("name") or fn.__name__
-    result_name = "".join(c if c.isalnum() or c in "_.-" else "_" for c in result_name)
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        install_safe_scheduler()
-        bound = signature.bind(*args, **kwargs)
-        record = record_for_task(fn, bound.arguments)
-        inputs = ngff.InputImages()
-        for pname, value in bound.arguments.items():
-            bound.arguments[pname] = _load(value, pname in numpy_params)
-            inputs.add(value, bound.arguments[pname])
-        result = fn(*bound.args, **bound.kwargs)
-        where = f"The return value of {fn.__qualname__}"
-        _walk(result, result_name, where, None)
-        return _walk(result, result_name, where, _Saver(get_store(), record), inputs)
-
-    task_kwargs.setdefault("cache_policy", CONTENT_INPUTS + TASK_SOURCE)
-    task_kwargs.setdefault("persist_result", True)
-    task_kwargs.setdefault("result_serializer", pointer_serializer())
-    return prefect.task(wrapper, **task_kwargs)
+    return ZarrTask(fn, store=store, **task_kwargs)

@@ -16,6 +16,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any
 
+from cpr_zarr.logs import LOGGER_NAME, in_prefect_run, run_logger
+
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
@@ -27,23 +29,7 @@ _DEFAULT_SECONDS = 5.0
 
 
 def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
-    try:
-        from prefect.exceptions import MissingContextError
-        from prefect.logging import get_run_logger
-
-        try:
-            return get_run_logger()
-        except MissingContextError:
-            pass
-    except ImportError:  # pragma: no cover - prefect is a dependency
-        pass
-    return logging.getLogger("cpr_zarr")
-
-
-def _in_prefect_run() -> bool:
-    from prefect.context import FlowRunContext, TaskRunContext
-
-    return TaskRunContext.get() is not None or FlowRunContext.get() is not None
+    return run_logger() or logging.getLogger(LOGGER_NAME)
 
 
 class SaveProgress:
@@ -58,7 +44,7 @@ class SaveProgress:
         self.count_written = count_written
         self.interval = float(os.environ.get(PROGRESS_SECONDS_ENV, _DEFAULT_SECONDS))
         self.logger = _logger()
-        self.interactive = sys.stderr.isatty() and not _in_prefect_run()
+        self.interactive = sys.stderr.isatty() and not in_prefect_run()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._reported = False
