@@ -89,7 +89,7 @@ def plan_levels(
 
 
 def _accumulator(dtype: np.dtype) -> np.dtype | None:
-    """An integer type summing 2**16 values of ``dtype`` exactly, or None (use float64)."""
+    """An integer type summing 2**16 values of ``dtype`` exactly; None for other types."""
     if dtype.kind in "iu" and dtype.itemsize <= 4:
         return np.dtype(f"{dtype.kind}{4 if dtype.itemsize <= 2 else 8}")
     return None
@@ -101,8 +101,9 @@ _SLAB_BYTES = 2 << 20
 def downsample(block: np.ndarray, step: tuple[int, ...], method: str) -> np.ndarray:
     """One block, reduced by ``step``: ``"nearest"`` (strided) or ``"mean"`` (edge-padded).
 
-    Means of integers are rounded half to even (like ``numpy.rint``), computed exactly with
-    integer sums for 8- to 32-bit types; other types are averaged in float64/complex128.
+    Means of integers are exact, rounded half to even (like ``numpy.rint``): integer sums
+    for 8- to 32-bit types, a split high/low long division for 64-bit ones (never through
+    float64). Floats and complex numbers are averaged in float64/complex128.
     Big blocks are reduced in slabs of about 2 MiB along the first axis, so the wider
     temporaries stay in cache (1.5x faster than one pass over an 8 MiB chunk).
     """
@@ -120,17 +121,13 @@ def downsample(block: np.ndarray, step: tuple[int, ...], method: str) -> np.ndar
     return out
 
 
-def _mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
-    pad = [(0, (-s) % f) for s, f in zip(block.shape, step, strict=True)]
-    if any(p for _, p in pad):
-        block = np.pad(block, pad, mode="edge")
-    acc = _accumulator(block.dtype)
-    if acc is None:
-        acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
-    # sum the f shifted strided views along each axis in turn: every pass shrinks the data,
-    # so this costs about one pass over the block (a reshape + mean(axis=...) costs ~4x)
+def _sum_shifted(block: np.ndarray, step: tuple[int, ...], acc: np.dtype) -> np.ndarray:
+    """The sums of ``step``-sized boxes of ``block`` (whose shape ``step`` divides), in ``acc``.
+
+    Sums the ``f`` shifted strided views along each axis in turn: every pass shrinks the
+    data, so this costs about one pass over the block (a reshape + sum(axis=...) costs ~4x).
+    """
     total: np.ndarray = block
-    count = 1
     for axis, f in enumerate(step):
         if f == 1:
             continue
@@ -138,17 +135,59 @@ def _mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
         summed = np.add(parts[0], parts[1], dtype=acc)
         for part in parts[2:]:
             summed += part
-        total, count = summed, count * f
+        total = summed
+    return total
+
+
+def _round_half_even(
+    quotient: np.ndarray, remainder: np.ndarray, count: int, dtype: np.dtype
+) -> np.ndarray:
+    """``quotient + remainder / count`` (``0 <= remainder < count``) rounded half to even."""
+    twice = remainder * 2
+    up = (twice > count) | ((twice == count) & (quotient % 2 == 1))
+    # never overflows: rounding up happens only when the exact mean lies strictly between
+    # quotient and quotient + 1, and the mean is at most the largest input value
+    return (quotient + up.astype(quotient.dtype)).astype(dtype)
+
+
+def _mean_int64(block: np.ndarray, step: tuple[int, ...], count: int) -> np.ndarray:
+    """Exact, half-to-even rounded box means of 64-bit integers.
+
+    A sum of 64-bit values needs more than 64 bits, and float64 keeps only 53 (2**64 - 1
+    averages to 0 through it). Each value is split as ``hi * 2**32 + lo`` (``hi`` the
+    arithmetic shift, ``lo`` in ``[0, 2**32)``); the sums of each part fit in 64 bits for
+    boxes of up to 2**30 values, and the quotient is assembled by long division:
+    ``sum = (qh * count + rh) * 2**32 + LO``, so ``sum // count = qh * 2**32 + (rh * 2**32
+    + LO) // count``.
+    """
+    wide = np.dtype(np.int64 if block.dtype.kind == "i" else np.uint64).newbyteorder("=")
+    values = block.astype(wide, copy=False)
+    hi = values >> wide.type(32)
+    lo = values & wide.type(0xFFFFFFFF)
+    hi_sum = _sum_shifted(hi, step, wide)
+    lo_sum = _sum_shifted(lo, step, wide)
+    n = wide.type(count)
+    qh, rh = np.divmod(hi_sum, n)  # floor division: 0 <= rh < count
+    ql, rl = np.divmod((rh << wide.type(32)) + lo_sum, n)
+    return _round_half_even((qh << wide.type(32)) + ql, rl, count, block.dtype)
+
+
+def _mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
+    pad = [(0, (-s) % f) for s, f in zip(block.shape, step, strict=True)]
+    if any(p for _, p in pad):
+        block = np.pad(block, pad, mode="edge")
+    count = math.prod(step)
     if count == 1:
         return block.copy()
-    if acc.kind in "iu":
-        quotient, remainder = np.divmod(total, count)
-        remainder *= 2
-        quotient += (remainder > count) | ((remainder == count) & (quotient % 2 == 1))
-        return quotient.astype(block.dtype)
+    if block.dtype.kind in "iu" and block.dtype.itemsize == 8:
+        return _mean_int64(block, step, count)
+    acc = _accumulator(block.dtype)
+    if acc is not None:
+        quotient, remainder = np.divmod(_sum_shifted(block, step, acc), count)
+        return _round_half_even(quotient, remainder, count, block.dtype)
+    acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
+    total = _sum_shifted(block, step, acc)
     total /= count
-    if block.dtype.kind in "iu":  # 64-bit integers, averaged in float64
-        np.rint(total, out=total)
     return total.astype(block.dtype)
 
 
