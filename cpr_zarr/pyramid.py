@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreError
 from cpr_zarr.layout import chunk_grid
 from cpr_zarr.progress import SaveProgress, count_keys
 
@@ -53,7 +54,7 @@ def parse_levels(levels: object) -> int | None:
     if levels is None:
         return None
     if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Invalid levels {levels!r}: give the number of multiscale levels including the base "
             f"(1 = no pyramid, at most {MAX_LEVELS}), or None for automatic."
         )
@@ -234,10 +235,12 @@ def write_levels(
     region it covers (from ``base``, the in-memory base array, for level 1 if given, else
     from the level below as stored), downsample, write, hash. Memory stays at a few input
     regions per thread whatever the image size. Runs before the group is committed. A level
-    left at the same path by a crashed or concurrent writer with the same plan is completed
-    (same values); one with another plan is left alone and ours goes to ``<n>-<factors>``.
+    left at the same path by a crashed or concurrent writer with the same steps is completed
+    (same values); one with other steps is left alone and ours goes to ``<n>-<factors>``
+    (or ``<n>-<step>_<step>...`` if that is taken too), decided after a create-if-absent
+    write of the level's metadata, so racing writers never share a path by mistake.
     """
-    from cpr_zarr.writer import _create_array, store_chunk
+    from cpr_zarr.writer import claim_array, store_chunk
 
     source_array: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
@@ -252,20 +255,39 @@ def write_levels(
         shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
         chunks = tuple(min(c, s) for c, s in zip(base_chunks, shape, strict=True))
         cumulative = tuple(c * f for c, f in zip(cumulative, step, strict=True))
-        name = str(number)
-        if store._get_json(f"{group}/{name}/zarr.json") is not None:
-            existing = zarr.open_array(store._zstore, path=f"{group}/{name}", mode="r")
-            if existing.shape != shape or existing.chunks != chunks:
-                # another writer of this content with another pyramid plan (other `levels=`
-                # or scale), still writing or crashed: never touch its level, use a path
-                # naming our cumulative factors (the group document records the path)
-                name = f"{number}-{'x'.join(map(str, cumulative))}"
-        path = f"{group}/{name}"
-        codec = ChunkCodec(
-            _create_array(
-                store, path, shape, dtype, chunks, codecs, dimension_names=dimension_names
+        history = [list(s) for s in steps[:number]]
+        # a level's values depend on every step that led to it (means of rounded means), so
+        # its array records them; another writer of this content with another pyramid plan
+        # (other `levels=` or scale), still writing or crashed, owns the paths whose array
+        # records other steps: use the next candidate path, never touch its level
+        candidates = [
+            str(number),
+            f"{number}-{'x'.join(map(str, cumulative))}",
+            f"{number}-{'_'.join('x'.join(map(str, s)) for s in history)}",
+        ]
+        attributes = {"cpr_zarr": {"level": number, "method": method, "steps": history}}
+        for name in candidates:
+            array = claim_array(
+                store,
+                f"{group}/{name}",
+                shape,
+                dtype,
+                chunks,
+                codecs,
+                dimension_names=dimension_names,
+                attributes=attributes,
             )
-        )
+            if array is not None:
+                break
+        else:
+            raise StoreError(
+                f"Cannot write pyramid level {number} of result {group!r} in store "
+                f"{store.url!r}: arrays that cpr_zarr did not write for this level already "
+                f"exist at {', '.join(repr(f'{group}/{c}') for c in candidates)}. Delete them "
+                "(they are not part of any committed result) and save again."
+            )
+        path = f"{group}/{name}"
+        codec = ChunkCodec(array)
         in_memory = base if number == 1 else None
 
         def one(
@@ -307,10 +329,19 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
     ------
     IndexError
         If the result has fewer levels.
+    InvalidArgumentTypeError
+        If ``level`` is not an int.
     """
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise InvalidArgumentTypeError(
+            f"Invalid level {level!r} for result {target.group_path!r} in store "
+            f"{target.store_url!r}: a level is an int, 0 for the base, 1 for the first "
+            "downsampled level... (cpr_zarr.read_level(target, 1))."
+        )
+    level = int(level)
     if level == 0:
         return target.get_data(verify=verify)
-    from cpr_zarr.reader import ChunkReader
+    from cpr_zarr.reader import ChunkReader, level_attrs
 
     store = target.store
     attrs = store.reader(target).attrs
@@ -320,16 +351,7 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
             f"Result {target.group_path!r} in store {target.store_url!r} has "
             f"{len(records) + 1} level(s) (0..{len(records)}); level {level} does not exist."
         )
-    record = records[level - 1]
-    level_attrs = {
-        "content_hash": f"{target.content_hash}-level{level}",
-        "shape": record["shape"],
-        "dtype": attrs["dtype"],
-        "chunks": record["chunks"],
-        "chunk_digests": record["chunk_digests"],
-        "array": record["path"],
-    }
-    return ChunkReader(store, target.group_path, level_attrs).to_dask(verify=verify)
+    return ChunkReader(store, target.group_path, level_attrs(attrs, level)).to_dask(verify=verify)
 
 
 def level_count(target: ZarrTarget) -> int:
