@@ -40,7 +40,7 @@ from zarr.core.sync import sync
 from cpr_zarr import ngff
 from cpr_zarr.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.compute import compute
-from cpr_zarr.errors import StoreError, UnsupportedResultError
+from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
 from cpr_zarr.hashing import ALGORITHM, chunk_digest, combine_digests
 from cpr_zarr.layout import (
     LAYOUT_VERSION,
@@ -100,9 +100,12 @@ def save(
     and pyramid (:mod:`cpr_zarr.ngff`, :mod:`cpr_zarr.pyramid`), never into the content hash.
     """
     name = parse_name(name)
-    data, spec = ngff.resolve_save(
-        store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
-    )
+    try:
+        data, spec = ngff.resolve_save(
+            store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
+        )
+    except InvalidArgumentError as exc:  # name the place: which save, which store
+        raise type(exc)(f"Cannot save result {name!r} to store {store.url!r}: {exc}") from exc
     data = _unmask(data, f"result {name!r} in store {store.url!r}")
     compressor = parse_compressor(compressor, where=f"result {name!r} in store {store.url!r}")
     if isinstance(data, da.Array):
