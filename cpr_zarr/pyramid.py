@@ -332,6 +332,13 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
     InvalidArgumentTypeError
         If ``level`` is not an int.
     """
+    from cpr_zarr.target import ZarrTarget
+
+    if not isinstance(target, ZarrTarget):
+        raise InvalidArgumentTypeError(
+            f"read_level takes the ZarrTarget of an image result, got {target!r:.80}. Get one "
+            "with store.open(ref) or from the task that saved the image."
+        )
     if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
         raise InvalidArgumentTypeError(
             f"Invalid level {level!r} for result {target.group_path!r} in store "

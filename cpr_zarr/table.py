@@ -28,7 +28,11 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from cpr_zarr.errors import ChunkVerificationError, UnsupportedResultError
+from cpr_zarr.errors import (
+    ChunkVerificationError,
+    InvalidArgumentTypeError,
+    UnsupportedResultError,
+)
 from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import LAYOUT_VERSION, group_path, parse_name
 
@@ -354,8 +358,15 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
     ChunkVerificationError
         If a stored array does not match its recorded digest.
     """
+    from cpr_zarr.target import ZarrTarget
+
+    if not isinstance(target, ZarrTarget):
+        raise InvalidArgumentTypeError(
+            f"read_table takes the ZarrTarget of a table result, got {target!r:.80}. Get one "
+            "with store.open(ref) or from the task that saved the table."
+        )
     if not is_table(target):
-        raise TypeError(
+        raise InvalidArgumentTypeError(
             f"Result {target.group_path!r} is an array, not a table: read it with "
             "target.get_data() or target.to_numpy()."
         )
