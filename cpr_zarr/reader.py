@@ -54,6 +54,7 @@ class ChunkReader:
         self._codec: ChunkCodec | None = None
         self._fill_digests: dict[tuple[int, ...], str] = {}
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by each refresh that changed something
         self._check_digest_list()
 
     def _check_digest_list(self) -> None:
@@ -167,15 +168,19 @@ class ChunkReader:
         another compressor or pyramid plan): the failure was this reader's stale metadata,
         not damage.
         """
+        generation = self._generation
         try:
             return self._read_chunk(index, verify, writeable=writeable)
         except ChunkVerificationError:
-            if not self.refresh():
+            if not self.refresh(since=generation):
                 raise
         return self._read_chunk(index, verify, writeable=writeable)
 
-    def refresh(self) -> bool:
+    def refresh(self, *, since: int | None = None) -> bool:
         """Re-read the commit record and array metadata; whether either changed.
+
+        ``since``: the generation a failed read started from; if another thread refreshed
+        since, this returns True at once (the failure may have been the stale metadata).
 
         Raises
         ------
@@ -184,6 +189,8 @@ class ChunkReader:
             re-saved with a pyramid plan that no longer has this level's shape.
         """
         with self._lock:
+            if since is not None and since != self._generation:
+                return True
             attrs = self.store._committed_attrs(self.group_path)
             level = self.attrs.get("level")
             if attrs is not None and level is not None:
@@ -201,9 +208,12 @@ class ChunkReader:
                     "(store.open(ref)); if it is gone, re-run the task that produced it."
                 )
             changed = False
-            if attrs["chunk_digests"] != self.digests or attrs["array"] != self.attrs["array"]:
-                if level is None:
-                    return False  # the base's digests are fixed by its content hash: damage
+            if attrs != self.attrs:
+                if level is None and any(
+                    attrs.get(k) != self.attrs.get(k) for k in ("chunk_digests", "array", "dtype")
+                ):
+                    return False  # the base's are fixed by its content hash: this is damage
+                # levels (another pyramid plan) or image metadata changed with the re-save
                 self.attrs, self.digests = attrs, attrs["chunk_digests"]
                 self._check_digest_list()
                 changed = True
@@ -214,8 +224,10 @@ class ChunkReader:
                 or fresh.metadata.to_dict() != self._array.metadata.to_dict()
             ):
                 self._array, self._codec, changed = fresh, None, True
-            if changed and level is not None:
-                self.store._readers.pop(self.group_path, None)  # its level records are stale
+            if changed:
+                self._generation += 1
+                if level is not None:  # the store's cached reader has stale level records
+                    self.store._readers.pop(self.group_path, None)
             return changed
 
     def _expected(self, index: tuple[int, ...]) -> str:
