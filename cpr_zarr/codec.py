@@ -19,7 +19,7 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numcodecs import blosc
@@ -61,7 +61,11 @@ def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> 
 
 
 _COMPRESSOR_EXAMPLE = "zarr.codecs.BloscCodec(cname='zstd', clevel=3, shuffle='shuffle')"
-_BLOSC_SHUFFLE = {0: "noshuffle", 1: "shuffle", 2: "bitshuffle"}
+_BLOSC_SHUFFLE: dict[int, Literal["noshuffle", "shuffle", "bitshuffle"]] = {
+    0: "noshuffle",
+    1: "shuffle",
+    2: "bitshuffle",
+}
 
 
 def _from_numcodecs(codec: Any) -> BytesBytesCodec | None:

@@ -154,7 +154,7 @@ def parse_chunks(
             "whole axis), or chunks=None / 'auto' for about 8 MiB per chunk."
         )
 
-    if isinstance(chunks, (str, bytes, dict)) or isinstance(chunks, (bool, np.bool_)):
+    if isinstance(chunks, (str, bytes, dict, bool, np.bool_)):
         raise bad(
             f"a {type(chunks).__name__} is not a chunk shape (the only string is 'auto')",
             InvalidArgumentTypeError,
@@ -162,7 +162,7 @@ def parse_chunks(
     if isinstance(chunks, (int, np.integer)):
         chunks = (int(chunks),) * len(shape)
     try:
-        items = tuple(chunks)  # type: ignore[call-overload]
+        items: tuple[Any, ...] = tuple(chunks)  # type: ignore[arg-type]
     except TypeError:
         raise bad(
             f"a {type(chunks).__name__} is not a chunk shape", InvalidArgumentTypeError

@@ -378,12 +378,11 @@ def _rgba(value: object, rgba: object) -> tuple[int, int, int, int]:
             )
     else:
         try:
-            items = tuple(rgba)  # type: ignore[call-overload]
+            items: tuple[Any, ...] | None = tuple(rgba)  # type: ignore[arg-type]
         except TypeError:
             items = None
         if items is None or any(
-            isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer))
-            for c in items
+            isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) for c in items
         ):
             raise InvalidArgumentTypeError(
                 f"Invalid colour {rgba!r} for label {value!r}: {fix} (multiply 0-1 floats "

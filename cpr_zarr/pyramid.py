@@ -148,7 +148,8 @@ def _round_half_even(
     up = (twice > count) | ((twice == count) & (quotient % 2 == 1))
     # never overflows: rounding up happens only when the exact mean lies strictly between
     # quotient and quotient + 1, and the mean is at most the largest input value
-    return (quotient + up.astype(quotient.dtype)).astype(dtype)
+    rounded: np.ndarray = (quotient + up.astype(quotient.dtype)).astype(dtype)
+    return rounded
 
 
 def _mean_int64(block: np.ndarray, step: tuple[int, ...], count: int) -> np.ndarray:

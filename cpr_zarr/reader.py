@@ -107,9 +107,7 @@ class ChunkReader:
             self._codec = ChunkCodec(self.array)
         return self._codec
 
-    def _read_chunk(
-        self, index: tuple[int, ...], verify: bool, *, writeable: bool
-    ) -> np.ndarray:
+    def _read_chunk(self, index: tuple[int, ...], verify: bool, *, writeable: bool) -> np.ndarray:
         try:
             block = self.codec.load(index, writeable=writeable)
         except Exception as exc:

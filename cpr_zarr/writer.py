@@ -130,7 +130,7 @@ def _unmask(data: Any, where: str) -> Any:
             return np.ma.getdata(data)
         raise UnsupportedResultError(
             f"Cannot store a masked array (numpy.ma) as {where}: "
-            f"{int(np.ma.count_masked(data))} of {data.size} values are masked, and a result "
+            f"{int(np.ma.getmaskarray(data).sum())} of {data.size} values are masked, and a result "
             "is a plain array, so the mask would be lost and the hidden values served as data. "
             "To resolve, either: 1. fill the masked values, "
             "e.g. save(numpy.ma.filled(x, 0)), or NaN for floats; or 2. store the values and "

@@ -298,7 +298,12 @@ def test_concurrent_saves_with_different_pyramid_plans_all_succeed(tmp_path: Pat
         barrier = threading.Barrier(len(plans) * 2)
         results: list[object] = [None] * (len(plans) * 2)
 
-        def save(i: int, store: cpr_zarr.ResultStore = store, barrier: threading.Barrier = barrier, results: list[object] = results) -> None:
+        def save(
+            i: int,
+            store: cpr_zarr.ResultStore = store,
+            barrier: threading.Barrier = barrier,
+            results: list[object] = results,
+        ) -> None:
             barrier.wait()
             try:
                 results[i] = store.save(image, "img", chunks=(4, 16, 16), **plans[i % len(plans)])
@@ -320,4 +325,3 @@ def test_concurrent_saves_with_different_pyramid_plans_all_succeed(tmp_path: Pat
         for level, record in enumerate(attrs["levels"], start=1):
             expected = pyramid.downsample(expected, tuple(record["step"]), "mean")
             np.testing.assert_array_equal(cpr_zarr.read_level(target, level).compute(), expected)
-
