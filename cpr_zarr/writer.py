@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
 
-__all__ = ["DEFAULT_COMPRESSOR", "save"]
+__all__ = ["DEFAULT_COMPRESSOR", "save", "unmask"]
 
 logger = logging.getLogger("cpr_zarr")
 ARRAY_PATH = "0"
@@ -106,7 +106,7 @@ def save(
         )
     except InvalidArgumentError as exc:  # name the place: which save, which store
         raise type(exc)(f"Cannot save result {name!r} to store {store.url!r}: {exc}") from exc
-    data = _unmask(data, f"result {name!r} in store {store.url!r}")
+    data = unmask(data, f"result {name!r} in store {store.url!r}")
     compressor = parse_compressor(compressor, where=f"result {name!r} in store {store.url!r}")
     if isinstance(data, da.Array):
         return _save_dask(store, data, name, chunks=chunks, compressor=compressor, spec=spec)
@@ -119,7 +119,7 @@ def save(
     )
 
 
-def _unmask(data: Any, where: str) -> Any:
+def unmask(data: Any, where: str) -> Any:
     """``data`` without a mask that hides nothing; a masked array that masks values is refused.
 
     Stored results are plain arrays and every read returns plain arrays: the mask would be
