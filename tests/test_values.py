@@ -325,3 +325,44 @@ def test_concurrent_saves_with_different_pyramid_plans_all_succeed(tmp_path: Pat
         for level, record in enumerate(attrs["levels"], start=1):
             expected = pyramid.downsample(expected, tuple(record["step"]), "mean")
             np.testing.assert_array_equal(cpr_zarr.read_level(target, level).compute(), expected)
+
+
+def test_a_level_reached_by_other_steps_is_never_shared(local_store: cpr_zarr.ResultStore) -> None:
+    """Two plans can reach the same level shape by different steps, and so different values
+    (means of rounded means): a z=2 stack halved (2, 2, 2) then (1, 2, 2) by one writer,
+    (1, 2, 2) then (2, 2, 2) by another. The second writer must not complete the first's
+    level 2 (same shape, same path) with its own values."""
+    from cpr_zarr.codec import ChunkCodec
+    from cpr_zarr.layout import chunk_grid
+    from cpr_zarr.writer import _create_array
+
+    image = microscopy_volume((2, 48, 48), seed=3)
+    chunks = (2, 16, 16)
+    a_steps, b_steps = [(2, 2, 2), (1, 2, 2)], [(1, 2, 2), (2, 2, 2)]
+    a_level2 = pyramid.downsample(pyramid.downsample(image, a_steps[0], "mean"), a_steps[1], "mean")
+    b_level2 = pyramid.downsample(pyramid.downsample(image, b_steps[0], "mean"), b_steps[1], "mean")
+    assert a_level2.shape == b_level2.shape
+    assert not np.array_equal(a_level2, b_level2)
+
+    probe = local_store.save(image, "img", chunks=chunks, levels=1)
+    path = probe.group_path
+    local_store.delete(probe)
+    # writer A (isotropic scale) wrote the base and its levels, and has not committed yet
+    base = ChunkCodec(
+        _create_array(local_store, f"{path}/0", image.shape, image.dtype, chunks, None)
+    )
+    for index, region in chunk_grid(image.shape, chunks):
+        base.write(index, image[region])
+    theirs = pyramid.write_levels(local_store, path, a_steps, "mean", ["z", "y", "x"])
+    assert [r["path"] for r in theirs] == ["1", "2"]
+
+    # writer B: z pixels twice as large, so y and x are halved first
+    ours = local_store.save(image, "img", chunks=chunks, scale=(2.0, 1.0, 1.0), levels=3)
+    records = local_store.reader(ours).attrs["levels"]
+    assert [r["step"] for r in records] == [list(s) for s in b_steps]
+    assert [r["path"] for r in records] == ["1-1x2x2", "2-2x4x4"]
+    np.testing.assert_array_equal(cpr_zarr.read_level(ours, 2).compute(), b_level2)
+    # A's level 2 still holds A's values, matching the digests A recorded
+    np.testing.assert_array_equal(
+        zarr.open_array(local_store._zstore, path=f"{path}/2")[...], a_level2
+    )
