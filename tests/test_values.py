@@ -121,6 +121,8 @@ def object_table() -> pd.DataFrame:
         np.array([1.0, np.nan, 0.0, 2.0, np.nan]), np.array([False, False, True, False, True])
     )
     df["nullable_int"] = pd.array([1, None, 3, None, 5], dtype="Int64")
+    df["str_nan"] = pd.Series(["a", None, np.nan, "d", "e"], dtype="str")  # missing is NaN
+    df["string_na"] = pd.Series(["a", None, pd.NA, "d", "e"], dtype="string")  # missing is NA
     df.index = pd.Index(["r", None, np.nan, pd.NA, "s"], dtype=object)
     return df
 
