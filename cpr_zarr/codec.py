@@ -19,21 +19,23 @@ from __future__ import annotations
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from numcodecs import blosc
 from zarr.abc.codec import ArrayBytesCodec, BytesBytesCodec, SupportsSyncCodec
-from zarr.codecs import BloscCodec, BytesCodec
+from zarr.codecs import BloscCodec, BytesCodec, GzipCodec, ZstdCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
+
+from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Iterator
 
     import zarr
 
-__all__ = ["ChunkCodec", "thread_map", "worker_count"]
+__all__ = ["ChunkCodec", "parse_compressor", "thread_map", "worker_count"]
 
 
 def worker_count(*, remote: bool = False) -> int:
@@ -56,6 +58,70 @@ def thread_map(fn: Callable[[Any], Any], items: Iterable[Any], workers: int) -> 
     finally:
         # on an error (or Ctrl-C) the items not started yet are dropped, not run
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+_COMPRESSOR_EXAMPLE = "zarr.codecs.BloscCodec(cname='zstd', clevel=3, shuffle='shuffle')"
+_BLOSC_SHUFFLE: dict[int, Literal["noshuffle", "shuffle", "bitshuffle"]] = {
+    0: "noshuffle",
+    1: "shuffle",
+    2: "bitshuffle",
+}
+
+
+def _from_numcodecs(codec: Any) -> BytesBytesCodec | None:
+    """The zarr v3 codec writing the same bytes as a numcodecs (zarr v2) compressor, if any."""
+    kind = type(codec).__name__
+    if kind == "Blosc":
+        # numcodecs' AUTOSHUFFLE (-1) is zarr's shuffle=None: bitshuffle for 1-byte items
+        return BloscCodec(
+            cname=codec.cname,
+            clevel=codec.clevel,
+            shuffle=_BLOSC_SHUFFLE.get(codec.shuffle),
+            blocksize=codec.blocksize,
+        )
+    if kind == "Zstd":
+        return ZstdCodec(level=codec.level, checksum=bool(getattr(codec, "checksum", False)))
+    if kind == "GZip":
+        return GzipCodec(level=codec.level)
+    return None
+
+
+def parse_compressor(compressor: object, *, where: str = "the array") -> Any:
+    """A compressor for ``zarr.create_array``: ``None`` (the default), a zarr v3
+    bytes-to-bytes codec, a list of them (``[]``: no compression), or a numcodecs
+    ``Blosc``/``Zstd``/``GZip`` (converted to its zarr v3 codec, same parameters).
+
+    Raises
+    ------
+    InvalidArgumentError
+        For anything else, naming the value, ``where`` and the codec to pass instead.
+    """
+    if compressor is None:
+        return None
+    if isinstance(compressor, (list, tuple)):
+        return [parse_compressor(c, where=where) for c in compressor]
+    if isinstance(compressor, BytesBytesCodec):
+        return compressor
+    if type(compressor).__module__.startswith("numcodecs"):
+        converted = _from_numcodecs(compressor)
+        if converted is not None:
+            return converted
+        raise InvalidArgumentError(
+            f"Invalid compressor {compressor!r} for {where}: results are zarr v3 arrays, "
+            "whose compressors are zarr v3 codecs; this numcodecs (zarr v2) codec has no "
+            f"zarr v3 equivalent. Pass compressor={_COMPRESSOR_EXAMPLE} (cname 'lz4', "
+            "'lz4hc', 'zlib' and 'zstd' are available), zarr.codecs.ZstdCodec(level=3) or "
+            "zarr.codecs.GzipCodec(level=5)."
+        )
+    if isinstance(compressor, (ArrayBytesCodec,)) or hasattr(compressor, "_encode_single"):
+        rule = "it is not a bytes-to-bytes codec (compressors run after serialisation)"
+    else:
+        rule = f"a {type(compressor).__name__} is not a codec"
+    raise InvalidArgumentTypeError(
+        f"Invalid compressor {compressor!r} for {where}: {rule}. Pass a zarr v3 "
+        f"bytes-to-bytes codec, e.g. compressor={_COMPRESSOR_EXAMPLE}, compressor=[] for "
+        "no compression, or None for the default (Blosc zstd level 1, byte shuffle)."
+    )
 
 
 def _is_fill(block: np.ndarray, fill: np.ndarray) -> bool:

@@ -10,6 +10,8 @@ __all__ = [
     "AmbiguousReferenceError",
     "ChunkVerificationError",
     "CprZarrError",
+    "InvalidArgumentError",
+    "InvalidArgumentTypeError",
     "InvalidNameError",
     "ResultNotFoundError",
     "StoreError",
@@ -69,3 +71,11 @@ class UnsupportedResultError(CprZarrError, TypeError):
 
 class InvalidNameError(CprZarrError, ValueError):
     """A result name cannot be used in a group path."""
+
+
+class InvalidArgumentError(CprZarrError, ValueError):
+    """An argument (chunks, compressor, metadata, colours...) is invalid; nothing was written."""
+
+
+class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
+    """An argument has the wrong type; nothing was written (catch ``TypeError`` or ``ValueError``)."""

@@ -71,6 +71,12 @@ def to_ome_tiff(
     import tifffile
 
     axes, scale, units, _ = _metadata(target)
+    if 0 in target.shape:
+        raise UnsupportedResultError(
+            f"Cannot export {target.group_path!r} of shape {target.shape} as an OME-TIFF: "
+            "a TIFF page cannot be empty. Export it with cpr_zarr.export.to_ngff_v04, or read "
+            "it with target.to_numpy()."
+        )
     out = Path(path)
     meta: dict[str, Any] = {"axes": axes.upper()}
     for axis, size, unit in zip(axes, scale, units, strict=True):

@@ -14,7 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpr_zarr.errors import InvalidNameError, UnsupportedResultError
+from cpr_zarr.errors import (
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
+    InvalidNameError,
+    UnsupportedResultError,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -22,6 +27,7 @@ if TYPE_CHECKING:
 __all__ = [
     "HASH_HEX_LENGTH",
     "LAYOUT_VERSION",
+    "MAX_CHUNK_BYTES",
     "MIN_PREFIX_LENGTH",
     "canonical_dtype",
     "chunk_grid",
@@ -36,6 +42,7 @@ LAYOUT_VERSION = 1
 HASH_HEX_LENGTH = 32
 MIN_PREFIX_LENGTH = 6
 TARGET_CHUNK_BYTES = 8 * 2**20
+MAX_CHUNK_BYTES = 2**31 - 2**16  # Blosc compresses at most 2 GiB minus its overhead per call
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 _GROUP_RE = re.compile(rf"(?P<name>.+)-(?P<hash>[0-9a-f]{{{HASH_HEX_LENGTH}}})")
 _SUPPORTED_KINDS = {
@@ -85,6 +92,14 @@ def canonical_dtype(dtype: object, *, what: str = "array") -> np.dtype:
         For object, string, bytes, structured, datetime and other dtypes zarr viewers cannot show.
     """
     dt: np.dtype[Any] = np.dtype(dtype)  # type: ignore[call-overload]
+    if (dt.kind == "f" and dt.itemsize > 8) or (dt.kind == "c" and dt.itemsize > 16):
+        raise UnsupportedResultError(
+            f"Cannot store {what} with dtype {dt!r} (numpy longdouble): zarr has no such data "
+            "type, and its precision differs between platforms (80-bit on x86 Linux, 64-bit "
+            "on Windows and ARM macOS). Convert it, e.g. x.astype('float64') (15-16 "
+            "significant digits) or x.astype('complex128'); to keep every bit, store "
+            "hi = x.astype('float64') and lo = (x - hi).astype('float64') as two results."
+        )
     if dt.kind not in _SUPPORTED_KINDS or dt.fields is not None or dt.subdtype is not None:
         raise UnsupportedResultError(
             f"Cannot store {what} with dtype {dt!r}: cpr_zarr stores bool, integer, float and "
@@ -115,27 +130,62 @@ def default_chunks(shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
     return tuple(chunks)
 
 
-def parse_chunks(chunks: object, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, ...]:
-    """Validate a user's chunk shape (``None`` means :func:`default_chunks`)."""
-    if chunks is None:
+def parse_chunks(
+    chunks: object, shape: tuple[int, ...], dtype: np.dtype, *, where: str = "the array"
+) -> tuple[int, ...]:
+    """Validate a user's chunk shape.
+
+    ``None`` or ``"auto"`` mean :func:`default_chunks`; an int applies to every axis; ``-1``
+    on an axis means the whole axis (like Dask). Sizes larger than the array are clipped.
+
+    Raises
+    ------
+    InvalidArgumentError
+        Naming the rule broken, the value, ``where`` and an example that works.
+    """
+    if chunks is None or (isinstance(chunks, str) and chunks == "auto"):
         return default_chunks(shape, dtype)
-    if isinstance(chunks, int) and not isinstance(chunks, bool):
-        chunks = (chunks,) * len(shape)
-    try:
-        parsed = tuple(int(c) for c in chunks)  # type: ignore[attr-defined]
-    except TypeError:
-        parsed = ()
-    if (
-        len(parsed) != len(shape)
-        or any(c < 1 for c in parsed)
-        or any(isinstance(c, bool) or int(c) != c for c in chunks)  # type: ignore[attr-defined]
-    ):
-        raise ValueError(
-            f"Invalid chunks {chunks!r} for an array of shape {shape}: give one positive integer "
-            f"per axis ({len(shape)} values), e.g. chunks={default_chunks(shape, dtype)}, "
-            "or leave chunks=None for about 8 MiB per chunk."
+    example = default_chunks(shape, dtype)
+
+    def bad(rule: str, error: type[InvalidArgumentError] = InvalidArgumentError) -> Exception:
+        return error(
+            f"Invalid chunks {chunks!r} for {where} of shape {shape}: {rule}. Give one "
+            f"positive integer per axis ({len(shape)} values), e.g. chunks={example} (-1 for a "
+            "whole axis), or chunks=None / 'auto' for about 8 MiB per chunk."
         )
-    return tuple(min(c, max(1, s)) for c, s in zip(parsed, shape, strict=True))
+
+    if isinstance(chunks, (str, bytes, dict, bool, np.bool_)):
+        raise bad(
+            f"a {type(chunks).__name__} is not a chunk shape (the only string is 'auto')",
+            InvalidArgumentTypeError,
+        )
+    if isinstance(chunks, (int, np.integer)):
+        chunks = (int(chunks),) * len(shape)
+    try:
+        items: tuple[Any, ...] = tuple(chunks)  # type: ignore[arg-type]
+    except TypeError:
+        raise bad(
+            f"a {type(chunks).__name__} is not a chunk shape", InvalidArgumentTypeError
+        ) from None
+    if len(items) != len(shape):
+        raise bad(f"{len(items)} value(s) for a {len(shape)}-D array")
+    parsed = []
+    for axis, (c, s) in enumerate(zip(items, shape, strict=True)):
+        if isinstance(c, float) and c.is_integer():
+            c = int(c)
+        if isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)):
+            raise bad(f"axis {axis} has {c!r}, not an integer", InvalidArgumentTypeError)
+        size = max(1, s) if c == -1 else int(c)
+        if size < 1:
+            raise bad(f"axis {axis} has {c!r}; chunk sizes are positive (or -1 for the axis)")
+        parsed.append(min(size, max(1, s)))
+    nbytes = math.prod(parsed) * dtype.itemsize
+    if nbytes > MAX_CHUNK_BYTES:
+        raise bad(
+            f"one chunk would hold {nbytes:,} bytes; a chunk must stay under 2 GiB "
+            "(Blosc's limit per buffer, and a chunk is read whole)"
+        )
+    return tuple(parsed)
 
 
 def chunk_grid(

@@ -19,6 +19,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
+
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
@@ -175,22 +177,37 @@ def _per_axis(
     value: object, ndim: int, space: tuple[int, ...], fill: Any, what: str, example: str
 ) -> tuple[Any, ...]:
     """A value per axis from a scalar, one value per axis, or one value per space axis."""
-    if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+    if isinstance(value, (int, float, str, np.number)) and not isinstance(value, (bool, np.bool_)):
         return tuple(value if i in space else fill for i in range(ndim))
-    try:
-        values: tuple[Any, ...] = tuple(value)  # type: ignore[arg-type]
-    except TypeError:
-        values = ()
+    values: tuple[Any, ...] = ()
+    if not isinstance(value, (bytes, dict, set, frozenset)):
+        try:
+            values = tuple(value)  # type: ignore[arg-type]
+        except TypeError:
+            values = ()
     if len(values) == ndim:
         return values
     if len(values) == len(space) and values:
         it = iter(values)
         return tuple(next(it) if i in space else fill for i in range(ndim))
-    raise ValueError(
+    raise (InvalidArgumentError if values else InvalidArgumentTypeError)(
         f"Invalid {what} {value!r} for a {ndim}-D array: give one value per axis ({ndim}), "
         f"one per space axis ({len(space)}), or a single value for all space axes, "
         f"e.g. {what}={example}."
     )
+
+
+def _numbers(values: tuple[Any, ...], what: str, given: object, example: str) -> tuple[float, ...]:
+    """``values`` as floats; a bool, string or other non-number is refused, not coerced."""
+    out = []
+    for v in values:
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.number)):
+            raise InvalidArgumentTypeError(
+                f"Invalid {what} {given!r}: {v!r} is not a number. Give numbers, e.g. "
+                f"{what}={example}."
+            )
+        out.append(float(v))
+    return tuple(out)
 
 
 def parse_meta(
@@ -205,20 +222,30 @@ def parse_meta(
 
     Raises
     ------
-    ValueError
-        If NGFF cannot describe the array (1-D or more than 5-D) or a value is invalid.
+    InvalidArgumentError
+        If NGFF cannot describe the array (1-D or more than 5-D) or a value is invalid
+        (a ``ValueError``; :class:`~cpr_zarr.errors.InvalidArgumentTypeError`, also a
+        ``TypeError``, for values of the wrong type).
     """
     if axes is None:
         axes = default_axes(ndim)
         if axes is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"OME-NGFF describes 2-D to 5-D images; this array is {ndim}-D. Save it "
                 "without axes/scale/units, or reshape it."
             )
-    names = tuple(axes) if isinstance(axes, str) else tuple(str(a) for a in axes)  # type: ignore[attr-defined]
     example = repr(default_axes(ndim) or "zyx")
+    if isinstance(axes, str):
+        names: tuple[str, ...] = tuple(axes)
+    elif isinstance(axes, (list, tuple)) and all(isinstance(a, str) for a in axes):
+        names = tuple(axes)
+    else:
+        raise InvalidArgumentTypeError(
+            f"Invalid axes {axes!r}: give a string of axis names or a list of them, "
+            f"e.g. axes={example}."
+        )
     if len(names) != ndim or any(n not in _AXIS_TYPES for n in names):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Invalid axes {axes!r} for a {ndim}-D array: give {ndim} names out of t, c, z, y, "
             f"x, e.g. axes={example}."
         )
@@ -228,32 +255,42 @@ def parse_meta(
         or not 2 <= types.count("space") <= 3
         or types != sorted(types, key=_AXIS_ORDER.__getitem__)
     ):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Invalid axes {axes!r}: OME-NGFF needs unique names, 2 or 3 space axes (z, y, x), "
             f"and the order time, channel, space (e.g. 'tczyx', 'cyx', 'zyx')."
         )
     space = tuple(i for i, t in enumerate(types) if t == "space")
-    scales = tuple(
-        float(s)
-        for s in _per_axis(
-            1.0 if scale is None else scale, ndim, space, 1.0, "scale", "(2.0, 0.65, 0.65)"
-        )
+    scale_example = "(2.0, 0.65, 0.65)"
+    scales = _numbers(
+        _per_axis(1.0 if scale is None else scale, ndim, space, 1.0, "scale", scale_example),
+        "scale",
+        scale,
+        scale_example,
     )
     if any(not (s > 0 and math.isfinite(s)) for s in scales):
-        raise ValueError(f"Invalid scale {scale!r}: pixel sizes must be positive and finite.")
-    shifts = tuple(
-        float(t)
-        for t in _per_axis(
+        raise InvalidArgumentError(
+            f"Invalid scale {scale!r}: pixel sizes must be positive and finite (a size per "
+            f"axis, e.g. scale={scale_example}); flip an axis by reversing the array instead."
+        )
+    shift_example = "(0.0, 10.0, 10.0)"
+    shifts = _numbers(
+        _per_axis(
             0.0 if translation is None else translation,
             ndim,
             space,
             0.0,
             "translation",
-            "(0.0, 10.0, 10.0)",
-        )
+            shift_example,
+        ),
+        "translation",
+        translation,
+        shift_example,
     )
     if any(not math.isfinite(t) for t in shifts):
-        raise ValueError(f"Invalid translation {translation!r}: values must be finite.")
+        raise InvalidArgumentError(
+            f"Invalid translation {translation!r}: values must be finite, e.g. "
+            f"translation={shift_example}."
+        )
     unit_list = (
         _per_axis(units, ndim, space, None, "units", "'micrometer'")
         if units is not None
@@ -263,7 +300,9 @@ def parse_meta(
         allowed = SPACE_UNITS if kind == "space" else TIME_UNITS if kind == "time" else frozenset()
         if unit is not None and unit not in allowed:
             hint = f"one of {sorted(allowed)}" if allowed else "None (channel axes have no unit)"
-            raise ValueError(f"Invalid unit {unit!r} for {kind} axis {name!r}: use {hint}.")
+            raise InvalidArgumentError(
+                f"Invalid unit {unit!r} for {kind} axis {name!r}: use {hint}."
+            )
     return ImageMeta(names, tuple(unit_list), scales, shifts)
 
 
@@ -320,31 +359,66 @@ def multiscales_attrs(
     return {"version": NGFF_VERSION, "multiscales": [multiscale]}
 
 
+def _rgba(value: object, rgba: object) -> tuple[int, int, int, int]:
+    """One label colour: 3 or 4 integers 0-255, or a ``"#rrggbb"`` / ``"#rrggbbaa"`` string."""
+    fix = (
+        "give 3 or 4 integers 0-255 or a hex string, e.g. colors={1: (255, 0, 0)} or "
+        "colors={1: '#ff0000'}"
+    )
+    if isinstance(rgba, str):
+        digits = rgba[1:] if rgba.startswith("#") else ""
+        try:
+            channels = tuple(int(digits[i : i + 2], 16) for i in range(0, len(digits), 2))
+        except ValueError:
+            channels = ()
+        if len(digits) not in (6, 8) or len(channels) not in (3, 4):
+            raise InvalidArgumentError(
+                f"Invalid colour {rgba!r} for label {value!r}: colour names are not "
+                f"supported; {fix}."
+            )
+    else:
+        try:
+            items: tuple[Any, ...] | None = tuple(rgba)  # type: ignore[arg-type]
+        except TypeError:
+            items = None
+        if items is None or any(
+            isinstance(c, (bool, np.bool_)) or not isinstance(c, (int, np.integer)) for c in items
+        ):
+            raise InvalidArgumentTypeError(
+                f"Invalid colour {rgba!r} for label {value!r}: {fix} (multiply 0-1 floats "
+                "by 255 and round them)."
+            )
+        channels = tuple(int(c) for c in items)
+    if len(channels) == 3:
+        channels = (*channels, 255)
+    if len(channels) != 4 or any(not 0 <= c <= 255 for c in channels):
+        raise InvalidArgumentError(f"Invalid colour {rgba!r} for label {value!r}: {fix}.")
+    return channels[0], channels[1], channels[2], channels[3]
+
+
 def parse_colors(colors: object) -> tuple[tuple[int, tuple[int, int, int, int]], ...] | None:
-    """Label colours as sorted ``(label value, RGBA 0-255)`` pairs, from a dict."""
+    """Label colours as sorted ``(label value, RGBA 0-255)`` pairs, from a dict.
+
+    Raises
+    ------
+    InvalidArgumentError
+        For anything but a dict of int label values to 3 or 4 channels 0-255 (or hex strings).
+    """
     if colors is None:
         return None
     if not isinstance(colors, dict):
-        raise TypeError(
+        raise InvalidArgumentTypeError(
             f"colors must be a dict of label value -> RGBA (0-255), got {colors!r}; e.g. "
             "colors={1: (255, 0, 0, 255)}."
         )
     out = []
     for value, rgba in colors.items():
-        channels = tuple(int(c) for c in rgba)
-        if len(channels) == 3:
-            channels = (*channels, 255)
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int)
-            or len(channels) != 4
-            or any(not 0 <= c <= 255 for c in channels)
-        ):
-            raise ValueError(
-                f"Invalid label colour {value!r}: {rgba!r}; give an int label value and 3 or 4 "
-                "integers 0-255, e.g. {1: (255, 0, 0, 255)}."
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+            raise InvalidArgumentTypeError(
+                f"Invalid label value {value!r} in colors: keys are the integer label values "
+                "of the label image, e.g. colors={1: (255, 0, 0, 255)}."
             )
-        out.append((value, (channels[0], channels[1], channels[2], channels[3])))
+        out.append((int(value), _rgba(value, rgba)))
     return tuple(sorted(out))
 
 
@@ -391,6 +465,14 @@ class Image:
     translation: Any = None
     levels: int | None = None
 
+    def __post_init__(self) -> None:
+        from cpr_zarr.pyramid import parse_levels
+
+        parse_levels(self.levels)  # bad arguments fail here, where they were written
+        shape = getattr(self.data, "shape", None)
+        if self.has_meta and isinstance(shape, tuple):
+            self.meta(len(shape))
+
     def meta(self, ndim: int) -> ImageMeta:
         return parse_meta(
             ndim, axes=self.axes, scale=self.scale, units=self.units, translation=self.translation
@@ -422,6 +504,9 @@ class Labels:
     data: Any
     image: Any
     colors: Any = field(default=None)
+
+    def __post_init__(self) -> None:
+        parse_colors(self.colors)  # a bad colour fails here, where it was written
 
 
 # -- the NGFF side of a save (used by cpr_zarr.writer) -----------------------------------
@@ -555,27 +640,53 @@ def resolve_save(
 
     Raises
     ------
-    ValueError, TypeError
-        For invalid metadata, or labels that do not fit their image.
+    InvalidArgumentError
+        For invalid metadata, or labels that do not fit their image (a ``ValueError``; its
+        subclass ``InvalidArgumentTypeError`` is also a ``TypeError``).
     """
+    import dask.array as da
+
     from cpr_zarr import pyramid
     from cpr_zarr.errors import UnsupportedResultError
     from cpr_zarr.target import ZarrTarget
 
     if isinstance(data, Labels):
         image = data.image
+        given = {
+            k: v
+            for k, v in {
+                "axes": axes,
+                "scale": scale,
+                "units": units,
+                "translation": translation,
+                "levels": levels,
+            }.items()
+            if v is not None
+        }
+        if given:
+            raise InvalidArgumentError(
+                f"Labels take their image's axes, scale, units, translation and pyramid levels; "
+                f"got {given!r} too. Save them without these arguments (to change them, save "
+                "the image with them first)."
+            )
         if not isinstance(image, ZarrTarget):
-            raise TypeError(
+            raise InvalidArgumentTypeError(
                 f"Labels(image=...) must be the image result (a ZarrTarget), got "
                 f"{type(image).__name__}. Inside a cpr_zarr.task pass the input array the task "
                 "received for the image."
             )
         if image.store_url != store.url:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Labels are stored inside their image's group, but image {image.group_path!r} "
                 f"is in store {image.store_url!r}, not {store.url!r}. Save them to that store."
             )
         array = data.data
+        if not isinstance(array, (np.ndarray, da.Array)):
+            raise UnsupportedResultError(
+                f"Labels(data=...) must be a numpy or Dask integer array, got "
+                f"{type(array).__module__}.{type(array).__qualname__}. Convert it, e.g. "
+                "numpy.asarray(labels, dtype='uint32')."
+            )
         kind = np.dtype(array.dtype).kind
         if kind not in _LABEL_KINDS or np.dtype(array.dtype).itemsize > 8:
             raise UnsupportedResultError(
@@ -584,7 +695,7 @@ def resolve_save(
             )
         attrs = store.reader(image).attrs
         if tuple(array.shape) != image.shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Labels of shape {tuple(array.shape)} do not fit image {image.group_path!r} of "
                 f"shape {image.shape}: a label image has its image's shape."
             )

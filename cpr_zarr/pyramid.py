@@ -24,6 +24,7 @@ import numpy as np
 import zarr
 
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreError
 from cpr_zarr.layout import chunk_grid
 from cpr_zarr.progress import SaveProgress, count_keys
 
@@ -53,7 +54,7 @@ def parse_levels(levels: object) -> int | None:
     if levels is None:
         return None
     if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Invalid levels {levels!r}: give the number of multiscale levels including the base "
             f"(1 = no pyramid, at most {MAX_LEVELS}), or None for automatic."
         )
@@ -89,7 +90,7 @@ def plan_levels(
 
 
 def _accumulator(dtype: np.dtype) -> np.dtype | None:
-    """An integer type summing 2**16 values of ``dtype`` exactly, or None (use float64)."""
+    """An integer type summing 2**16 values of ``dtype`` exactly; None for other types."""
     if dtype.kind in "iu" and dtype.itemsize <= 4:
         return np.dtype(f"{dtype.kind}{4 if dtype.itemsize <= 2 else 8}")
     return None
@@ -101,8 +102,9 @@ _SLAB_BYTES = 2 << 20
 def downsample(block: np.ndarray, step: tuple[int, ...], method: str) -> np.ndarray:
     """One block, reduced by ``step``: ``"nearest"`` (strided) or ``"mean"`` (edge-padded).
 
-    Means of integers are rounded half to even (like ``numpy.rint``), computed exactly with
-    integer sums for 8- to 32-bit types; other types are averaged in float64/complex128.
+    Means of integers are exact, rounded half to even (like ``numpy.rint``): integer sums
+    for 8- to 32-bit types, a split high/low long division for 64-bit ones (never through
+    float64). Floats and complex numbers are averaged in float64/complex128.
     Big blocks are reduced in slabs of about 2 MiB along the first axis, so the wider
     temporaries stay in cache (1.5x faster than one pass over an 8 MiB chunk).
     """
@@ -120,17 +122,13 @@ def downsample(block: np.ndarray, step: tuple[int, ...], method: str) -> np.ndar
     return out
 
 
-def _mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
-    pad = [(0, (-s) % f) for s, f in zip(block.shape, step, strict=True)]
-    if any(p for _, p in pad):
-        block = np.pad(block, pad, mode="edge")
-    acc = _accumulator(block.dtype)
-    if acc is None:
-        acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
-    # sum the f shifted strided views along each axis in turn: every pass shrinks the data,
-    # so this costs about one pass over the block (a reshape + mean(axis=...) costs ~4x)
+def _sum_shifted(block: np.ndarray, step: tuple[int, ...], acc: np.dtype) -> np.ndarray:
+    """The sums of ``step``-sized boxes of ``block`` (whose shape ``step`` divides), in ``acc``.
+
+    Sums the ``f`` shifted strided views along each axis in turn: every pass shrinks the
+    data, so this costs about one pass over the block (a reshape + sum(axis=...) costs ~4x).
+    """
     total: np.ndarray = block
-    count = 1
     for axis, f in enumerate(step):
         if f == 1:
             continue
@@ -138,17 +136,60 @@ def _mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
         summed = np.add(parts[0], parts[1], dtype=acc)
         for part in parts[2:]:
             summed += part
-        total, count = summed, count * f
+        total = summed
+    return total
+
+
+def _round_half_even(
+    quotient: np.ndarray, remainder: np.ndarray, count: int, dtype: np.dtype
+) -> np.ndarray:
+    """``quotient + remainder / count`` (``0 <= remainder < count``) rounded half to even."""
+    twice = remainder * 2
+    up = (twice > count) | ((twice == count) & (quotient % 2 == 1))
+    # never overflows: rounding up happens only when the exact mean lies strictly between
+    # quotient and quotient + 1, and the mean is at most the largest input value
+    rounded: np.ndarray = (quotient + up.astype(quotient.dtype)).astype(dtype)
+    return rounded
+
+
+def _mean_int64(block: np.ndarray, step: tuple[int, ...], count: int) -> np.ndarray:
+    """Exact, half-to-even rounded box means of 64-bit integers.
+
+    A sum of 64-bit values needs more than 64 bits, and float64 keeps only 53 (2**64 - 1
+    averages to 0 through it). Each value is split as ``hi * 2**32 + lo`` (``hi`` the
+    arithmetic shift, ``lo`` in ``[0, 2**32)``); the sums of each part fit in 64 bits for
+    boxes of up to 2**30 values, and the quotient is assembled by long division:
+    ``sum = (qh * count + rh) * 2**32 + LO``, so ``sum // count = qh * 2**32 + (rh * 2**32
+    + LO) // count``.
+    """
+    wide = np.dtype(np.int64 if block.dtype.kind == "i" else np.uint64).newbyteorder("=")
+    values = block.astype(wide, copy=False)
+    hi = values >> wide.type(32)
+    lo = values & wide.type(0xFFFFFFFF)
+    hi_sum = _sum_shifted(hi, step, wide)
+    lo_sum = _sum_shifted(lo, step, wide)
+    n = wide.type(count)
+    qh, rh = np.divmod(hi_sum, n)  # floor division: 0 <= rh < count
+    ql, rl = np.divmod((rh << wide.type(32)) + lo_sum, n)
+    return _round_half_even((qh << wide.type(32)) + ql, rl, count, block.dtype)
+
+
+def _mean(block: np.ndarray, step: tuple[int, ...]) -> np.ndarray:
+    pad = [(0, (-s) % f) for s, f in zip(block.shape, step, strict=True)]
+    if any(p for _, p in pad):
+        block = np.pad(block, pad, mode="edge")
+    count = math.prod(step)
     if count == 1:
         return block.copy()
-    if acc.kind in "iu":
-        quotient, remainder = np.divmod(total, count)
-        remainder *= 2
-        quotient += (remainder > count) | ((remainder == count) & (quotient % 2 == 1))
-        return quotient.astype(block.dtype)
+    if block.dtype.kind in "iu" and block.dtype.itemsize == 8:
+        return _mean_int64(block, step, count)
+    acc = _accumulator(block.dtype)
+    if acc is not None:
+        quotient, remainder = np.divmod(_sum_shifted(block, step, acc), count)
+        return _round_half_even(quotient, remainder, count, block.dtype)
+    acc = np.dtype(np.complex128 if block.dtype.kind == "c" else np.float64)
+    total = _sum_shifted(block, step, acc)
     total /= count
-    if block.dtype.kind in "iu":  # 64-bit integers, averaged in float64
-        np.rint(total, out=total)
     return total.astype(block.dtype)
 
 
@@ -195,10 +236,12 @@ def write_levels(
     region it covers (from ``base``, the in-memory base array, for level 1 if given, else
     from the level below as stored), downsample, write, hash. Memory stays at a few input
     regions per thread whatever the image size. Runs before the group is committed. A level
-    left at the same path by a crashed or concurrent writer with the same plan is completed
-    (same values); one with another plan is left alone and ours goes to ``<n>-<factors>``.
+    left at the same path by a crashed or concurrent writer with the same steps is completed
+    (same values); one with other steps is left alone and ours goes to ``<n>-<factors>``
+    (or ``<n>-<step>_<step>...`` if that is taken too), decided after a create-if-absent
+    write of the level's metadata, so racing writers never share a path by mistake.
     """
-    from cpr_zarr.writer import _create_array, store_chunk
+    from cpr_zarr.writer import claim_array, store_chunk
 
     source_array: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
@@ -213,20 +256,39 @@ def write_levels(
         shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
         chunks = tuple(min(c, s) for c, s in zip(base_chunks, shape, strict=True))
         cumulative = tuple(c * f for c, f in zip(cumulative, step, strict=True))
-        name = str(number)
-        if store._get_json(f"{group}/{name}/zarr.json") is not None:
-            existing = zarr.open_array(store._zstore, path=f"{group}/{name}", mode="r")
-            if existing.shape != shape or existing.chunks != chunks:
-                # another writer of this content with another pyramid plan (other `levels=`
-                # or scale), still writing or crashed: never touch its level, use a path
-                # naming our cumulative factors (the group document records the path)
-                name = f"{number}-{'x'.join(map(str, cumulative))}"
-        path = f"{group}/{name}"
-        codec = ChunkCodec(
-            _create_array(
-                store, path, shape, dtype, chunks, codecs, dimension_names=dimension_names
+        history = [list(s) for s in steps[:number]]
+        # a level's values depend on every step that led to it (means of rounded means), so
+        # its array records them; another writer of this content with another pyramid plan
+        # (other `levels=` or scale), still writing or crashed, owns the paths whose array
+        # records other steps: use the next candidate path, never touch its level
+        candidates = [
+            str(number),
+            f"{number}-{'x'.join(map(str, cumulative))}",
+            f"{number}-{'_'.join('x'.join(map(str, s)) for s in history)}",
+        ]
+        attributes = {"cpr_zarr": {"level": number, "method": method, "steps": history}}
+        for name in candidates:
+            array = claim_array(
+                store,
+                f"{group}/{name}",
+                shape,
+                dtype,
+                chunks,
+                codecs,
+                dimension_names=dimension_names,
+                attributes=attributes,
             )
-        )
+            if array is not None:
+                break
+        else:
+            raise StoreError(
+                f"Cannot write pyramid level {number} of result {group!r} in store "
+                f"{store.url!r}: arrays that cpr_zarr did not write for this level already "
+                f"exist at {', '.join(repr(f'{group}/{c}') for c in candidates)}. Delete them "
+                "(they are not part of any committed result) and save again."
+            )
+        path = f"{group}/{name}"
+        codec = ChunkCodec(array)
         in_memory = base if number == 1 else None
 
         def one(
@@ -268,10 +330,26 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
     ------
     IndexError
         If the result has fewer levels.
+    InvalidArgumentTypeError
+        If ``level`` is not an int.
     """
+    from cpr_zarr.target import ZarrTarget
+
+    if not isinstance(target, ZarrTarget):
+        raise InvalidArgumentTypeError(
+            f"read_level takes the ZarrTarget of an image result, got {target!r:.80}. Get one "
+            "with store.open(ref) or from the task that saved the image."
+        )
+    if isinstance(level, bool) or not isinstance(level, (int, np.integer)):
+        raise InvalidArgumentTypeError(
+            f"Invalid level {level!r} for result {target.group_path!r} in store "
+            f"{target.store_url!r}: a level is an int, 0 for the base, 1 for the first "
+            "downsampled level... (cpr_zarr.read_level(target, 1))."
+        )
+    level = int(level)
     if level == 0:
         return target.get_data(verify=verify)
-    from cpr_zarr.reader import ChunkReader
+    from cpr_zarr.reader import ChunkReader, level_attrs
 
     store = target.store
     attrs = store.reader(target).attrs
@@ -281,16 +359,7 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
             f"Result {target.group_path!r} in store {target.store_url!r} has "
             f"{len(records) + 1} level(s) (0..{len(records)}); level {level} does not exist."
         )
-    record = records[level - 1]
-    level_attrs = {
-        "content_hash": f"{target.content_hash}-level{level}",
-        "shape": record["shape"],
-        "dtype": attrs["dtype"],
-        "chunks": record["chunks"],
-        "chunk_digests": record["chunk_digests"],
-        "array": record["path"],
-    }
-    return ChunkReader(store, target.group_path, level_attrs).to_dask(verify=verify)
+    return ChunkReader(store, target.group_path, level_attrs(attrs, level)).to_dask(verify=verify)
 
 
 def level_count(target: ZarrTarget) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import threading
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -10,14 +11,28 @@ import numpy as np
 import zarr
 
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
-from cpr_zarr.errors import ChunkVerificationError
+from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
 from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import chunk_grid
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
 
-__all__ = ["ChunkReader"]
+__all__ = ["ChunkReader", "level_attrs"]
+
+
+def level_attrs(attrs: dict[str, Any], level: int) -> dict[str, Any]:
+    """Reader attributes for pyramid level ``level >= 1`` from a result's commit record."""
+    record = attrs["levels"][level - 1]
+    return {
+        "content_hash": f"{attrs['content_hash']}-level{level}",
+        "level": level,
+        "shape": record["shape"],
+        "dtype": attrs["dtype"],
+        "chunks": record["chunks"],
+        "chunk_digests": record["chunk_digests"],
+        "array": record["path"],
+    }
 
 
 class ChunkReader:
@@ -38,19 +53,52 @@ class ChunkReader:
         self._array: zarr.Array[Any] | None = None
         self._codec: ChunkCodec | None = None
         self._fill_digests: dict[tuple[int, ...], str] = {}
+        self._lock = threading.Lock()
+        self._generation = 0  # bumped by each refresh that changed something
+        self._check_digest_list()
+
+    def _check_digest_list(self) -> None:
+        """The commit record lists one digest (32 hex digits) per chunk of the grid."""
+        expected = math.prod(self.grid)
+        digests = self.digests
+        if (
+            isinstance(digests, list)
+            and len(digests) == expected
+            and all(isinstance(d, str) and len(d) == 32 for d in digests)
+        ):
+            try:
+                for d in digests:
+                    bytes.fromhex(d)
+                return
+            except ValueError:
+                pass
+        got = f"{len(digests)} entries" if isinstance(digests, list) else repr(digests)[:80]
+        raise ChunkVerificationError(
+            f"The commit record of result {self.group_path!r} in store {self.store.url!r} is "
+            f"damaged: its chunk_digests ({got}) must list one 32-hex-digit digest for each of "
+            f"the {expected} chunks of shape {self.shape} in chunks {self.chunks}, so no chunk "
+            "can be verified. To resolve: delete the result (store.delete(ref)) and re-run the "
+            "task that produced it.",
+            store_url=self.store.url,
+            group_path=self.group_path,
+            chunk_index=(),
+        )
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (ChunkReader, (self.store, self.group_path, self.attrs))
 
+    def _open_array(self) -> zarr.Array[Any]:
+        return zarr.open_array(
+            self.store._zstore,
+            path=f"{self.group_path}/{self.attrs['array']}",
+            mode="r",
+            zarr_format=3,
+        )
+
     @property
     def array(self) -> zarr.Array[Any]:
         if self._array is None:
-            self._array = zarr.open_array(
-                self.store._zstore,
-                path=f"{self.group_path}/{self.attrs['array']}",
-                mode="r",
-                zarr_format=3,
-            )
+            self._array = self._open_array()
         return self._array
 
     @property
@@ -59,28 +107,7 @@ class ChunkReader:
             self._codec = ChunkCodec(self.array)
         return self._codec
 
-    def _where(self, index: tuple[int, ...]) -> str:
-        return f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
-
-    def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
-        expected = self._expected(index)
-        actual = chunk_digest(block)
-        if actual != expected:
-            raise ChunkVerificationError(
-                f"Verification failed for {self._where(index)}: its decoded values hash to "
-                f"{actual}, but {expected} was recorded when it was saved. The stored chunk is "
-                "damaged or was changed outside cpr_zarr. Other chunks are unaffected. To "
-                "resolve: delete the result (store.delete(ref) or `cpr-zarr gc`) and re-run the "
-                "task that produced it.",
-                store_url=self.store.url,
-                group_path=self.group_path,
-                chunk_index=index,
-            )
-
-    def read_chunk(
-        self, index: tuple[int, ...], verify: bool = True, *, writeable: bool = True
-    ) -> np.ndarray:
-        """Read (and by default verify) one chunk; ``writeable=False`` may give a read-only view."""
+    def _read_chunk(self, index: tuple[int, ...], verify: bool, *, writeable: bool) -> np.ndarray:
         try:
             block = self.codec.load(index, writeable=writeable)
         except Exception as exc:
@@ -111,6 +138,96 @@ class ChunkReader:
             self._check(index, block)
         return block
 
+    def _where(self, index: tuple[int, ...]) -> str:
+        return f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
+
+    def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
+        expected = self._expected(index)
+        actual = chunk_digest(block)
+        if actual != expected:
+            raise ChunkVerificationError(
+                f"Verification failed for {self._where(index)}: its decoded values hash to "
+                f"{actual}, but {expected} was recorded when it was saved. The stored chunk is "
+                "damaged or was changed outside cpr_zarr. Other chunks are unaffected. To "
+                "resolve: delete the result (store.delete(ref) or `cpr-zarr gc`) and re-run the "
+                "task that produced it.",
+                store_url=self.store.url,
+                group_path=self.group_path,
+                chunk_index=index,
+            )
+
+    def read_chunk(
+        self, index: tuple[int, ...], verify: bool = True, *, writeable: bool = True
+    ) -> np.ndarray:
+        """Read (and by default verify) one chunk; ``writeable=False`` may give a read-only view.
+
+        A chunk that fails is read once more if the result was re-saved since this reader
+        opened it (another process deleted it and saved the same content again, maybe with
+        another compressor or pyramid plan): the failure was this reader's stale metadata,
+        not damage.
+        """
+        generation = self._generation
+        try:
+            return self._read_chunk(index, verify, writeable=writeable)
+        except ChunkVerificationError:
+            if not self.refresh(since=generation):
+                raise
+        return self._read_chunk(index, verify, writeable=writeable)
+
+    def refresh(self, *, since: int | None = None) -> bool:
+        """Re-read the commit record and array metadata; whether either changed.
+
+        ``since``: the generation a failed read started from; if another thread refreshed
+        since, this returns True at once (the failure may have been the stale metadata).
+
+        Raises
+        ------
+        ResultNotFoundError
+            If the result is no longer committed (deleted by another process), or was
+            re-saved with a pyramid plan that no longer has this level's shape.
+        """
+        with self._lock:
+            if since is not None and since != self._generation:
+                return True
+            attrs = self.store._committed_attrs(self.group_path)
+            level = self.attrs.get("level")
+            if attrs is not None and level is not None:
+                records = attrs.get("levels", [])
+                attrs = level_attrs(attrs, level) if len(records) >= level else None
+            if attrs is None or [attrs["shape"], attrs["chunks"]] != [
+                self.attrs["shape"],
+                self.attrs["chunks"],
+            ]:
+                what = "result" if level is None else f"level {level} of result"
+                raise ResultNotFoundError(
+                    f"The {what} {self.group_path!r} in store {self.store.url!r} read by this "
+                    "process is no longer committed as it was opened: another process deleted "
+                    "it (or re-saved it with another pyramid plan). Open it again "
+                    "(store.open(ref)); if it is gone, re-run the task that produced it."
+                )
+            changed = False
+            if attrs != self.attrs:
+                if level is None and any(
+                    attrs.get(k) != self.attrs.get(k) for k in ("chunk_digests", "array", "dtype")
+                ):
+                    return False  # the base's are fixed by its content hash: this is damage
+                # levels (another pyramid plan) or image metadata changed with the re-save
+                self.attrs, self.digests = attrs, attrs["chunk_digests"]
+                self._check_digest_list()
+                changed = True
+            fresh = self._open_array()
+            if (
+                changed
+                or self._array is None
+                or fresh.metadata.to_dict() != self._array.metadata.to_dict()
+            ):
+                self._array, self._codec, changed = fresh, None, True
+            if changed:
+                self._generation += 1
+                if level is not None:  # the store's cached reader has stale level records
+                    self.store._readers.pop(self.group_path, None)
+            return changed
+
     def _expected(self, index: tuple[int, ...]) -> str:
         return self.digests[int(np.ravel_multi_index(index, self.grid))]
 
@@ -125,10 +242,16 @@ class ChunkReader:
         name = f"cpr-zarr-{self.content_hash}" + ("" if verify else "-unverified")
         reader_key = f"cpr-zarr-reader-{self.content_hash}"
         dsk: dict[Any, Any] = {reader_key: self}
-        for index, _ in chunk_grid(self.shape, self.chunks):
-            dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
         chunks = da.core.normalize_chunks(self.chunks, self.shape)
         meta = np.empty((0,) * len(self.shape), dtype=self.dtype)
+        if 0 in self.shape:
+            # no chunk is stored, but Dask still wants one (empty) block per chunk it counts
+            for index in np.ndindex(*(len(c) for c in chunks)):
+                block = np.empty(tuple(c[i] for c, i in zip(chunks, index, strict=True)))
+                dsk[(name, *index)] = block.astype(self.dtype)
+            return da.Array(dsk, name, chunks, meta=meta)
+        for index, _ in chunk_grid(self.shape, self.chunks):
+            dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
         return da.Array(dsk, name, chunks, meta=meta)
 
     def to_numpy(self, *, verify: bool = True) -> np.ndarray:

@@ -32,6 +32,8 @@ from zarr.core.sync import sync
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
+    InvalidArgumentError,
+    InvalidArgumentTypeError,
     ResultNotFoundError,
     StoreError,
 )
@@ -57,6 +59,7 @@ _ROOT_DOC = {
     "node_type": "group",
     "attributes": {"cpr_zarr": {"store_layout": STORE_LAYOUT}},
 }
+_METADATA_KEYS = frozenset({"axes", "scale", "units", "translation", "levels"})
 _STORES: dict[str, ResultStore] = {}
 _STORES_LOCK = threading.Lock()
 
@@ -116,7 +119,11 @@ class ResultStore:
         **more_storage_options: Any,
     ) -> None:
         if mode not in ("r", "a"):
-            raise ValueError(f"mode must be 'r' or 'a', got {mode!r}.")
+            raise InvalidArgumentError(
+                f"Invalid mode {mode!r} for ResultStore: use 'a' (read and save, "
+                "creating the store if absent) or 'r' (read only). Stores are never "
+                "overwritten: to start afresh, use a new folder."
+            )
         self.url, self._local_path = normalize_url(url)
         self.mode = mode
         self._storage_options = {**(storage_options or {}), **more_storage_options}
@@ -181,14 +188,39 @@ class ResultStore:
                 "folder path, file://, memory:// or an fsspec URL such as s3://bucket/results.zarr."
             ) from exc
 
+    def _read_root(self) -> Any:
+        """The root document; ``None`` if absent. A present but unreadable one is an error:
+        reporting it as absent would hide damage (and invite creating a store over it)."""
+        buf = sync(self._zstore.get("zarr.json", default_buffer_prototype()))
+        if buf is None:
+            return None
+        raw = buf.to_bytes()
+        try:
+            doc = json.loads(raw)
+        except ValueError as exc:
+            raise StoreError(
+                f"The root zarr.json of result store {self.url!r} is corrupt: it is not valid "
+                f"JSON ({exc}; {len(raw)} bytes, starting {raw[:40]!r}). The results in the "
+                "store are not affected. To resolve: restore the file from a backup, or "
+                f"replace it with {json.dumps(_ROOT_DOC, separators=(',', ':'))} (the "
+                "document cpr_zarr writes there)."
+            ) from exc
+        if not isinstance(doc, dict):
+            raise StoreError(
+                f"The root zarr.json of result store {self.url!r} is corrupt: it holds a "
+                f"{type(doc).__name__} ({raw[:40]!r}), not a JSON object. To resolve: replace "
+                f"it with {json.dumps(_ROOT_DOC, separators=(',', ':'))}."
+            )
+        return doc
+
     def _ensure_root(self) -> None:
         try:
-            doc = self._get_json("zarr.json")
+            doc = self._read_root()
             if doc is None and self.mode == "a":
                 # create-if-absent: concurrent creators all write the same document and
                 # an existing root (ours or anyone's) is never overwritten
                 sync(self._zstore.set_if_not_exists("zarr.json", to_buffer(_ROOT_DOC)))
-                doc = self._get_json("zarr.json")
+                doc = self._read_root()
         except StoreError:
             raise
         except Exception as exc:
@@ -200,11 +232,12 @@ class ResultStore:
                 f"No result store at {self.url!r} (no zarr.json there). Check the URL, or open "
                 "it with mode='a' to create it."
             )
-        attrs = doc.get("attributes", {}) if isinstance(doc, dict) else {}
+        attrs = doc.get("attributes", {})
         if (
             doc.get("node_type") != "group"
             or doc.get("zarr_format") != 3
-            or "cpr_zarr" not in attrs
+            or not isinstance(attrs, dict)
+            or not isinstance(attrs.get("cpr_zarr"), dict)
         ):
             raise StoreError(
                 f"{self.url!r} is a Zarr node that cpr_zarr did not create "
@@ -332,9 +365,10 @@ class ResultStore:
         if isinstance(ref, ZarrTarget):
             ref = ref.group_path
         if not isinstance(ref, str) or not ref:
-            raise TypeError(
-                f"A result reference must be a content hash, a hash prefix or a group path "
-                f"(str), got {ref!r}."
+            raise InvalidArgumentTypeError(
+                f"A result reference must be a non-empty str (a content hash, a hash prefix "
+                f"of at least {MIN_PREFIX_LENGTH} hex digits, a group path or a result name), "
+                f"got {ref!r} for store {self.url!r}. Example: store.open('denoised')."
             )
         ref = ref.strip("/")
         if parse_group_path(ref) is not None:
@@ -423,9 +457,26 @@ class ResultStore:
         from cpr_zarr.provenance import write_record
 
         self._check_writable()
+        unknown = sorted(set(metadata) - _METADATA_KEYS)
+        if unknown:
+            raise InvalidArgumentTypeError(
+                f"ResultStore.save got unknown argument(s) {unknown!r} for result {name!r} in "
+                f"store {self.url!r}: it takes chunks, compressor, provenance and the image "
+                f"metadata {sorted(_METADATA_KEYS)}. Check the spelling, e.g. scale=(2.0, 0.65, "
+                "0.65)."
+            )
         try:
             if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
                 from cpr_zarr.table import save_table
+
+                given = {"chunks": chunks, "compressor": compressor, **metadata}
+                given = {k: v for k, v in given.items() if v is not None}
+                if given:
+                    raise InvalidArgumentError(
+                        f"Cannot save table {name!r} to store {self.url!r} with {given!r}: "
+                        "tables are stored one array per column with fixed chunks and codecs, "
+                        "and have no image metadata. Save the DataFrame without these arguments."
+                    )
 
                 target = save_table(self, data, name)
             else:

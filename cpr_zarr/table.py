@@ -28,7 +28,11 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from cpr_zarr.errors import ChunkVerificationError, UnsupportedResultError
+from cpr_zarr.errors import (
+    ChunkVerificationError,
+    InvalidArgumentTypeError,
+    UnsupportedResultError,
+)
 from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.layout import LAYOUT_VERSION, group_path, parse_name
 
@@ -96,11 +100,14 @@ def _encode(
         return spec, arrays
     values = pd.array(series)
     mask = np.asarray(pd.isna(values), dtype=bool)
-    if isinstance(dtype, pd.StringDtype) or (
-        isinstance(dtype, np.dtype)
-        and dtype.kind == "O"
-        and all(isinstance(v, str) for v in np.asarray(values)[~mask])
-    ):
+    if isinstance(dtype, np.dtype) and dtype.kind == "O":
+        objects = np.asarray(values, dtype=object)
+        if mask.any() or not all(type(v) is str for v in objects):
+            # NaN, None, pd.NA, numbers...: every value's type is kept, not just "missing"
+            spec["kind"] = "object"
+            arrays.update(_encode_objects(objects, where))
+            return spec, arrays
+    if isinstance(dtype, pd.StringDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "O"):
         spec["kind"] = "string"
         arrays["values"] = np.asarray(
             ["" if m else str(v) for v, m in zip(values, mask, strict=True)],
@@ -120,8 +127,104 @@ def _encode(
     return spec, arrays
 
 
+# object columns: one type code per row; each value in the array of its kind, in row order
+_OBJ_STR, _OBJ_NONE, _OBJ_NA, _OBJ_NAT, _OBJ_BIGINT, _OBJ_BIG_UINT64 = 0, 1, 2, 3, 4, 5
+_OBJ_FLOAT_TYPES: dict[type, int] = {float: 10, np.float64: 11, np.float32: 12, np.float16: 13}
+_OBJ_INT_TYPES: dict[type, int] = {
+    int: 20,
+    bool: 21,
+    np.int64: 22,
+    np.int32: 23,
+    np.int16: 24,
+    np.int8: 25,
+    np.uint32: 26,
+    np.uint16: 27,
+    np.uint8: 28,
+    np.bool_: 29,
+    np.uint64: 30,
+}
+_OBJ_TYPES = {code: t for t, code in (_OBJ_FLOAT_TYPES | _OBJ_INT_TYPES).items()}
+_INT64 = np.iinfo(np.int64)
+
+
+def _encode_objects(objects: np.ndarray, where: str) -> dict[str, np.ndarray]:
+    """The arrays of an object column: type codes, strings, floats and integers.
+
+    ``None``, ``NaN`` (of any float type), ``pd.NA`` and ``pd.NaT`` come back as themselves,
+    and so does the type of every number (Python or numpy scalar).
+    """
+    codes = np.empty(len(objects), dtype=np.uint8)
+    strings: list[str] = []
+    floats: list[float] = []
+    ints: list[int] = []
+    for row, value in enumerate(objects):
+        kind = type(value)
+        if kind is str:
+            codes[row] = _OBJ_STR
+            strings.append(value)
+        elif value is None:
+            codes[row] = _OBJ_NONE
+        elif value is pd.NA:
+            codes[row] = _OBJ_NA
+        elif value is pd.NaT:
+            codes[row] = _OBJ_NAT
+        elif kind in _OBJ_FLOAT_TYPES:
+            codes[row] = _OBJ_FLOAT_TYPES[kind]
+            floats.append(float(value))
+        elif kind in _OBJ_INT_TYPES and _INT64.min <= int(value) <= _INT64.max:
+            codes[row] = _OBJ_INT_TYPES[kind]
+            ints.append(int(value))
+        elif kind is int or kind is np.uint64:  # beyond int64: kept exactly as decimal text
+            codes[row] = _OBJ_BIGINT if kind is int else _OBJ_BIG_UINT64
+            strings.append(str(value))
+        else:
+            raise UnsupportedResultError(
+                f"Cannot store {where} of dtype object: row {row} holds {value!r} of type "
+                f"{kind.__module__}.{kind.__qualname__}. Object columns may hold str, int, "
+                "float, bool (Python or numpy scalars), None, NaN, pd.NA and pd.NaT. Convert "
+                "the column, e.g. df[col].astype(str), or pd.to_datetime(df[col]) for dates."
+            )
+    arrays = {"codes": codes}
+    if strings:
+        arrays["values"] = np.asarray(strings, dtype=np.dtypes.StringDType())
+    if floats:
+        arrays["floats"] = np.asarray(floats, dtype="<f8")
+    if ints:
+        arrays["ints"] = np.asarray(ints, dtype="<i8")
+    return arrays
+
+
+def _decode_objects(arrays: dict[str, np.ndarray]) -> np.ndarray:
+    codes = arrays["codes"]
+    strings = iter(arrays.get("values", np.empty(0, dtype=object)).tolist())
+    floats = iter(arrays.get("floats", np.empty(0)).tolist())
+    ints = iter(arrays.get("ints", np.empty(0, dtype=np.int64)).tolist())
+    out = np.empty(len(codes), dtype=object)
+    for row, code in enumerate(codes.tolist()):
+        if code == _OBJ_STR:
+            out[row] = next(strings)
+        elif code == _OBJ_NONE:
+            out[row] = None
+        elif code == _OBJ_NA:
+            out[row] = pd.NA
+        elif code == _OBJ_NAT:
+            out[row] = pd.NaT
+        elif code == _OBJ_BIGINT:
+            out[row] = int(next(strings))
+        elif code == _OBJ_BIG_UINT64:
+            out[row] = np.uint64(int(next(strings)))
+        elif code in _OBJ_TYPES:
+            kind = _OBJ_TYPES[code]
+            out[row] = kind(next(floats) if code < 20 else next(ints))
+        else:
+            raise ValueError(f"unknown object type code {code} in row {row}")
+    return out
+
+
 def _decode(spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
     kind = spec["kind"]
+    if kind == "object":
+        return _decode_objects(arrays)
     values = arrays["values"]
     if kind == "category":
         categories = _decode(
@@ -255,8 +358,15 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
     ChunkVerificationError
         If a stored array does not match its recorded digest.
     """
+    from cpr_zarr.target import ZarrTarget
+
+    if not isinstance(target, ZarrTarget):
+        raise InvalidArgumentTypeError(
+            f"read_table takes the ZarrTarget of a table result, got {target!r:.80}. Get one "
+            "with store.open(ref) or from the task that saved the table."
+        )
     if not is_table(target):
-        raise TypeError(
+        raise InvalidArgumentTypeError(
             f"Result {target.group_path!r} is an array, not a table: read it with "
             "target.get_data() or target.to_numpy()."
         )
@@ -271,10 +381,21 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
     schema, digests = attrs["table"], attrs["digests"]
     arrays: dict[str, np.ndarray] = {}
     for key, expected in digests.items():
-        array = zarr.open_array(
-            store._zstore, path=f"{target.group_path}/{key}", mode="r", zarr_format=3
-        )
-        values = np.asarray(array[...]) if array.shape[0] else np.empty(0, dtype=array.dtype)
+        try:
+            array = zarr.open_array(
+                store._zstore, path=f"{target.group_path}/{key}", mode="r", zarr_format=3
+            )
+            values = np.asarray(array[...]) if array.shape[0] else np.empty(0, dtype=array.dtype)
+        except Exception as exc:  # a damaged chunk or metadata document, a missing array
+            raise ChunkVerificationError(
+                f"Cannot read array {key!r} (chunk (0,)) of table {target.group_path!r} in "
+                f"store {store.url!r}: {type(exc).__name__}: {exc}. The stored array is "
+                "damaged, unreadable or missing. To resolve: delete the result "
+                "(store.delete(ref)) and re-run the task that produced it.",
+                store_url=store.url,
+                group_path=target.group_path,
+                chunk_index=(0,),
+            ) from exc
         if verify and _digest(values) != expected:
             raise ChunkVerificationError(
                 f"Verification failed for array {key!r} of table {target.group_path!r} in store "
@@ -300,7 +421,10 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
     if "range" in index_spec:
         index: pd.Index = pd.RangeIndex(*index_spec["range"], name=index_spec["names"][0])
     else:
-        levels = [pd.Index(_decode(s, _sub(f"i{i}/"))) for i, s in enumerate(index_spec["levels"])]
+        levels = [
+            pd.Index(_decode(s, _sub(f"i{i}/")), dtype=object if s["dtype"] == "object" else None)
+            for i, s in enumerate(index_spec["levels"])
+        ]
         if index_spec["multi"]:
             index = pd.MultiIndex.from_arrays(levels, names=index_spec["names"])
         else:

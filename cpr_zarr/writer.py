@@ -38,9 +38,9 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from cpr_zarr import ngff
-from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.compute import compute
-from cpr_zarr.errors import StoreError, UnsupportedResultError
+from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
 from cpr_zarr.hashing import ALGORITHM, chunk_digest, combine_digests
 from cpr_zarr.layout import (
     LAYOUT_VERSION,
@@ -55,7 +55,7 @@ if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
 
-__all__ = ["DEFAULT_COMPRESSOR", "save"]
+__all__ = ["DEFAULT_COMPRESSOR", "save", "unmask"]
 
 logger = logging.getLogger("cpr_zarr")
 ARRAY_PATH = "0"
@@ -100,9 +100,14 @@ def save(
     and pyramid (:mod:`cpr_zarr.ngff`, :mod:`cpr_zarr.pyramid`), never into the content hash.
     """
     name = parse_name(name)
-    data, spec = ngff.resolve_save(
-        store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
-    )
+    try:
+        data, spec = ngff.resolve_save(
+            store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
+        )
+    except InvalidArgumentError as exc:  # name the place: which save, which store
+        raise type(exc)(f"Cannot save result {name!r} to store {store.url!r}: {exc}") from exc
+    data = unmask(data, f"result {name!r} in store {store.url!r}")
+    compressor = parse_compressor(compressor, where=f"result {name!r} in store {store.url!r}")
     if isinstance(data, da.Array):
         return _save_dask(store, data, name, chunks=chunks, compressor=compressor, spec=spec)
     if isinstance(data, np.ndarray):
@@ -112,6 +117,33 @@ def save(
         f"as result {name!r}: ResultStore.save takes a numpy or Dask array. Convert it "
         "(numpy.asarray(value)) or return it as a small JSON-able value."
     )
+
+
+def unmask(data: Any, where: str) -> Any:
+    """``data`` without a mask that hides nothing; a masked array that masks values is refused.
+
+    Stored results are plain arrays and every read returns plain arrays: the mask would be
+    dropped and the hidden values (whatever they are) served as data.
+    """
+    if isinstance(data, np.ma.MaskedArray):
+        if np.ma.getmask(data) is np.ma.nomask or not np.ma.getmaskarray(data).any():
+            return np.ma.getdata(data)
+        raise UnsupportedResultError(
+            f"Cannot store a masked array (numpy.ma) as {where}: "
+            f"{int(np.ma.getmaskarray(data).sum())} of {data.size} values are masked, and a result "
+            "is a plain array, so the mask would be lost and the hidden values served as data. "
+            "To resolve, either: 1. fill the masked values, "
+            "e.g. save(numpy.ma.filled(x, 0)), or NaN for floats; or 2. store the values and "
+            "the mask as two results: save(x.data, name='values') and "
+            "save(numpy.ma.getmaskarray(x), name='mask')."
+        )
+    if isinstance(data, da.Array) and isinstance(data._meta, np.ma.MaskedArray):
+        raise UnsupportedResultError(
+            f"Cannot store a masked Dask array (dask.array.ma) as {where}: a result is a plain "
+            "array, so its mask would be lost. Fill it (dask.array.ma.filled(x, 0)) or store "
+            "dask.array.ma.getdata(x) and dask.array.ma.getmaskarray(x) as two results."
+        )
+    return data
 
 
 def _save_numpy(
@@ -126,7 +158,9 @@ def _save_numpy(
     dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
     check_ndim(data.shape, f"result {name!r}")
     data = np.asarray(data, dtype=dtype)
-    chunk_shape = parse_chunks(chunks, data.shape, dtype)
+    chunk_shape = parse_chunks(
+        chunks, data.shape, dtype, where=f"result {name!r} in store {store.url!r}"
+    )
     workers = worker_count(remote=store._local_path is None)
     grid = list(chunk_grid(data.shape, chunk_shape))
     digests = digest_chunks(data, [s for _, s in grid], workers=worker_count())
@@ -224,9 +258,11 @@ def _save_dask(
     if data.size == 0:
         (small,) = compute(data)
         return _save_numpy(store, small, name, chunks=chunks, compressor=compressor, spec=spec)
+    chunk_shape = parse_chunks(
+        chunks, data.shape, dtype, where=f"result {name!r} in store {store.url!r}"
+    )
     if data.dtype != dtype:
         data = data.astype(dtype)
-    chunk_shape = parse_chunks(chunks, data.shape, dtype)
     aligned = da.core.normalize_chunks(chunk_shape, data.shape)
     if data.chunks != aligned:
         data = data.rechunk(aligned)
@@ -297,6 +333,39 @@ def _create_array(
     If a crashed or concurrent writer already wrote metadata here, it is reused: the path
     names the content hash, which fixes shape, dtype and chunks, so its chunks are ours too.
     """
+    array = claim_array(
+        store, path, shape, dtype, chunks, compressor, dimension_names=dimension_names
+    )
+    if array is None:
+        found = zarr.open_array(store._zstore, path=path, mode="r", zarr_format=3)
+        raise StoreError(
+            f"Array metadata at {path!r} in store {store.url!r} (shape {found.shape}, dtype "
+            f"{found.dtype}, chunks {found.chunks}) does not match the result being saved "
+            f"(shape {shape}, dtype {dtype}, chunks {chunks}). Something other than cpr_zarr "
+            f"wrote there: delete {path!r} and save again."
+        )
+    return array
+
+
+def claim_array(
+    store: ResultStore,
+    path: str,
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    compressor: Any,
+    *,
+    dimension_names: list[str] | None = None,
+    attributes: dict[str, Any] | None = None,
+) -> zarr.Array[Any] | None:
+    """Create-if-absent the array metadata at ``path`` and open the array for writing.
+
+    Returns ``None`` if metadata already there (written by a crashed or concurrent writer)
+    describes another array: other shape, dtype or chunks, or other ``attributes`` (pyramid
+    levels record the downsampling steps that produced them there). The decision is made
+    after the conditional write, on what the store holds, so two writers racing for one
+    path agree on who owns it.
+    """
     key = f"{path}/zarr.json"
     if store._get_json(key) is None:
         # build the metadata document in memory: zarr.create_array would also write parent
@@ -311,6 +380,7 @@ def _create_array(
             compressors=compressor if compressor is not None else default_compressor(),
             fill_value=0,
             dimension_names=list(axes) if axes else None,
+            attributes=attributes,
         )
         doc = sync(scratch.get("zarr.json", default_buffer_prototype()))
         if doc is None:  # pragma: no cover - zarr wrote it just above
@@ -322,12 +392,9 @@ def _create_array(
         sync(store._zstore.set_if_not_exists(key, doc))
     array = zarr.open_array(store._zstore, path=path, mode="r+", zarr_format=3)
     if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
-        raise StoreError(
-            f"Array metadata at {path!r} in store {store.url!r} (shape {array.shape}, dtype "
-            f"{array.dtype}, chunks {array.chunks}) does not match the result being saved "
-            f"(shape {shape}, dtype {dtype}, chunks {chunks}). Something other than cpr_zarr "
-            f"wrote there: delete {path!r} and save again."
-        )
+        return None
+    if attributes is not None and any(array.attrs.get(k) != v for k, v in attributes.items()):
+        return None
     return array
 
 
