@@ -39,7 +39,7 @@ from cpr_zarr.serializer import pointer_serializer
 from cpr_zarr.source import TiffSource, ZarrSource, to_array
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import PILTarget, ZarrTarget
-from cpr_zarr.writer import check_ndim
+from cpr_zarr.writer import check_ndim, unmask
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -122,6 +122,7 @@ def _walk(
         if store is None:
             parse_name(name)
             array = value if isinstance(value, (np.ndarray, da.Array)) else value.data
+            unmask(array, where)
             canonical_dtype(array.dtype, what=where)
             check_ndim(array.shape, where)
             return value
@@ -140,7 +141,7 @@ def _walk(
         return PILTarget(**fields, pil_mode=value.mode)
     if isinstance(value, pd.DataFrame):
         if store is None:
-            parse_name(name)
+            table.encode_table(value, parse_name(name))
             return value
         return store.save(value, name)
     if isinstance(value, (ZarrTarget, *_JSON_SCALARS)):

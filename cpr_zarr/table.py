@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
 
-__all__ = ["TABLE_DTYPE", "is_table", "read_table", "save_table", "to_csv"]
+__all__ = ["TABLE_DTYPE", "encode_table", "is_table", "read_table", "save_table", "to_csv"]
 
 TABLE_DTYPE = "table"
 TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
@@ -266,16 +266,14 @@ def _index_schema(index: pd.Index) -> tuple[dict[str, Any], dict[str, np.ndarray
     return {"levels": levels, "names": names, "multi": isinstance(index, pd.MultiIndex)}, arrays
 
 
-def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
-    """Store a DataFrame as a content-hashed table group; the same table is stored once.
+def encode_table(
+    df: pd.DataFrame, name: str = "table"
+) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """The schema and column arrays ``df`` is stored as; raises what ``save_table`` would.
 
-    Raises
-    ------
-    UnsupportedResultError
-        For MultiIndex columns, duplicate column names or columns of unsupported dtypes.
+    Writes nothing: ``cpr_zarr.task`` checks every part of a return value with it before
+    storing any part.
     """
-    name = parse_name(name)
-    store._check_writable()
     if not isinstance(df, pd.DataFrame):
         raise UnsupportedResultError(
             f"save_table takes a pandas DataFrame, got {type(df).__name__}."
@@ -300,6 +298,20 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
         "columns_dtype": str(df.columns.dtype),
         "rows": len(df),
     }
+    return schema, arrays
+
+
+def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
+    """Store a DataFrame as a content-hashed table group; the same table is stored once.
+
+    Raises
+    ------
+    UnsupportedResultError
+        For MultiIndex columns, duplicate column names or columns of unsupported dtypes.
+    """
+    name = parse_name(name)
+    store._check_writable()
+    schema, arrays = encode_table(df, name)
     digests = {key: _digest(arr) for key, arr in sorted(arrays.items())}
     canonical = json.dumps(
         {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},

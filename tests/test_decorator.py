@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import dask.array as da
 import numpy as np
+import pandas as pd
 import prefect
 import pytest
 from prefect import flow
@@ -241,3 +242,28 @@ def test_bad_arrays_in_a_return_value_store_nothing(
     with pytest.raises(cpr_zarr.UnsupportedResultError, match=match):
         f()
     assert list(cpr_zarr.ResultStore(tmp_path / "results.zarr").targets()) == []
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(np.ma.masked_array(np.arange(4), mask=[0, 1, 0, 0]), id="masked-array"),
+        pytest.param(pd.DataFrame({"x": [b"bytes", b"are refused"]}, dtype=object), id="table"),
+    ],
+)
+def test_a_bad_part_of_a_return_value_stores_no_part(
+    tmp_path: Path, result_storage: Path, bad: object
+) -> None:
+    store_url = tmp_path / "results.zarr"
+
+    @cpr_zarr.task(store=store_url, result_storage=result_storage)
+    def two_outputs() -> tuple[np.ndarray, object]:
+        return microscopy_volume((4, 16, 16)), bad
+
+    @flow
+    def pipeline() -> object:
+        return two_outputs()
+
+    with pytest.raises(cpr_zarr.UnsupportedResultError):
+        pipeline()
+    assert not store_url.exists() or list(cpr_zarr.ResultStore(store_url).targets()) == []
