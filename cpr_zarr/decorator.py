@@ -223,6 +223,7 @@ class _Call:
 
     def load(self) -> None:
         install_safe_scheduler()
+        _commit_despite_stale_parent()
         for pname, value in self.bound.arguments.items():
             self.bound.arguments[pname] = _load(value, pname in self.task.numpy_params)
             self.inputs.add(value, self.bound.arguments[pname])
@@ -274,6 +275,35 @@ def _make_body(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 # -- transactions -------------------------------------------------------------------------
+
+
+def _commit_despite_stale_parent() -> None:
+    """Last line of defence against a lost record: a parent transaction that already ended.
+
+    A task's transaction whose parent is finished would hand its record to that parent and
+    never be committed (the secede leak of :mod:`cpr_zarr.compute`, by a path the worker-loop
+    guard does not cover). A live parent is never finished while its children run, so such a
+    parent can only have leaked in: commit this task's record itself, and say so loudly.
+    """
+    from prefect.transactions import CommitMode, TransactionState, get_transaction
+
+    txn = get_transaction()
+    parent = txn.get_parent() if txn is not None else None
+    if parent is None or parent.state not in (
+        TransactionState.COMMITTED,
+        TransactionState.ROLLED_BACK,
+    ):
+        return
+    txn.commit_mode = CommitMode.EAGER  # type: ignore[union-attr]
+    logger.warning(
+        "This task's Prefect transaction has a parent that already ended (%s, key %r): "
+        "Prefect context leaked from an earlier task on this worker, and the result record "
+        "would not have been written. cpr_zarr commits it directly; please report this with "
+        "the code of the tasks that ran before on this worker.",
+        parent.state.value,
+        parent.key,
+    )
+
 
 TARGETS_KEY = "cpr_zarr.targets"
 

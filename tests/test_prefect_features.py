@@ -340,3 +340,29 @@ def test_cpr_zarr_warnings_reach_the_run_logs(tmp_path: Path) -> None:
             break
         time.sleep(0.2)
     assert any("a cpr_zarr warning inside a task run" in m for m in messages), messages
+
+
+def test_a_leaked_finished_transaction_does_not_swallow_the_record(
+    tmp_path: Path, result_storage: Path
+) -> None:
+    # What the secede leak did on Dask workers, made directly: the task starts in a context
+    # whose active transaction belongs to a task that already ended.
+    from prefect.transactions import Transaction, transaction
+
+    @cpr_zarr.task(store=tmp_path / "results.zarr", result_storage=result_storage)
+    def make() -> np.ndarray:
+        return np.arange(6)
+
+    @flow
+    def pipeline() -> object:
+        return make()
+
+    with transaction() as ended:
+        pass
+    token = Transaction.__var__.set(ended)
+    try:
+        target = pipeline()
+    finally:
+        Transaction.__var__.reset(token)
+    assert isinstance(target, cpr_zarr.ZarrTarget)
+    assert len(list(result_storage.iterdir())) == 1
