@@ -281,16 +281,21 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
             f"Result {target.group_path!r} in store {target.store_url!r} has "
             f"{len(records) + 1} level(s) (0..{len(records)}); level {level} does not exist."
         )
-    record = records[level - 1]
-    level_attrs = {
-        "content_hash": f"{target.content_hash}-level{level}",
+    reader = ChunkReader(store, target.group_path, level_attrs(attrs, level))
+    return reader.to_dask(verify=verify)
+
+
+def level_attrs(attrs: dict[str, Any], level: int) -> dict[str, Any]:
+    """What a :class:`~cpr_zarr.reader.ChunkReader` needs to read level ``level`` (>= 1)."""
+    record = attrs["levels"][level - 1]
+    return {
+        "content_hash": f"{attrs['content_hash']}-level{level}",
         "shape": record["shape"],
         "dtype": attrs["dtype"],
         "chunks": record["chunks"],
         "chunk_digests": record["chunk_digests"],
         "array": record["path"],
     }
-    return ChunkReader(store, target.group_path, level_attrs).to_dask(verify=verify)
 
 
 def level_count(target: ZarrTarget) -> int:
