@@ -27,6 +27,7 @@ base array's chunks when they hash to the content hash in the path.
 from __future__ import annotations
 
 import copy
+import functools
 import hashlib
 import json
 import math
@@ -93,16 +94,19 @@ def read_doc(store: ResultStore, key: str) -> Any:
 
     Raises ``ValueError`` if the key exists but does not hold JSON (never treated as absent).
     """
+    raw = read_raw(store, key)
+    return _ABSENT if raw is None else json.loads(raw)
+
+
+def read_raw(store: ResultStore, key: str) -> bytes | None:
+    """The bytes at ``key``, or None if there is no such key."""
     if store._local_path is not None:  # a plain file read: no round trip to zarr's loop
         try:
-            raw = (store._local_path / key).read_bytes()
+            return (store._local_path / key).read_bytes()
         except (FileNotFoundError, NotADirectoryError):
-            return _ABSENT
-        return json.loads(raw)
+            return None
     buf = sync(store._zstore.get(key, default_buffer_prototype()))
-    if buf is None:
-        return _ABSENT
-    return json.loads(buf.to_bytes())
+    return None if buf is None else bytes(buf.to_bytes())
 
 
 def is_absent(doc: Any) -> bool:
@@ -199,7 +203,8 @@ class _Checker:
             or not all(isinstance(v, str) and _HEX_RE.fullmatch(v) for v in value)
         ):
             raise self.fail(
-                field, f"is {_show(value)}, expected {count} hex digests of {HASH_HEX_LENGTH} digits"
+                field,
+                f"is {_show(value)}, expected {count} hex digests of {HASH_HEX_LENGTH} digits",
             )
         return value
 
@@ -341,7 +346,7 @@ def _check_levels(
             f"{where}.chunk_digests",
             _grid_count(want_shape, want_chunks),
         )
-        out.append((path, tuple(cumulative)))  # type: ignore[arg-type]
+        out.append((path, tuple(cumulative)))
         prev = want_shape
     if len({p for p, _ in out}) != len(out):
         raise c.fail("cpr_zarr.levels", "names one path twice")
@@ -466,7 +471,10 @@ def check_array_doc(
     if chunks is None:
         chunks = [max(1, s) for s in shape]
     c.expect(
-        doc, "chunk_grid", {"name": "regular", "configuration": {"chunk_shape": chunks}}, "chunk_grid"
+        doc,
+        "chunk_grid",
+        {"name": "regular", "configuration": {"chunk_shape": chunks}},
+        "chunk_grid",
     )
     c.expect(doc, "chunk_key_encoding", _CHUNK_KEY_ENCODING, "chunk_key_encoding")
     if doc.get("storage_transformers", []) != []:
@@ -504,9 +512,10 @@ def check_arrays(store: ResultStore, path: str, attrs: dict[str, Any]) -> None:
     wanted += [(r["path"], r["shape"], r["chunks"]) for r in attrs.get("levels", [])]
     for array, shape, chunks in wanted:
         key = f"{array}/zarr.json"
-        c = _Checker(store.url, path, key)
-        doc = _read_checked(store, c, f"{path}/{key}")
-        check_array_doc(c, doc, dtype=dtype, shape=shape, chunks=chunks)
+        raw = read_raw(store, f"{path}/{key}")
+        if raw is None:
+            raise _Checker(store.url, path, key).fail("the document", "is missing")
+        _checked_array(store.url, path, key, raw, dtype, tuple(shape), tuple(chunks))
 
 
 def _read_checked(store: ResultStore, c: _Checker, key: str) -> Any:
@@ -556,7 +565,8 @@ def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
 def _codes_dtype(categories: int) -> str:
     import pandas as pd
 
-    return pd.Categorical.from_codes([], categories=pd.RangeIndex(categories)).codes.dtype.name
+    codes = pd.Categorical.from_codes([], categories=pd.RangeIndex(categories)).codes
+    return str(codes.dtype.name)
 
 
 def _check_table_arrays(store: ResultStore, path: str, attrs: dict[str, Any]) -> None:
@@ -594,17 +604,48 @@ def load_commit(store: ResultStore, path: str, *, arrays: bool = True) -> dict[s
         If the marker exists but is damaged, or (with ``arrays``) stored array metadata
         disagrees with it.
     """
-    c = _Checker(store.url, path)
-    try:
-        doc = read_doc(store, f"{path}/zarr.json")
-    except ValueError as exc:
-        raise c.fail("the document", f"is not valid JSON ({exc})") from exc
-    if doc is _ABSENT:
+    raw = read_raw(store, f"{path}/zarr.json")
+    if raw is None:
         return None
-    attrs = check_record(store.url, path, doc)
+    attrs = _checked_record(store.url, path, raw)
     if arrays:
         check_arrays(store, path, attrs)
     return attrs
+
+
+# The checks are pure functions of the stored bytes: a listing re-reads every marker but
+# re-checks only those that changed. (Failures are not cached: they raise.)
+@functools.lru_cache(maxsize=4096)
+def _checked_record(store_url: str, path: str, raw: bytes) -> dict[str, Any]:
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise _Checker(store_url, path).fail("the document", f"is not valid JSON ({exc})") from exc
+    return check_record(store_url, path, doc)
+
+
+@functools.lru_cache(maxsize=4096)
+def _checked_array(
+    store_url: str,
+    path: str,
+    key: str,
+    raw: bytes,
+    dtype: str,
+    shape: tuple[int, ...] | None,
+    chunks: tuple[int, ...] | None,
+) -> None:
+    c = _Checker(store_url, path, key)
+    try:
+        doc = json.loads(raw)
+    except ValueError as exc:
+        raise c.fail("the document", f"is not valid JSON ({exc})") from exc
+    check_array_doc(
+        c,
+        doc,
+        dtype=dtype,
+        shape=None if shape is None else list(shape),
+        chunks=None if chunks is None else list(chunks),
+    )
 
 
 def is_leftover(store: ResultStore, path: str) -> bool:
@@ -674,11 +715,11 @@ def repair(store: ResultStore, path: str) -> str:
 
 
 def _rebuild_from_chunks(store: ResultStore, path: str) -> dict[str, Any]:
+    import zarr
+
     from cpr_zarr.codec import ChunkCodec
     from cpr_zarr.hashing import chunk_digest
     from cpr_zarr.layout import chunk_grid
-
-    import zarr
 
     name, content_hash = parse_group_path(path.rsplit("/", 1)[-1])  # type: ignore[misc]
     c = _Checker(store.url, path, f"{ARRAY_PATH}/zarr.json")
@@ -691,7 +732,9 @@ def _rebuild_from_chunks(store: ResultStore, path: str) -> dict[str, Any]:
     dtype = canonical_dtype(meta.get("data_type")).name
     check_array_doc(c, meta, dtype=dtype, shape=shape, chunks=chunks)
     codec = ChunkCodec(zarr.open_array(store._zstore, path=f"{path}/{ARRAY_PATH}", mode="r"))
-    digests = [chunk_digest(codec.read(index)) for index, _ in chunk_grid(tuple(shape), tuple(chunks))]
+    digests = [
+        chunk_digest(codec.read(index)) for index, _ in chunk_grid(tuple(shape), tuple(chunks))
+    ]
     actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
     if actual != content_hash:
         raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
@@ -735,10 +778,10 @@ def _level_readers(store: ResultStore, path: str, attrs: dict[str, Any]) -> list
     from cpr_zarr.pyramid import level_attrs
     from cpr_zarr.reader import ChunkReader
 
-    readers = [ChunkReader(store, path, attrs)]
-    for number in range(1, len(attrs.get("levels", [])) + 1):
-        readers.append(ChunkReader(store, path, level_attrs(attrs, number)))
-    return readers
+    levels = range(1, len(attrs.get("levels", [])) + 1)
+    return [ChunkReader(store, path, attrs)] + [
+        ChunkReader(store, path, level_attrs(attrs, number)) for number in levels
+    ]
 
 
 def _verify_data(
@@ -803,32 +846,9 @@ def verify_store(
     else:
         paths = store._candidate_paths(nested=True)
     for path in paths:
-        try:
-            attrs = load_commit(store, path)
-        except IntegrityError as exc:
-            if not repair_damaged:
-                report.problems.append(str(exc))
-                continue
-            try:
-                report.repaired.append(repair(store, path))
-            except IntegrityError as failed:
-                report.problems.append(f"{exc} -- {failed}")
-                continue
-            attrs = load_commit(store, path)
+        attrs = _load_or_repair(store, path, repair_damaged, report)
         if attrs is None:
-            if not is_leftover(store, path):  # a record copy but no marker: lost marker
-                c = _Checker(store.url, path)
-                exc = c.fail("the commit marker zarr.json", "is missing but its record copy exists")
-                if repair_damaged:
-                    try:
-                        report.repaired.append(repair(store, path))
-                        attrs = load_commit(store, path)
-                    except IntegrityError as failed:
-                        report.problems.append(f"{exc} -- {failed}")
-                else:
-                    report.problems.append(str(exc))
-            if attrs is None:
-                continue
+            continue
         report.results += 1
         if attrs["kind"] == "table":
             report.tables += 1
@@ -847,6 +867,31 @@ def verify_store(
         if "/labels/" not in path:
             report.problems.extend(_check_labels_index(store, path, repair_damaged, report))
     return report
+
+
+def _load_or_repair(
+    store: ResultStore, path: str, repair_damaged: bool, report: VerifyReport
+) -> dict[str, Any] | None:
+    """The checked record of ``path`` (repaired first if asked); None if not usable."""
+    try:
+        attrs = load_commit(store, path)
+    except IntegrityError as exc:
+        damage: IntegrityError | None = exc
+    else:
+        if attrs is not None or is_leftover(store, path):
+            return attrs
+        # a record copy but no marker: the marker was lost after the commit
+        c = _Checker(store.url, path)
+        damage = c.fail("the commit marker zarr.json", "is missing but its record copy exists")
+    if not repair_damaged:
+        report.problems.append(str(damage))
+        return None
+    try:
+        report.repaired.append(repair(store, path))
+        return load_commit(store, path)
+    except IntegrityError as failed:
+        report.problems.append(f"{damage} -- {failed}")
+        return None
 
 
 def _check_copy(
@@ -886,7 +931,11 @@ def _check_labels_index(
         doc = None
     if not names and doc is _ABSENT:
         return []
-    expected = {"zarr_format": 3, "node_type": "group", "attributes": {"ome": labels_group_attrs(names)}}
+    expected = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"ome": labels_group_attrs(names)},
+    }
     if doc == expected:
         return []
     if repair_damaged:
