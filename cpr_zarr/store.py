@@ -592,7 +592,12 @@ class ResultStore:
         reader = self._readers.get(target.group_path)
         if reader is None:
             # record vs content hash, array metadata vs record (IntegrityError on damage)
-            attrs = self._load(target.group_path)
+            attrs = load_commit(self, target.group_path)
+            if attrs is None:
+                raise ResultNotFoundError(
+                    f"Result {target.group_path!r} is not (or no longer) committed in store "
+                    f"{self.url!r}. Re-run the task that produced it."
+                )
             reader = ChunkReader(self, target.group_path, attrs)
             self._readers[target.group_path] = reader
         return reader

@@ -602,3 +602,18 @@ def test_the_serializer_load_path_refuses_a_damaged_result(
     forged = {**target.to_dict(), "dtype": "int32"}
     with pytest.raises(IntegrityError, match="pointer"):
         decode_object({TARGET_KEY: forged})
+
+
+def test_saving_the_same_content_again_rewrites_a_damaged_marker(
+    small: tuple[Path, dict[str, str]],
+) -> None:
+    """What a task re-run does when its cached result's marker is damaged."""
+    root, paths = small
+    (root / paths["vec"] / "zarr.json").write_text('{"zarr_format": 3, "node_type": "gro')
+    store = cpr_zarr.ResultStore(root)
+    vec = np.linspace(-1, 1, 12, dtype=np.float32)
+    vec[4:8] = 0
+    target = store.save(vec, name="vec", chunks=4)
+    assert target.group_path == paths["vec"]
+    assert store.damaged() == []
+    np.testing.assert_array_equal(cpr_zarr.ResultStore(root).open(paths["vec"]).to_numpy(), vec)
