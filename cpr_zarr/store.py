@@ -410,6 +410,9 @@ class ResultStore:
             If no committed result matches.
         AmbiguousReferenceError
             If a hash prefix matches several results.
+        IntegrityError
+            If the result's commit record does not hash to its content hash, or its stored
+            array metadata disagrees with the record (nothing of it is served).
         """
         if isinstance(ref, ZarrTarget):
             ref = ref.group_path
@@ -569,20 +572,28 @@ class ResultStore:
 
         return read_records(self, self.open(ref).group_path)
 
-    def delete(self, ref: str | ZarrTarget) -> ZarrTarget:
-        """Remove a committed result: first its commit marker, then its data."""
+    def delete(self, ref: str | ZarrTarget) -> ZarrTarget | None:
+        """Remove a committed result: first its commit marker, then its data.
+
+        A damaged result (see :meth:`damaged`) is removed too; ``None`` is returned for it.
+        """
         self._check_writable()
-        target = self.open(ref)
-        # the record copy first: a delete stopped halfway then leaves a plain leftover
-        # (no marker, no copy), never a group that looks like a damaged result
-        sync(self._zstore.delete(f"{target.group_path}/{RECORD_COPY}"))
-        sync(self._zstore.delete(f"{target.group_path}/zarr.json"))
-        sync(self._zstore.delete_dir(target.group_path))
-        if "/labels/" in target.group_path:  # keep the image's list of label images true
+        target: ZarrTarget | None
+        try:
+            target = self.open(ref)
+            path = target.group_path
+        except IntegrityError as exc:  # damaged: its record cannot be trusted, but it can go
+            target, path = None, exc.group_path
+        # the record copy first: a delete stopped halfway leaves a result without its copy
+        # or a plain leftover (no marker, no copy), never a marker-less group with a copy
+        sync(self._zstore.delete(f"{path}/{RECORD_COPY}"))
+        sync(self._zstore.delete(f"{path}/zarr.json"))
+        sync(self._zstore.delete_dir(path))
+        if "/labels/" in path:  # keep the image's list of label images true
             from cpr_zarr.ngff import _update_labels_list
 
-            _update_labels_list(self, target.group_path.split("/labels/")[0])
-        self._readers.pop(target.group_path, None)
+            _update_labels_list(self, path.split("/labels/")[0])
+        self._readers.pop(path, None)
         return target
 
     def reader(self, target: ZarrTarget) -> ChunkReader:

@@ -265,6 +265,9 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
     ------
     TypeError
         If the target is not a table.
+    IntegrityError
+        If the table's record (schema, digests) does not hash to its content hash, or a
+        stored array's metadata disagrees with the schema.
     ChunkVerificationError
         If a stored array does not match its recorded digest.
     """

@@ -617,3 +617,18 @@ def test_saving_the_same_content_again_rewrites_a_damaged_marker(
     assert target.group_path == paths["vec"]
     assert store.damaged() == []
     np.testing.assert_array_equal(cpr_zarr.ResultStore(root).open(paths["vec"]).to_numpy(), vec)
+
+
+def test_a_damaged_result_can_be_deleted(small: tuple[Path, dict[str, str]]) -> None:
+    root, paths = small
+    (root / paths["lab"] / "zarr.json").write_text("null")
+    store = cpr_zarr.ResultStore(root)
+    assert store.delete(paths["lab"][-32:]) is None
+    assert not (root / paths["lab"]).exists()
+    assert store.damaged() == []
+    assert (
+        json.loads((root / paths["img"] / "labels" / "zarr.json").read_text())["attributes"]["ome"][
+            "labels"
+        ]
+        == []
+    )
