@@ -632,3 +632,26 @@ def test_a_damaged_result_can_be_deleted(small: tuple[Path, dict[str, str]]) -> 
         ]
         == []
     )
+
+
+def test_damage_is_reported_and_repaired_on_every_store_kind(store: cpr_zarr.ResultStore) -> None:
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    data = np.arange(200, dtype=np.int32).reshape(10, 20)
+    target = store.save(data, name="a", chunks=(5, 10))
+    key = f"{target.group_path}/zarr.json"
+    good = sync(store._zstore.get(key, default_buffer_prototype()))
+    assert good is not None
+    flipped = bytearray(good.to_bytes())
+    flipped[len(flipped) // 2] ^= 0x04
+    sync(store._zstore.set(key, default_buffer_prototype().buffer.from_bytes(bytes(flipped))))
+    fresh = cpr_zarr.ResultStore(store.url, storage_options=store._storage_options)
+    assert [d.group_path for d in fresh.damaged()] == [target.group_path]
+    assert list(fresh.targets()) == []
+    assert leftovers(fresh, 0) == []
+    with pytest.raises(IntegrityError):
+        fresh.open(target.content_hash)
+    assert not verify_store(fresh).ok
+    assert verify_store(fresh, repair_damaged=True).ok
+    np.testing.assert_array_equal(fresh.open(target.content_hash).to_numpy(), data)
