@@ -655,3 +655,19 @@ def test_damage_is_reported_and_repaired_on_every_store_kind(store: cpr_zarr.Res
     assert not verify_store(fresh).ok
     assert verify_store(fresh, repair_damaged=True).ok
     np.testing.assert_array_equal(fresh.open(target.content_hash).to_numpy(), data)
+
+
+def test_verify_checks_every_pyramid_level(small: tuple[Path, dict[str, str]]) -> None:
+    from click.testing import CliRunner
+
+    from cpr_zarr.cli import main
+
+    root, paths = small
+    chunk = root / paths["img"] / "1" / "c" / "0" / "0"
+    data = bytearray(chunk.read_bytes())
+    data[-2] ^= 0x10
+    chunk.write_bytes(bytes(data))
+    bad = CliRunner().invoke(main, ["verify", str(root)])
+    assert bad.exit_code == 1
+    assert f"chunk (0, 0) (pyramid level array '1') of result '{paths['img']}'" in bad.output
+    assert "1 of 10 chunks failed verification" in bad.output  # img 4+1, lab 1+1, vec 3
