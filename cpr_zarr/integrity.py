@@ -608,6 +608,12 @@ def load_commit(store: ResultStore, path: str, *, arrays: bool = True) -> dict[s
     if raw is None:
         return None
     attrs = _checked_record(store.url, path, raw)
+    if DIGEST_FIELD not in attrs and read_raw(store, f"{path}/{RECORD_COPY}") is not None:
+        # record copies came with record digests: a marker without one is not an older
+        # record but a damaged one (else removing the digest would disable its checks)
+        raise _Checker(store.url, path).fail(
+            f"cpr_zarr.{DIGEST_FIELD}", "is missing, but the result has a record copy"
+        )
     if arrays:
         check_arrays(store, path, attrs)
     return attrs

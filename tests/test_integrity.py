@@ -450,6 +450,18 @@ def test_a_changed_table_column_dtype_is_refused(small: tuple[Path, dict[str, st
         read_table(cpr_zarr.ResultStore(root).open(paths["tab"]))
 
 
+def test_a_marker_stripped_of_its_digest_is_not_taken_for_an_older_record(
+    small: tuple[Path, dict[str, str]],
+) -> None:
+    root, paths = small
+    _edit(
+        root / paths["img"] / "zarr.json",
+        lambda d: d["attributes"]["cpr_zarr"].pop("record_digest"),
+    )
+    with pytest.raises(IntegrityError, match=r"record_digest in img-\w+/zarr\.json is missing"):
+        cpr_zarr.ResultStore(root).open(paths["img"])
+
+
 def test_records_without_digest_or_copy_still_open_and_verify(
     small: tuple[Path, dict[str, str]],
 ) -> None:
