@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 import re
 import sys
-from concurrent.futures import ThreadPoolExecutor, as_completed
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import click
 
-from cpr_zarr.errors import ChunkVerificationError, CprZarrError
-from cpr_zarr.layout import chunk_grid
+from cpr_zarr.errors import CprZarrError
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
@@ -100,6 +98,8 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
     import fnmatch
 
     frame = _open(store).list()
+    for message in frame.attrs.get("damaged", []):
+        click.echo(f"DAMAGED {message}", err=True)
     if pattern:
         frame = frame[[fnmatch.fnmatchcase(n, pattern) for n in frame["name"]]]
     if since:
@@ -201,44 +201,41 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
 @click.argument("store")
 @click.argument("refs", nargs=-1)
 @click.option("--threads", type=int, default=None, help="Chunks checked at once (default: cores).")
-def verify_command(store: str, refs: tuple[str, ...], threads: int | None) -> None:
-    """Re-hash every chunk of REFS (default: every result) against its recorded digest.
+@click.option(
+    "--repair",
+    is_flag=True,
+    help="Rebuild damaged commit records whose data still verifies (from the record copy, "
+    "or from chunks that hash to the content hash), and stale label indexes.",
+)
+def verify_command(store: str, refs: tuple[str, ...], threads: int | None, repair: bool) -> None:
+    """Check REFS (default: every result): commit records against their content hashes,
+    array metadata against the records, every chunk of every pyramid level, tables, label
+    indexes and provenance records.
 
-    Exits with status 0 only if everything verifies; every bad chunk is named.
+    Exits with status 0 only if everything verifies; every problem is named.
     """
-    from cpr_zarr.table import read_table
+    from cpr_zarr.integrity import verify_store
 
-    rs = _open(store)
-    targets = [_target(rs, r) for r in refs] if refs else list(rs.targets())
-    tables = [t for t in targets if t.dtype == "table"]
-    targets = [t for t in targets if t.dtype != "table"]
-    jobs = [(t, index) for t in targets for index, _ in chunk_grid(t.shape, t.chunks)]
-    bad: list[str] = []
-    with (
-        ThreadPoolExecutor(max_workers=threads) as pool,
-        click.progressbar(
-            length=len(jobs), label=f"verifying {len(targets)} results", file=sys.stderr
-        ) as bar,
-    ):
-        futures = {pool.submit(rs.reader(t).read_chunk, idx): (t, idx) for t, idx in jobs}
-        for future in as_completed(futures):
-            try:
-                future.result()
-            except ChunkVerificationError as exc:
-                bad.append(str(exc))
-            bar.update(1)
-    for table_target in tables:  # every column array is re-hashed as the table is read
-        try:
-            read_table(table_target)
-        except ChunkVerificationError as exc:
-            bad.append(str(exc))
-    for message in bad:
+    rs = _open(store, mode="a" if repair else "r")
+    try:
+        report = verify_store(rs, refs, repair_damaged=repair, threads=threads)
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for message in report.repaired:
+        click.echo(f"REPAIRED {message}")
+    for message in report.problems:
         click.echo(f"BAD {message}")
-    if bad:
-        click.echo(f"{len(bad)} of {len(jobs)} chunks failed verification.")
+    arrays = report.results - report.tables
+    tail = f" and {report.tables} tables" if report.tables else ""
+    if report.problems:
+        other = len(report.problems) - report.failed_chunks
+        click.echo(
+            f"{report.failed_chunks} of {report.chunks} chunks failed verification"
+            + (f"; {other} other problems (damaged records or metadata)" if other else "")
+            + "."
+        )
         sys.exit(1)
-    tail = f" and {len(tables)} tables" if tables else ""
-    click.echo(f"OK: {len(jobs)} chunks of {len(targets)} results{tail} verified.")
+    click.echo(f"OK: {report.chunks} chunks of {arrays} results{tail} verified.")
 
 
 @main.command("gc")
@@ -269,6 +266,9 @@ def gc_command(
     from cpr_zarr.writer import remove_prefix
 
     rs = _open(store, mode="a" if yes else "r")
+    for damage in rs.damaged():  # never removed: repair them (`verify --repair`) or delete
+        click.echo(f"keeping damaged result {damage.group_path} ({damage.field}); "
+                   "see `cpr-zarr verify`", err=True)  # fmt: skip
     plan = plan_gc(
         rs,
         older_than=parse_age(older_than) if older_than else None,

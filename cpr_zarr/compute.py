@@ -70,7 +70,7 @@ def _safe_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
 
         # get_client() creates the worker's client on first use, which schedules its start on
         # the worker loop: it must run in the clean context too, not only client.get
-        return clean_context().run(lambda: get_client().get(dsk, keys, **kwargs))
+        return clean_context().run(lambda: get_client().get(dsk, keys, **kwargs))  # type: ignore[no-untyped-call]
     from dask.threaded import get
 
     return get(dsk, keys, **kwargs)
@@ -87,7 +87,7 @@ def guard_worker_loop() -> bool:
     from distributed import get_worker
 
     try:
-        loop = get_worker().loop.asyncio_loop
+        loop: Any = get_worker().loop.asyncio_loop  # type: ignore[attr-defined]
     except (ValueError, AttributeError):
         return False
     with _INSTALL_LOCK:
@@ -108,7 +108,7 @@ def guard_worker_loop() -> bool:
             return original(callback, *args, context=context)
 
         try:
-            loop.call_soon_threadsafe = call_soon_threadsafe  # type: ignore[method-assign]
+            loop.call_soon_threadsafe = call_soon_threadsafe
             setattr(loop, _GUARD_ATTR, True)
         except (AttributeError, TypeError):  # e.g. uvloop: fall back to the safe scheduler
             return False

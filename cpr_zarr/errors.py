@@ -10,6 +10,7 @@ __all__ = [
     "AmbiguousReferenceError",
     "ChunkVerificationError",
     "CprZarrError",
+    "IntegrityError",
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "InvalidNameError",
@@ -79,3 +80,27 @@ class InvalidArgumentError(CprZarrError, ValueError):
 
 class InvalidArgumentTypeError(InvalidArgumentError, TypeError):
     """An argument has the wrong type; nothing was written (catch ``TypeError`` or ``ValueError``)."""
+
+
+class IntegrityError(CprZarrError, OSError):
+    """A result's stored metadata does not match the content hash its group path names.
+
+    Raised before anything is read: the commit record (``zarr.json`` of the group) is
+    unreadable or does not hash to the content hash, or the stored array metadata
+    disagrees with the record. ``field`` names what is wrong.
+    """
+
+    def __init__(self, message: str, *, store_url: str, group_path: str, field: str) -> None:
+        super().__init__(message)
+        self.store_url = store_url
+        self.group_path = group_path
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_integrity_error, (str(self), self.store_url, self.group_path, self.field))
+
+
+def _rebuild_integrity_error(
+    message: str, store_url: str, group_path: str, field: str
+) -> IntegrityError:
+    return IntegrityError(message, store_url=store_url, group_path=group_path, field=field)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.integrity import is_leftover
 from cpr_zarr.layout import HASH_HEX_LENGTH
 from cpr_zarr.provenance import read_records
 
@@ -134,11 +135,18 @@ def list_results(store: ResultStore) -> pd.DataFrame:
     """One row per committed result (see ``COLUMNS``), oldest first."""
     import pandas as pd
 
-    rows = [result_row(store, t) for t in store.targets()]
+    found, damaged = store._scan()
+    for damage in damaged:
+        logger.warning("Skipping a damaged result: %s", damage.message)
+    rows = [result_row(store, t) for t in found]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
-    return frame.sort_values(["created", "group_path"], na_position="first").reset_index(drop=True)
+    frame = frame.sort_values(["created", "group_path"], na_position="first")
+    frame = frame.reset_index(drop=True)
+    # damaged results are not rows: their records cannot be trusted (`cpr-zarr verify`)
+    frame.attrs["damaged"] = [d.message for d in damaged]
+    return frame
 
 
 def lineage(store: ResultStore, ref: str | ZarrTarget) -> dict[str, list[ZarrTarget]]:
@@ -187,10 +195,12 @@ def leftovers(store: ResultStore, min_age_seconds: float) -> list[Removal]:
     """Staging folders and uncommitted groups whose newest file is older than the limit."""
     now = time.time()
     found = [(f"_staging/{entry}", "staging leftover") for entry in store._list_dir("_staging")]
+    # never committed: no marker and no record copy. A damaged marker still exists, so a
+    # damaged result is never taken for a leftover (it is reported, see store.damaged())
     found += [
         (path, "incomplete (never committed)")
         for path in store._candidate_paths()
-        if store._committed_attrs(path) is None
+        if is_leftover(store, path)
     ]
     return [
         Removal(path, reason, stored_bytes(store, path))

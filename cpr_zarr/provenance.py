@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import logging
 import platform
 import re
 import sys
@@ -29,9 +30,12 @@ from cpr_zarr.target import ZarrTarget
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
+    from cpr_zarr.integrity import Damage
     from cpr_zarr.store import ResultStore
 
 __all__ = ["PROVENANCE", "read_records", "record_for_task", "write_record"]
+
+logger = logging.getLogger("cpr_zarr")
 
 PROVENANCE = "provenance"
 ATTR = "cpr_zarr_provenance"
@@ -165,14 +169,39 @@ def write_record(
     store._set_json(key, _group_doc({ATTR: full}))
 
 
-def read_records(store: ResultStore, group_path: str) -> list[dict[str, Any]]:
-    """All provenance records of a result, oldest first."""
+def read_records(
+    store: ResultStore, group_path: str, *, damaged: list[Damage] | None = None
+) -> list[dict[str, Any]]:
+    """All provenance records of a result, oldest first.
+
+    A damaged record (unreadable, or without a valid ``created`` time) is skipped, logged,
+    and appended to ``damaged`` if given: one bad record never hides the others.
+    """
+    from cpr_zarr.integrity import Damage, check_created, is_absent, read_doc
+
     base = f"{group_path}/{PROVENANCE}"
     records = []
     for entry in sorted(store._list_dir(base)):
         if entry == "zarr.json":
             continue
-        doc = store._get_json(f"{base}/{entry}/zarr.json")
-        if isinstance(doc, dict) and isinstance(doc.get("attributes", {}).get(ATTR), dict):
-            records.append(doc["attributes"][ATTR])
+        key = f"{base}/{entry}/zarr.json"
+        try:
+            doc = read_doc(store, key)
+        except ValueError:
+            doc = None
+        if is_absent(doc):  # an empty folder (a writer stopped before writing the record)
+            continue
+        attributes = doc.get("attributes") if isinstance(doc, dict) else None
+        record = attributes.get(ATTR) if isinstance(attributes, dict) else None
+        if isinstance(record, dict) and check_created(record.get("created")):
+            records.append(record)
+            continue
+        message = (
+            f"Provenance record {key!r} of result {group_path!r} in store {store.url!r} is "
+            "damaged (not a JSON group document with a 'created' ISO time); it is skipped. "
+            "The result itself is unaffected: delete the record's folder to silence this."
+        )
+        logger.warning(message)
+        if damaged is not None:
+            damaged.append(Damage(group_path, key, message))
     return records

@@ -139,7 +139,9 @@ class ChunkReader:
         return block
 
     def _where(self, index: tuple[int, ...]) -> str:
-        return f"chunk {index} of result {self.group_path!r} in store {self.store.url!r}"
+        array = self.attrs.get("array", "0")
+        level = "" if array == "0" else f" (pyramid level array {array!r})"
+        return f"chunk {index}{level} of result {self.group_path!r} in store {self.store.url!r}"
 
     def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
         expected = self._expected(index)

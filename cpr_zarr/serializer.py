@@ -18,7 +18,7 @@ from prefect.serializers import (
     prefect_json_object_encoder,
 )
 
-from cpr_zarr.errors import ResultNotFoundError, StoreError
+from cpr_zarr.errors import IntegrityError, ResultNotFoundError, StoreError
 from cpr_zarr.target import PILTarget, ZarrTarget
 
 __all__ = ["decode_object", "dumps", "encode_object", "loads", "pointer_serializer"]
@@ -80,13 +80,10 @@ def decode_object(data: dict[str, Any]) -> Any:
             target = PILTarget(**target.to_dict() | {"shape": target.shape, "chunks": target.chunks},
                                pil_mode=data["pil_mode"])  # fmt: skip
         try:
-            # a fresh look (not the reader cache): gc in another process may have removed it
-            if target.store._committed_attrs(target.group_path) is None:
-                raise ResultNotFoundError(
-                    f"Result {target.group_path!r} is no longer committed in store "
-                    f"{target.store_url!r}"
-                )
-        except (ResultNotFoundError, StoreError) as exc:
+            # a fresh look (not the reader cache): gc in another process may have removed it,
+            # and the record must still hash to the content hash the pointer names
+            target.store.check(target)
+        except (ResultNotFoundError, StoreError, IntegrityError) as exc:
             logger.warning(
                 "Cached result %s in store %s cannot be loaded (%s); the task will run again.",
                 target.group_path,

@@ -32,12 +32,14 @@ from zarr.core.sync import sync
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
+    IntegrityError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
     ResultNotFoundError,
     StoreError,
 )
-from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, MIN_PREFIX_LENGTH, parse_group_path
+from cpr_zarr.integrity import RECORD_COPY, Damage, load_commit
+from cpr_zarr.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
@@ -234,10 +236,10 @@ class ResultStore:
             )
         attrs = doc.get("attributes", {})
         if (
-            doc.get("node_type") != "group"
-            or doc.get("zarr_format") != 3
-            or not isinstance(attrs, dict)
+            not isinstance(attrs, dict)
             or not isinstance(attrs.get("cpr_zarr"), dict)
+            or doc.get("node_type") != "group"
+            or doc.get("zarr_format") != 3
         ):
             raise StoreError(
                 f"{self.url!r} is a Zarr node that cpr_zarr did not create "
@@ -245,7 +247,7 @@ class ResultStore:
                 "cpr_zarr never writes into other data: choose a new folder or URL for results."
             )
         layout = attrs["cpr_zarr"].get("store_layout")
-        if layout != STORE_LAYOUT:
+        if type(layout) is not int or layout != STORE_LAYOUT:
             raise StoreError(
                 f"Result store {self.url!r} has store_layout {layout!r}; this cpr_zarr reads "
                 f"layout {STORE_LAYOUT}. Upgrade cpr_zarr or use another store."
@@ -272,6 +274,12 @@ class ResultStore:
         sync(self._zstore.set(key, to_buffer(doc)))
 
     def _list_dir(self, prefix: str) -> list[str]:
+        if self._local_path is not None:  # what LocalStore.list_dir does, without its loop
+            try:
+                return os.listdir(self._local_path / prefix)
+            except (FileNotFoundError, NotADirectoryError):
+                return []
+
         async def _collect() -> list[str]:
             return [k async for k in self._zstore.list_dir(prefix)]
 
@@ -287,19 +295,80 @@ class ResultStore:
     # -- results ---------------------------------------------------------------------------
 
     def _committed_attrs(self, path: str) -> dict[str, Any] | None:
-        """The ``cpr_zarr`` attributes of a committed result group, else ``None``."""
-        parsed = parse_group_path(path)
-        if parsed is None:
+        """The checked ``cpr_zarr`` record of a committed result group, else ``None``.
+
+        ``None`` also for a damaged marker: writers then rewrite it (the same content gives
+        the same record). Readers use :meth:`_load` instead, which raises on damage.
+        """
+        if parse_group_path(path) is None:
             return None
-        doc = self._get_json(f"{path}/zarr.json")
-        if not isinstance(doc, dict) or doc.get("node_type") != "group":
+        try:
+            return load_commit(self, path, arrays=False)
+        except IntegrityError:
             return None
-        attrs = doc.get("attributes", {}).get("cpr_zarr")
-        if not isinstance(attrs, dict) or attrs.get("content_hash") != parsed[1]:
-            return None
-        if attrs.get("layout") != LAYOUT_VERSION:
-            return None
+
+    def _load(self, path: str) -> dict[str, Any]:
+        """The record of result ``path``, checked against its content hash and its arrays.
+
+        Raises
+        ------
+        ResultNotFoundError
+            If the group has no commit marker.
+        IntegrityError
+            If the marker is damaged or the stored array metadata disagrees with it.
+        """
+        attrs = load_commit(self, path)
+        if attrs is None:
+            raise ResultNotFoundError(
+                f"No committed result {path!r} in store {self.url!r}. It may never have been "
+                "saved, have been removed, or a writer may have stopped before committing it. "
+                "List what the store holds with store.targets() (or `cpr-zarr ls`)."
+            )
         return attrs
+
+    def _scan(self) -> tuple[builtins.list[ZarrTarget], builtins.list[Damage]]:
+        """Every committed result (label images included) and every damaged one, by path."""
+        found, damaged = [], []
+        for path in self._candidate_paths(nested=True):
+            try:
+                attrs = load_commit(self, path, arrays=False)
+            except IntegrityError as exc:
+                damaged.append(Damage.from_error(exc))
+                continue
+            if attrs is not None:
+                found.append(self._target(path, attrs))
+        return found, damaged
+
+    def check(self, target: ZarrTarget) -> ZarrTarget:
+        """Re-check a pointer against the store, reading no chunk: its record must hash to
+        its content hash, the array metadata agree with the record, and the pointer's
+        shape, dtype and chunks be the record's.
+
+        Raises
+        ------
+        ResultNotFoundError
+            If the result is not (or no longer) committed.
+        IntegrityError
+            If anything disagrees (the error names the field).
+        """
+        stored = self._target(target.group_path, self._load(target.group_path))
+        for field in ("content_hash", "shape", "dtype", "chunks"):
+            if getattr(stored, field) != getattr(target, field):
+                raise IntegrityError(
+                    f"The pointer to result {target.group_path!r} in store {self.url!r} says "
+                    f"{field}={getattr(target, field)!r}, but the committed record says "
+                    f"{getattr(stored, field)!r}: the pointer was changed or belongs to other "
+                    "content. Nothing of it is served. Open the result again "
+                    "(store.open(ref)) or re-run the task that produced it.",
+                    store_url=self.url,
+                    group_path=target.group_path,
+                    field=f"pointer.{field}",
+                )
+        return stored
+
+    def damaged(self) -> builtins.list[Damage]:
+        """Results whose commit record is damaged (skipped by listings; see ``cpr-zarr verify``)."""
+        return self._scan()[1]
 
     def _target(self, path: str, attrs: dict[str, Any]) -> ZarrTarget:
         return ZarrTarget(
@@ -337,10 +406,15 @@ class ResultStore:
         return None
 
     def targets(self) -> Iterator[ZarrTarget]:
-        """Every committed result in the store (label images included), by group path."""
-        for path in self._candidate_paths(nested=True):
-            if (attrs := self._committed_attrs(path)) is not None:
-                yield self._target(path, attrs)
+        """Every committed result in the store (label images included), by group path.
+
+        Results whose commit record is damaged are skipped with a warning (listed by
+        :meth:`damaged`), so one bad record never hides the others.
+        """
+        found, damaged = self._scan()
+        for damage in damaged:
+            logger.warning("Skipping a damaged result: %s", damage.message)
+        yield from found
 
     def __iter__(self) -> Iterator[ZarrTarget]:
         return self.targets()
@@ -361,6 +435,9 @@ class ResultStore:
             If no committed result matches.
         AmbiguousReferenceError
             If a hash prefix matches several results.
+        IntegrityError
+            If the result's commit record does not hash to its content hash, or its stored
+            array metadata disagrees with the record (nothing of it is served).
         """
         if isinstance(ref, ZarrTarget):
             ref = ref.group_path
@@ -372,28 +449,42 @@ class ResultStore:
             )
         ref = ref.strip("/")
         if parse_group_path(ref) is not None:
-            attrs = self._committed_attrs(ref)
-            if attrs is None:
-                raise ResultNotFoundError(
-                    f"No committed result {ref!r} in store {self.url!r}. It may never have been "
-                    "saved, have been removed, or a writer may have stopped before committing it. "
-                    "List what the store holds with store.targets() (or `cpr-zarr ls`)."
-                )
-            return self._target(ref, attrs)
+            return self._target(ref, self._load(ref))
         lowered = ref.lower()
         is_prefix = MIN_PREFIX_LENGTH <= len(lowered) <= HASH_HEX_LENGTH and all(
             c in "0123456789abcdef" for c in lowered
         )
         matches: dict[str, ZarrTarget] = {}
+        damaged: dict[str, IntegrityError] = {}
         for path in self._candidate_paths(nested=True):
             name = path.rsplit("/", 1)[-1][: -HASH_HEX_LENGTH - 1]
             content_hash = path[-HASH_HEX_LENGTH:]
-            if (
-                ((is_prefix and content_hash.startswith(lowered)) or name == ref)
-                and content_hash not in matches
-                and (attrs := self._committed_attrs(path)) is not None
-            ):
+            if not (is_prefix and content_hash.startswith(lowered)) and name != ref:
+                continue
+            if content_hash in matches:
+                continue
+            try:
+                attrs = load_commit(self, path, arrays=False)
+            except IntegrityError as exc:  # a damaged match is reported, never skipped
+                damaged.setdefault(content_hash, exc)
+                continue
+            if attrs is not None:
                 matches[content_hash] = self._target(path, attrs)
+        damaged = {h: exc for h, exc in damaged.items() if h not in matches}
+        if len(matches) + len(damaged) == 1:
+            if damaged:
+                raise next(iter(damaged.values()))
+            target = next(iter(matches.values()))
+            self._load(target.group_path)  # the array metadata must agree too
+            return target
+        if damaged:
+            found = ", ".join(sorted(t.group_path for t in matches.values()))
+            broken = ", ".join(sorted(exc.group_path for exc in damaged.values()))
+            raise AmbiguousReferenceError(
+                f"Reference {ref!r} matches results in {self.url!r} of which some are damaged: "
+                f"{found or '-'} (intact); {broken} (damaged). Give the group path or more "
+                "digits of the hash, and run `cpr-zarr verify` on the store."
+            )
         if not matches:
             raise ResultNotFoundError(
                 f"No committed result named or hashed {ref!r} in store {self.url!r}. A "
@@ -524,17 +615,28 @@ class ResultStore:
 
         return read_records(self, self.open(ref).group_path)
 
-    def delete(self, ref: str | ZarrTarget) -> ZarrTarget:
-        """Remove a committed result: first its commit marker, then its data."""
+    def delete(self, ref: str | ZarrTarget) -> ZarrTarget | None:
+        """Remove a committed result: first its commit marker, then its data.
+
+        A damaged result (see :meth:`damaged`) is removed too; ``None`` is returned for it.
+        """
         self._check_writable()
-        target = self.open(ref)
-        sync(self._zstore.delete(f"{target.group_path}/zarr.json"))
-        sync(self._zstore.delete_dir(target.group_path))
-        if "/labels/" in target.group_path:  # keep the image's list of label images true
+        target: ZarrTarget | None
+        try:
+            target = self.open(ref)
+            path = target.group_path
+        except IntegrityError as exc:  # damaged: its record cannot be trusted, but it can go
+            target, path = None, exc.group_path
+        # the record copy first: a delete stopped halfway leaves a result without its copy
+        # or a plain leftover (no marker, no copy), never a marker-less group with a copy
+        sync(self._zstore.delete(f"{path}/{RECORD_COPY}"))
+        sync(self._zstore.delete(f"{path}/zarr.json"))
+        sync(self._zstore.delete_dir(path))
+        if "/labels/" in path:  # keep the image's list of label images true
             from cpr_zarr.ngff import _update_labels_list
 
-            _update_labels_list(self, target.group_path.split("/labels/")[0])
-        self._readers.pop(target.group_path, None)
+            _update_labels_list(self, path.split("/labels/")[0])
+        self._readers.pop(path, None)
         return target
 
     def reader(self, target: ZarrTarget) -> ChunkReader:
@@ -543,7 +645,8 @@ class ResultStore:
 
         reader = self._readers.get(target.group_path)
         if reader is None:
-            attrs = self._committed_attrs(target.group_path)
+            # record vs content hash, array metadata vs record (IntegrityError on damage)
+            attrs = load_commit(self, target.group_path)
             if attrs is None:
                 raise ResultNotFoundError(
                     f"Result {target.group_path!r} is not (or no longer) committed in store "

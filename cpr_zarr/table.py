@@ -34,6 +34,7 @@ from cpr_zarr.errors import (
     UnsupportedResultError,
 )
 from cpr_zarr.hashing import chunk_digest
+from cpr_zarr.integrity import load_commit, write_marker
 from cpr_zarr.layout import LAYOUT_VERSION, group_path, parse_name
 
 if TYPE_CHECKING:
@@ -42,7 +43,16 @@ if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
 
-__all__ = ["TABLE_DTYPE", "encode_table", "is_table", "read_table", "save_table", "to_csv"]
+__all__ = [
+    "TABLE_DTYPE",
+    "encode_table",
+    "is_table",
+    "read_checked_table",
+    "read_table",
+    "save_table",
+    "table_hash",
+    "to_csv",
+]
 
 TABLE_DTYPE = "table"
 TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
@@ -266,6 +276,16 @@ def _index_schema(index: pd.Index) -> tuple[dict[str, Any], dict[str, np.ndarray
     return {"levels": levels, "names": names, "multi": isinstance(index, pd.MultiIndex)}, arrays
 
 
+def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
+    """The content hash of a table: its schema and the digest of every stored array."""
+    canonical = json.dumps(
+        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+
+
 def encode_table(
     df: pd.DataFrame, name: str = "table"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -313,12 +333,7 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
     store._check_writable()
     schema, arrays = encode_table(df, name)
     digests = {key: _digest(arr) for key, arr in sorted(arrays.items())}
-    canonical = json.dumps(
-        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    content_hash = hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
+    content_hash = table_hash(schema, digests)
     path = group_path(name, content_hash)
     found = store._find(content_hash, preferred=path)
     if found is not None:
@@ -341,7 +356,7 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
                 await store._zstore.set(f"{path}/{key}", buf)
 
     sync(_copy())
-    attrs = {
+    attrs: dict[str, Any] = {
         "layout": LAYOUT_VERSION,
         "algorithm": TABLE_ALGORITHM,
         "content_hash": content_hash,
@@ -353,9 +368,8 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
         "table": schema,
         "digests": digests,
     }
-    store._set_json(
-        f"{path}/zarr.json",
-        {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}},
+    write_marker(
+        store, path, {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}}
     )
     return store._target(path, attrs)
 
@@ -367,6 +381,9 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
     ------
     TypeError
         If the target is not a table.
+    IntegrityError
+        If the table's record (schema, digests) does not hash to its content hash, or a
+        stored array's metadata disagrees with the schema.
     ChunkVerificationError
         If a stored array does not match its recorded digest.
     """
@@ -383,38 +400,44 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
             "target.get_data() or target.to_numpy()."
         )
     store = target.store
-    attrs = store._committed_attrs(target.group_path)
+    # the record must hash to the content hash and every array's metadata agree with it
+    attrs = load_commit(store, target.group_path)
     if attrs is None:
         from cpr_zarr.errors import ResultNotFoundError
 
         raise ResultNotFoundError(
             f"Table {target.group_path!r} is not (or no longer) committed in store {store.url!r}."
         )
+    return read_checked_table(store, target.group_path, attrs, verify=verify)
+
+
+def read_checked_table(
+    store: ResultStore, path: str, attrs: dict[str, Any], *, verify: bool = True
+) -> pd.DataFrame:
+    """The DataFrame of a table whose record and array metadata were checked already."""
     schema, digests = attrs["table"], attrs["digests"]
     arrays: dict[str, np.ndarray] = {}
     for key, expected in digests.items():
         try:
-            array = zarr.open_array(
-                store._zstore, path=f"{target.group_path}/{key}", mode="r", zarr_format=3
-            )
+            array = zarr.open_array(store._zstore, path=f"{path}/{key}", mode="r", zarr_format=3)
             values = np.asarray(array[...]) if array.shape[0] else np.empty(0, dtype=array.dtype)
-        except Exception as exc:  # a damaged chunk or metadata document, a missing array
+        except Exception as exc:  # damaged bytes can claim any decoded size (MemoryError)
             raise ChunkVerificationError(
-                f"Cannot read array {key!r} (chunk (0,)) of table {target.group_path!r} in "
-                f"store {store.url!r}: {type(exc).__name__}: {exc}. The stored array is "
-                "damaged, unreadable or missing. To resolve: delete the result "
-                "(store.delete(ref)) and re-run the task that produced it.",
+                f"Cannot read array {key!r} (chunk (0,)) of table {path!r} in store "
+                f"{store.url!r}: {type(exc).__name__}: {exc}. The stored array is damaged, "
+                "unreadable or missing. To resolve: delete the result (store.delete(ref)) and "
+                "re-run the task that produced it.",
                 store_url=store.url,
-                group_path=target.group_path,
+                group_path=path,
                 chunk_index=(0,),
             ) from exc
         if verify and _digest(values) != expected:
             raise ChunkVerificationError(
-                f"Verification failed for array {key!r} of table {target.group_path!r} in store "
+                f"Verification failed for array {key!r} of table {path!r} in store "
                 f"{store.url!r}: its values do not match the digest recorded when it was saved. "
                 "Delete the result and re-run the task that produced it.",
                 store_url=store.url,
-                group_path=target.group_path,
+                group_path=path,
                 chunk_index=(0,),
             )
         arrays[key] = values

@@ -42,6 +42,7 @@ from cpr_zarr.codec import ChunkCodec, parse_compressor, thread_map, worker_coun
 from cpr_zarr.compute import compute
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
 from cpr_zarr.hashing import ALGORITHM, chunk_digest, combine_digests
+from cpr_zarr.integrity import write_marker
 from cpr_zarr.layout import (
     LAYOUT_VERSION,
     canonical_dtype,
@@ -442,9 +443,8 @@ def _commit(
     if ome is not None:
         attributes["ome"] = ome
     attributes["cpr_zarr"] = attrs
-    store._set_json(
-        f"{path}/zarr.json", {"zarr_format": 3, "node_type": "group", "attributes": attributes}
-    )
+    # seals the record (record_digest), writes its copy, then the marker
+    write_marker(store, path, {"zarr_format": 3, "node_type": "group", "attributes": attributes})
     if spec is not None:
         spec.after_commit(store)  # label images: list it in the image's labels group
     return store._target(path, attrs)
