@@ -30,7 +30,7 @@ def prefect_server() -> Iterator[str]:
     import prefect.settings
     from prefect.testing.utilities import prefect_test_harness
 
-    with prefect_test_harness():
+    with prefect_test_harness(server_startup_timeout=120):  # a busy machine can take > 30 s
         url = prefect.settings.PREFECT_API_URL.value()
         os.environ["PREFECT_API_URL"] = url
         try:
