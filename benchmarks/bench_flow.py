@@ -254,13 +254,13 @@ class ExampleRun:
         times: dict[str, list[float]] = {"first": [], "cached": [], "empty": []}
         times["empty"].append(_run_script([empty], root, home)[0])  # also creates the database
         seconds, out = _run_script([example], folder, home)
-        if "5 tasks 5 Completed" not in out:
+        if "5 tasks (5 Completed)" not in out:
             raise RuntimeError(f"first run of the example:\n{out}")
         times["first"].append(seconds)
-        task_seconds = float(re.search(r"\(([0-9.]+) s in the tasks", out)[1])  # type: ignore[index]
+        task_seconds = float(re.search(r"([0-9.]+) s of it in the tasks", out)[1])  # type: ignore[index]
         for _ in range(rounds):
             seconds, out = _run_script([example], folder, home)
-            if "5 tasks 5 Cached" not in out:
+            if "5 tasks (5 Cached)" not in out:
                 raise RuntimeError(f"second run of the example:\n{out}")
             times["cached"].append(seconds)
             if len(times["empty"]) < rounds:

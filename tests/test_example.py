@@ -74,11 +74,11 @@ def test_example_runs_twice_in_two_processes_second_all_cached(tmp_path: Path) -
     home = tmp_path / "home"
     home.mkdir()
     first = run_example(tmp_path, home)
-    assert "5 tasks 5 Completed on 2 Dask worker processes" in first, first
+    assert "ran 5 tasks (5 Completed) on 2 Dask worker processes" in first, first
     assert "All results are in the Zarr store" in first
     assert_quiet(first)
     second = run_example(tmp_path, home)
-    assert "5 tasks 5 Cached on 2 Dask worker processes" in second, second
+    assert "ran 5 tasks (5 Cached) on 2 Dask worker processes" in second, second
     assert_quiet(second)
 
     # the results are where the example says, and readable without Prefect
