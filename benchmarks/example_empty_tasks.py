@@ -17,10 +17,12 @@ from pathlib import Path
 if __name__ == "__main__":
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+# isort: off
+# the example first: it sets Prefect's and Dask's logging before they are imported
+from examples import nuclei_flow as example
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-
-from examples import nuclei_flow as example
+# isort: on
 
 
 @task(cache_policy=NO_CACHE, persist_result=False)
