@@ -210,7 +210,22 @@ def prefect_api() -> Iterator[tuple[str, bool]]:
             yield server.api_url, True
     finally:
         del os.environ["PREFECT_API_URL"]
+        drain_prefect()
         server.stop()
+
+
+def drain_prefect() -> None:
+    """Send the logs and events that Prefect still queues to the API before it stops.
+
+    Otherwise they are sent at exit, to a server that is gone: "Error logging to API",
+    after seconds of retries.
+    """
+    from prefect.events.worker import EventsWorker
+    from prefect.logging.handlers import APILogWorker
+
+    with contextlib.suppress(RuntimeError):  # the log worker never started
+        APILogWorker.instance().drain()
+    EventsWorker.drain_all()
 
 
 def task_run_seconds(task_run_ids: list[object]) -> dict[str, tuple[str, float]]:
