@@ -23,6 +23,7 @@ completes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -270,6 +271,7 @@ def _save_dask(
     token = uuid.uuid4().hex
     staging = f"{STAGING}/{name}-{token}"
     try:
+        _make_staging_dir(store, staging)
         array = _create_array(
             store,
             f"{staging}/{ARRAY_PATH}",
@@ -521,8 +523,37 @@ def _reencode(store: ResultStore, src: str, dst: str) -> None:
     list(thread_map(one, grid, worker_count(remote=store._local_path is None)))
 
 
+def _make_staging_dir(store: ResultStore, staging: str) -> None:
+    """Create this save's own staging folder (local disk), so that ``_staging`` stays.
+
+    Another process may remove ``_staging`` between creating it and creating our folder
+    in it (see :func:`remove_prefix`): then create both again. Once our folder exists,
+    ``_staging`` is not empty and nobody removes it until we remove our folder.
+    """
+    if store._local_path is None:  # object stores and memory have no folders
+        return
+    path = store._local_path / staging / ARRAY_PATH
+    for _ in range(100):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            return
+        except FileNotFoundError:  # a parent was removed under us: again
+            continue
+    path.mkdir(parents=True, exist_ok=True)  # raises the error, if it still happens
+
+
 def remove_prefix(store: ResultStore, prefix: str) -> None:
+    """Remove everything under ``prefix``; an emptied ``_staging`` folder goes too.
+
+    An empty ``_staging/`` folder at the store root would make plain zarr warn when it lists
+    the root's members ("not recognized as a component of a Zarr hierarchy"). ``rmdir``
+    removes it only while it is empty, so a save that is staging concurrently keeps its
+    folder (it created that folder first, and recreates ``_staging`` if it vanished).
+    """
     if store._local_path is not None:
         shutil.rmtree(store._local_path / prefix, ignore_errors=True)
+        if prefix.startswith(f"{STAGING}/"):
+            with contextlib.suppress(OSError):  # not empty, or already gone
+                os.rmdir(store._local_path / STAGING)
         return
     sync(store._zstore.delete_dir(prefix))
