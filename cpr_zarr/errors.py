@@ -11,6 +11,7 @@ __all__ = [
     "ChunkVerificationError",
     "CprZarrError",
     "InvalidNameError",
+    "InvalidReferenceError",
     "ResultNotFoundError",
     "StoreError",
     "UnsupportedResultError",
@@ -69,3 +70,7 @@ class UnsupportedResultError(CprZarrError, TypeError):
 
 class InvalidNameError(CprZarrError, ValueError):
     """A result name cannot be used in a group path."""
+
+
+class InvalidReferenceError(CprZarrError, ValueError):
+    """A reference or a stored path would name a place outside the store or its group."""

@@ -12,7 +12,7 @@ import zarr
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.errors import ChunkVerificationError
 from cpr_zarr.hashing import chunk_digest
-from cpr_zarr.layout import chunk_grid
+from cpr_zarr.layout import chunk_grid, parse_member_path
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
@@ -27,6 +27,10 @@ class ChunkReader:
         self.store = store
         self.group_path = group_path
         self.attrs = attrs
+        # a record read from disk must not send reads outside its group
+        self.array_path = parse_member_path(
+            attrs.get("array"), where=f"result {group_path!r} in store {store.url!r}"
+        )
         self.content_hash: str = attrs["content_hash"]
         self.shape = tuple(int(s) for s in attrs["shape"])
         self.dtype = np.dtype(attrs["dtype"])
@@ -47,7 +51,7 @@ class ChunkReader:
         if self._array is None:
             self._array = zarr.open_array(
                 self.store._zstore,
-                path=f"{self.group_path}/{self.attrs['array']}",
+                path=f"{self.group_path}/{self.array_path}",
                 mode="r",
                 zarr_format=3,
             )

@@ -17,6 +17,7 @@ root (it would go stale with concurrent writers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -32,10 +33,12 @@ from zarr.core.sync import sync
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
+    InvalidReferenceError,
     ResultNotFoundError,
     StoreError,
 )
 from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, MIN_PREFIX_LENGTH, parse_group_path
+from cpr_zarr import lease
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
@@ -328,6 +331,8 @@ class ResultStore:
             If no committed result matches.
         AmbiguousReferenceError
             If a hash prefix matches several results.
+        InvalidReferenceError
+            If a path reference would name something outside the store (``..``, ``/x``, ...).
         """
         if isinstance(ref, ZarrTarget):
             ref = ref.group_path
@@ -336,7 +341,14 @@ class ResultStore:
                 f"A result reference must be a content hash, a hash prefix or a group path "
                 f"(str), got {ref!r}."
             )
-        ref = ref.strip("/")
+        ref = ref.rstrip("/")
+        if parse_group_path(ref) is None and ("/" in ref or "\\" in ref or ref in (".", "..")):
+            raise InvalidReferenceError(
+                f"Reference {ref!r} is not a result of store {self.url!r}: a path reference is "
+                "'<name>-<hash>' or '<name>-<hash>/labels/<name>-<hash>', relative to the store "
+                "root, without '..', '.', empty segments, a leading '/' or backslashes. Give "
+                "the group path as `cpr-zarr ls` prints it, a content hash or a hash prefix."
+            )
         if parse_group_path(ref) is not None:
             attrs = self._committed_attrs(ref)
             if attrs is None:
@@ -419,10 +431,49 @@ class ResultStore:
         InvalidNameError
             For names that cannot be part of a group path.
         """
+        self._check_writable()
+        # A save that reuses a committed result (or commits one) can meet a collection
+        # removing it: the provenance record (or, if it cannot be written, a lease) is this
+        # save's flag, written before looking for a collection's claim; if the result went
+        # meanwhile, it is saved again (cpr_zarr.lease has the protocol).
+        for _ in range(3):
+            target, recorded = self._save_once(data, name, chunks, compressor, provenance, metadata)
+            lease.checkpoint("save.recorded")
+            flag = None if recorded else lease.Lease(self, target.group_path).key
+            if flag is not None:
+                with contextlib.suppress(OSError):
+                    lease.put(self, flag)
+            lease.wait_unclaimed(self, target.group_path)
+            if flag is not None:
+                with contextlib.suppress(OSError):
+                    lease.remove(self, flag)
+            if self._committed_attrs(target.group_path) is not None:
+                lease.checkpoint("save.returned")
+                return target
+            logger.info(
+                "Result %s in store %s was removed while being saved again; saving it again.",
+                target.group_path,
+                self.url,
+            )
+        raise StoreError(
+            f"Result {target.group_path!r} in store {self.url!r} was removed three times while "
+            "it was being saved. Something is deleting results of this store as they are "
+            "written (a gc loop, a script, a lifecycle rule): stop it, then run the task again."
+        )
+
+    def _save_once(
+        self,
+        data: Any,
+        name: str,
+        chunks: Any,
+        compressor: Any,
+        provenance: Mapping[str, Any] | None,
+        metadata: dict[str, Any],
+    ) -> tuple[ZarrTarget, bool]:
+        """One save and its provenance record; the target and whether the record was written."""
         from cpr_zarr import writer
         from cpr_zarr.provenance import write_record
 
-        self._check_writable()
         try:
             if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
                 from cpr_zarr.table import save_table
@@ -452,7 +503,8 @@ class ResultStore:
                 self.url,
                 exc,
             )
-        return target
+            return target, False
+        return target, True
 
     def list(self) -> pd.DataFrame:
         """One row per committed result: name, hash, kind, shape, dtype, chunks, stored and
@@ -474,16 +526,22 @@ class ResultStore:
         return read_records(self, self.open(ref).group_path)
 
     def delete(self, ref: str | ZarrTarget) -> ZarrTarget:
-        """Remove a committed result: first its commit marker, then its data."""
+        """Remove a committed result (at once on local disk, marker first on object stores).
+
+        A save of the same content running at the same moment waits, then saves it again.
+
+        Raises
+        ------
+        ResultNotFoundError, InvalidReferenceError
+            As :meth:`open`.
+        StoreError
+            If the store cannot be written (read-only file system, no permission).
+        """
+        from cpr_zarr.collector import delete_group
+
         self._check_writable()
         target = self.open(ref)
-        sync(self._zstore.delete(f"{target.group_path}/zarr.json"))
-        sync(self._zstore.delete_dir(target.group_path))
-        if "/labels/" in target.group_path:  # keep the image's list of label images true
-            from cpr_zarr.ngff import _update_labels_list
-
-            _update_labels_list(self, target.group_path.split("/labels/")[0])
-        self._readers.pop(target.group_path, None)
+        delete_group(self, target.group_path)
         return target
 
     def reader(self, target: ZarrTarget) -> ChunkReader:
