@@ -313,7 +313,9 @@ def run_gc(
         return
     if not yes:
         for item in plan:
-            click.echo(f"would remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})")
+            click.echo(
+                f"would remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})"
+            )
         click.echo(
             f"would free {human_bytes(sum(i.nbytes for i in plan))} in {len(plan)} entries; "
             "run again with --yes to remove them"

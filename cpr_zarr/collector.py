@@ -219,9 +219,7 @@ def _remove_claimed(store: ResultStore, path: str, claim: str) -> str:
         try:
             sync(zstore.delete(f"{path}/zarr.json"))  # readers stop seeing a result first
             keys = [
-                k
-                for k in sync(zstore.fs._find(base))
-                if not _is_claim(k[len(base) :].lstrip("/"))
+                k for k in sync(zstore.fs._find(base)) if not _is_claim(k[len(base) :].lstrip("/"))
             ]
             for start in range(0, len(keys), 1000):
                 sync(zstore.fs._rm(keys[start : start + 1000]))

@@ -6,6 +6,8 @@ can catch either (the zarr-python convention).
 
 from __future__ import annotations
 
+from cpr_zarr.redact import redact_text
+
 __all__ = [
     "AmbiguousReferenceError",
     "ChunkVerificationError",
@@ -19,7 +21,14 @@ __all__ = [
 
 
 class CprZarrError(Exception):
-    """Base class of all cpr_zarr errors."""
+    """Base class of all cpr_zarr errors.
+
+    Messages are redacted as they are made: URL userinfo and known secret values never
+    reach a message, a log or a traceback (:mod:`cpr_zarr.redact`).
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class StoreError(CprZarrError, OSError):

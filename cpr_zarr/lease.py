@@ -27,6 +27,7 @@ writer. Tests pause the real code between steps with :func:`set_checkpoint_hook`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -95,18 +96,14 @@ def remove(store: ResultStore, key: str) -> None:
     """Delete a lease or claim object; a missing one is fine."""
     from zarr.core.sync import sync
 
-    try:
+    with contextlib.suppress(FileNotFoundError):
         sync(store._zstore.delete(key))
-    except FileNotFoundError:
-        pass
 
 
 def claims(store: ResultStore, path: str) -> list[str]:
     """The collection claims present in folder ``path``."""
     return sorted(
-        entry
-        for entry in store._list_dir(f"{path}/{LEASE_DIR}")
-        if entry.startswith(CLAIM_PREFIX)
+        entry for entry in store._list_dir(f"{path}/{LEASE_DIR}") if entry.startswith(CLAIM_PREFIX)
     )
 
 
@@ -173,7 +170,9 @@ class Lease:
             try:
                 put(self.store, self.key)
             except Exception as exc:  # the save itself reports storage failures
-                logger.warning("Could not refresh the lease %s in %s: %s", self.key, self.store.url, exc)
+                logger.warning(
+                    "Could not refresh the lease %s in %s: %s", self.key, self.store.url, exc
+                )
 
     def release(self) -> None:
         """Stop refreshing and delete the lease (a failure only leaves a small object)."""

@@ -30,6 +30,7 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from cpr_zarr import lease
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
@@ -38,7 +39,7 @@ from cpr_zarr.errors import (
     StoreError,
 )
 from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, MIN_PREFIX_LENGTH, parse_group_path
-from cpr_zarr import lease
+from cpr_zarr.redact import register_options, register_secret, split_userinfo
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
@@ -64,16 +65,6 @@ _STORES: dict[str, ResultStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def _strip_credentials(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
-
-
 def normalize_url(url: object) -> tuple[str, Path | None]:
     """Return ``(credential-free url, local path or None)``."""
     if isinstance(url, os.PathLike):
@@ -88,7 +79,12 @@ def normalize_url(url: object) -> tuple[str, Path | None]:
     if "://" not in url:
         path = Path(url).expanduser().resolve()
         return str(path), path
-    return _strip_credentials(url.rstrip("/")), None
+    # credentials in a URL are never kept (pointers, records and messages carry the URL);
+    # they are remembered as secrets, so no message or record shows them either
+    clean, secrets = split_userinfo(url.rstrip("/"))
+    for secret in secrets:
+        register_secret(secret)
+    return clean, None
 
 
 class ResultStore:
@@ -123,6 +119,7 @@ class ResultStore:
         self.url, self._local_path = normalize_url(url)
         self.mode = mode
         self._storage_options = {**(storage_options or {}), **more_storage_options}
+        register_options(self._storage_options)  # never shown in a message or record
         self._readers: dict[str, ChunkReader] = {}
         self._zstore = self._open_zarr_store()
         self._ensure_root()

@@ -216,7 +216,9 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
         scratch = zarr.storage.MemoryStore()
         root = zarr.open_group(scratch, mode="w", zarr_format=3)
         for key, arr in arrays.items():
-            out = root.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(1, len(arr)),))
+            out = root.create_array(
+                key, shape=arr.shape, dtype=arr.dtype, chunks=(max(1, len(arr)),)
+            )
             if len(arr):
                 out[...] = arr
 

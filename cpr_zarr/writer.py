@@ -42,7 +42,6 @@ from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.compute import compute
 from cpr_zarr.errors import StoreError, UnsupportedResultError
 from cpr_zarr.hashing import ALGORITHM, chunk_digest, combine_digests
-from cpr_zarr.lease import Lease, checkpoint
 from cpr_zarr.layout import (
     LAYOUT_VERSION,
     canonical_dtype,
@@ -50,6 +49,7 @@ from cpr_zarr.layout import (
     parse_chunks,
     parse_name,
 )
+from cpr_zarr.lease import Lease, checkpoint
 from cpr_zarr.progress import SaveProgress, count_keys
 
 if TYPE_CHECKING:

@@ -13,7 +13,6 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -27,6 +26,7 @@ from cpr_zarr.inventory import plan_gc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
+    from pathlib import Path
 
 GC_STEPS = ["gc.begin", "gc.start", "gc.checked", "gc.claimed", "gc.verified", "gc.removed"]
 SAVE_STEPS = [
@@ -236,7 +236,9 @@ def run_all(make: Callable[[int], Race]) -> tuple[int, int, list[str]]:
         scheduler = Scheduler({"gc": Pause(gc_step), "writer": Pause(save_step)})
         race.run(scheduler, first)
         assert race.gc_error is None, race.gc_error
-        if not (scheduler.pauses["gc"].reached.is_set() and scheduler.pauses["writer"].reached.is_set()):
+        if not (
+            scheduler.pauses["gc"].reached.is_set() and scheduler.pauses["writer"].reached.is_set()
+        ):
             continue  # that step is not on this run's path (e.g. no write for a reuse)
         tried += 1
         if race.lost():
@@ -266,9 +268,7 @@ def test_every_gc_step_against_every_save_step_on_a_leftover(
     assert lost == 0, failures
 
 
-def test_every_gc_step_against_every_reusing_save(
-    tmp_path: Path, checkpoints: None
-) -> None:
+def test_every_gc_step_against_every_reusing_save(tmp_path: Path, checkpoints: None) -> None:
     store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
     records = tmp_path / "records"
     records.mkdir()
@@ -302,7 +302,9 @@ def test_random_interleavings(tmp_path: Path, checkpoints: None) -> None:
     assert lost == 0
 
 
-def test_interleavings_on_s3(s3_url: str, tmp_path: Path, checkpoints: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_interleavings_on_s3(
+    s3_url: str, tmp_path: Path, checkpoints: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # leases are refreshed every 0.3 s, so an age limit of 3 s means "no writer for 3 s"
     monkeypatch.setattr(lease, "REFRESH_SECONDS", 0.3)
     store = cpr_zarr.ResultStore(s3_url)

@@ -81,7 +81,10 @@ def test_commit_refuses_a_group_without_its_array(local_store: cpr_zarr.ResultSt
     from pathlib import Path
 
     lazy = da.from_array(np.arange(100, dtype=np.int32), chunks=50).map_blocks(sabotage)
-    with pytest.raises(cpr_zarr.StoreError, match=r"array metadata .* disappeared while the result was being written"):
+    with pytest.raises(
+        cpr_zarr.StoreError,
+        match=r"array metadata .* disappeared while the result was being written",
+    ):
         local_store.save(lazy, "broken", chunks=50)
     assert list(local_store.targets()) == []
 
