@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from zarr.core.sync import sync
 
 from cpr_zarr.errors import StoreError
-from cpr_zarr.lease import CLAIM_PREFIX, LEASE_DIR, checkpoint, put, remove
+from cpr_zarr.lease import CLAIM_PREFIX, LEASE_DIR, checkpoint, put, put_claim, remove
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -185,7 +185,9 @@ def _remove_one(store: ResultStore, removal: Removal, *, leftover_age: float) ->
     checkpoint("gc.checked")
     claim = f"{path}/{LEASE_DIR}/{CLAIM_PREFIX}{uuid.uuid4().hex}"
     try:
-        put(store, claim)
+        put_claim(store, path, claim)
+    except FileNotFoundError:
+        return GONE
     except OSError as exc:
         raise _not_writable(store, path, exc) from exc
     try:
@@ -249,7 +251,9 @@ def delete_group(store: ResultStore, path: str) -> None:
     """
     claim = f"{path}/{LEASE_DIR}/{CLAIM_PREFIX}{uuid.uuid4().hex}"
     try:
-        put(store, claim)
+        put_claim(store, path, claim)
+    except FileNotFoundError:
+        return  # removed by another process meanwhile
     except OSError as exc:
         raise _not_writable(store, path, exc) from exc
     try:

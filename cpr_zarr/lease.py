@@ -50,6 +50,9 @@ __all__ = [
     "Lease",
     "checkpoint",
     "claims",
+    "put",
+    "put_claim",
+    "remove",
     "set_checkpoint_hook",
     "wait_unclaimed",
 ]
@@ -85,19 +88,50 @@ def _stamp() -> bytes:
 
 
 def put(store: ResultStore, key: str) -> None:
-    """Write a small lease or claim object (its modification time is what counts)."""
+    """Write a writer's lease (its modification time is what counts), creating its folder.
+
+    On local disk a collection may remove an empty ``.lease`` folder between our creating
+    it and writing into it: that is retried.
+    """
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    sync(store._zstore.set(key, default_buffer_prototype().buffer.from_bytes(_stamp())))
+    for attempt in range(5):
+        try:
+            sync(store._zstore.set(key, default_buffer_prototype().buffer.from_bytes(_stamp())))
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+
+
+def put_claim(store: ResultStore, path: str, key: str) -> None:
+    """Write a collection's claim ``key`` into folder ``path``, never creating ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder is gone (another collection removed it first).
+    """
+    if store._local_path is None:  # object stores have no folders to recreate
+        put(store, key)
+        return
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(store._local_path / path / LEASE_DIR)  # no parents: removed stays removed
+    with open(store._local_path / key, "xb") as f:
+        f.write(_stamp())
 
 
 def remove(store: ResultStore, key: str) -> None:
-    """Delete a lease or claim object; a missing one is fine."""
+    """Delete a lease or claim object; a missing one is fine. On local disk the ``.lease``
+    folder goes too once empty (a writer putting a lease there meanwhile retries)."""
     from zarr.core.sync import sync
 
     with contextlib.suppress(FileNotFoundError):
         sync(store._zstore.delete(key))
+    if store._local_path is not None:
+        with contextlib.suppress(OSError):  # not empty (another lease or claim), or gone
+            os.rmdir((store._local_path / key).parent)
 
 
 def claims(store: ResultStore, path: str) -> list[str]:
@@ -180,12 +214,8 @@ class Lease:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        try:
+        with contextlib.suppress(OSError):  # read-only now: a small object stays behind
             remove(self.store, self.key)
-            if self.store._local_path is not None:  # no empty .lease folder in a result
-                os.rmdir(self.store._local_path / self.path / LEASE_DIR)
-        except OSError:
-            pass  # another writer's lease is still there, or the store went read-only
 
     def __enter__(self) -> Lease:
         self.acquire()
