@@ -103,7 +103,9 @@ def test_concurrent_gc_runs_never_fail_because_the_other_removed_first(tmp_path:
     args = ["gc", store.url, "--keep-referenced", str(records), "--grace", "0", "--yes"]
     env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
     procs = [
-        subprocess.Popen([CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        subprocess.Popen(
+            [CLI, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env
+        )
         for _ in range(3)
     ]
     outs = [p.communicate(timeout=180) for p in procs]
@@ -151,7 +153,8 @@ def test_gc_and_delete_on_a_read_only_file_system_fail_cleanly(read_only_store: 
     done = cli("gc", str(path), "--yes")
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
-    assert "not writable" in done.stderr and "Read-only file system" in done.stderr
+    assert "not writable" in done.stderr
+    assert "Read-only file system" in done.stderr
     assert "read-write" in done.stderr  # how to fix it
     store = cpr_zarr.ResultStore(path)
     with pytest.raises(cpr_zarr.StoreError, match=r"not writable .*Read-only file system"):
@@ -186,7 +189,9 @@ def test_references_never_leave_the_store(tmp_path: Path) -> None:
     assert "not a result of store" in out.stderr
 
     # a pointer naming a path outside its store is not followed
-    evil = cpr_zarr.ZarrTarget.from_dict({**victim.to_dict(), "store_url": a.url, "group_path": refs[0]})
+    evil = cpr_zarr.ZarrTarget.from_dict(
+        {**victim.to_dict(), "store_url": a.url, "group_path": refs[0]}
+    )
     with pytest.raises(cpr_zarr.ResultNotFoundError):
         evil.to_numpy()
     # a commit record naming an array outside its group is refused, never read

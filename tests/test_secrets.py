@@ -128,7 +128,9 @@ def test_secrets_of_every_shape_never_reach_storage_messages_logs_or_cli(
 
     objects = s3_server.all_objects(BUCKET)
     texts["objects"] = "\n".join(
-        v.decode(errors="replace") for k, v in objects.items() if k.startswith(prefix[len(BUCKET) + 1 :])
+        v.decode(errors="replace")
+        for k, v in objects.items()
+        if k.startswith(prefix[len(BUCKET) + 1 :])
     )
     assert texts["objects"]
     assert_clean(texts, s3_server)
