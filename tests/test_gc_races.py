@@ -13,6 +13,7 @@ import shutil
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -26,7 +27,6 @@ from cpr_zarr.inventory import plan_gc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator
-    from pathlib import Path
 
 GC_STEPS = ["gc.begin", "gc.start", "gc.checked", "gc.claimed", "gc.verified", "gc.removed"]
 SAVE_STEPS = [
@@ -325,3 +325,68 @@ def test_interleavings_on_s3(
             failures.append(f"{first} first, gc at {gc_step}, save at {save_step}: {race.error!r}")
     print(f"S3 leftover interleavings tried: {tried}, results lost: {lost}")
     assert lost == 0, failures
+
+
+SAVER = """
+import sys, dask.array as da, cpr_zarr
+from tests.test_gc_races import data_for
+store = cpr_zarr.ResultStore(sys.argv[1])
+for seed in map(int, sys.argv[2:]):
+    data = data_for(seed)
+    value = da.from_array(data, chunks=(6, 20, 20)) if seed % 2 else data
+    print(seed, store.save(value, name="v", chunks=(6, 20, 20)).group_path, flush=True)
+"""
+
+
+def test_processes_saving_while_gc_processes_run(tmp_path: Path) -> None:
+    """Writer processes complete old leftovers and reuse old unreferenced results while
+    `cpr-zarr gc --yes` runs (plain, and with --keep-referenced) in other processes."""
+    import subprocess
+    import sys
+
+    store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    records = tmp_path / "records"
+    records.mkdir()
+    seeds = list(range(9000, 9024))
+    for seed in seeds[:12]:
+        make_leftover(store, seed, age=7200)
+    for seed in seeds[12:]:
+        make_old_result(store, seed)
+    root = Path(__file__).parents[1]
+    env = {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    cli = str(Path(sys.executable).with_name("cpr-zarr"))
+    rng = random.Random(7)
+    rng.shuffle(seeds)
+    writers = [
+        subprocess.Popen(
+            [sys.executable, "-c", SAVER, store.url, *map(str, seeds[i::4])],
+            cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for i in range(4)
+    ]  # fmt: skip
+    gcs = [
+        subprocess.Popen(
+            [cli, "gc", store.url, "--yes", *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        )
+        for extra in ([], ["--keep-referenced", str(records)], [], ["--keep-referenced", str(records)])
+    ]  # fmt: skip
+    saved = {}
+    for proc in writers:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        saved.update(line.split() for line in out.splitlines())
+    for proc in gcs:
+        out, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err
+        assert "Traceback" not in err
+    assert len(saved) == len(seeds)
+    fresh = cpr_zarr.ResultStore(store.url, mode="r")
+    lost = []
+    for seed, path in saved.items():
+        try:
+            np.testing.assert_array_equal(fresh.open(path).to_numpy(), data_for(int(seed)))
+        except Exception as exc:
+            lost.append((seed, path, exc))
+    print(f"process trials: {len(saved)} saves, results lost: {len(lost)}")
+    assert lost == []
