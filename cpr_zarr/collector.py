@@ -22,6 +22,7 @@ Entries another process removed first are reported as already gone, never as err
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import shutil
@@ -224,10 +225,9 @@ def _remove_claimed(store: ResultStore, path: str, claim: str) -> str:
                 k for k in sync(zstore.fs._find(base)) if not _is_claim(k[len(base) :].lstrip("/"))
             ]
             for start in range(0, len(keys), 1000):
-                sync(zstore.fs._rm(keys[start : start + 1000]))
+                with contextlib.suppress(FileNotFoundError):  # another gc was faster
+                    sync(zstore.fs._rm(keys[start : start + 1000]))
                 put(store, claim)  # refresh: waiting writers know we are alive
-        except FileNotFoundError:
-            pass
         except OSError as exc:
             raise _not_writable(store, path, exc) from exc
     if "/labels/" in path:  # keep the image's list of label images true

@@ -202,3 +202,30 @@ def test_references_never_leave_the_store(tmp_path: Path) -> None:
     fresh = cpr_zarr.ResultStore(a.url, mode="r")
     with pytest.raises(cpr_zarr.InvalidReferenceError, match="not a plain relative path"):
         fresh.open("x").to_numpy()
+
+
+def test_collect_removes_leftovers_and_results_on_s3(s3_url: str) -> None:
+    from zarr.core.sync import sync
+
+    from tests.conftest import store_files
+
+    store = cpr_zarr.ResultStore(s3_url)
+    kept = store.save(image(0), "kept")
+    gone = store.save(image(1), "gone")
+    leftover = store.save(image(2), "left")
+    sync(store._zstore.delete(f"{leftover.group_path}/zarr.json"))
+    store._set_json("_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"})
+    time.sleep(2.5)  # object stores keep modification times in whole seconds
+    plan = [r for r in plan_gc(store, leftover_age=2.0) if r.content_hash is None]
+    plan += [r for r in plan_gc(store, older_than=0.0) if r.path == gone.group_path]
+    assert sorted(r.path for r in plan) == sorted(
+        ["_staging/v-0123abcd", leftover.group_path, gone.group_path]
+    )
+    assert [o.status for o in collect(store, plan, leftover_age=2.0)] == ["removed"] * 3
+    # a second run finds them gone and says so
+    assert {o.status for o in collect(store, plan, leftover_age=2.0)} == {
+        "already removed (by another process)"
+    }
+    keys = store_files(store)
+    assert {k.split("/")[0] for k in keys} == {"zarr.json", kept.group_path}
+    np.testing.assert_array_equal(store.open(kept.group_path).to_numpy(), image(0))
