@@ -34,7 +34,15 @@ from typing import TYPE_CHECKING, Any
 from zarr.core.sync import sync
 
 from cpr_zarr.errors import StoreError
-from cpr_zarr.lease import CLAIM_PREFIX, LEASE_DIR, checkpoint, put, put_claim, remove
+from cpr_zarr.lease import (
+    CLAIM_PREFIX,
+    LEASE_DIR,
+    checkpoint,
+    fresh_list_dir,
+    put,
+    put_claim,
+    remove,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -133,8 +141,9 @@ def _mtime(info: dict[str, Any]) -> float:
 
 
 def _record_count(store: ResultStore, path: str) -> str:
-    from cpr_zarr.provenance import read_records
+    from cpr_zarr.provenance import PROVENANCE, read_records
 
+    fresh_list_dir(store, f"{path}/{PROVENANCE}")  # drops a cached listing of the records
     return str(len(read_records(store, path)))
 
 

@@ -50,6 +50,7 @@ __all__ = [
     "Lease",
     "checkpoint",
     "claims",
+    "fresh_list_dir",
     "put",
     "put_claim",
     "remove",
@@ -134,11 +135,19 @@ def remove(store: ResultStore, key: str) -> None:
             os.rmdir((store._local_path / key).parent)
 
 
+def fresh_list_dir(store: ResultStore, prefix: str) -> list[str]:
+    """``store._list_dir(prefix)`` as it is now: fsspec caches listings per process, and
+    another process's lease, claim or record must be seen."""
+    if store._local_path is None:
+        zstore: Any = store._zstore
+        zstore.fs.invalidate_cache(f"{zstore.path.rstrip('/')}/{prefix}")
+    return store._list_dir(prefix)
+
+
 def claims(store: ResultStore, path: str) -> list[str]:
     """The collection claims present in folder ``path``."""
-    return sorted(
-        entry for entry in store._list_dir(f"{path}/{LEASE_DIR}") if entry.startswith(CLAIM_PREFIX)
-    )
+    entries = fresh_list_dir(store, f"{path}/{LEASE_DIR}")
+    return sorted(entry for entry in entries if entry.startswith(CLAIM_PREFIX))
 
 
 def wait_unclaimed(store: ResultStore, path: str) -> bool:

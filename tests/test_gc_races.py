@@ -144,9 +144,9 @@ class Race:
             time.sleep(0.002)
         for pause in scheduler.pauses.values():
             pause.resume.set()
-        for thread in threads.values():
+        for role, thread in threads.items():
             thread.join(TIMEOUT)
-            assert not thread.is_alive()
+            assert not thread.is_alive(), f"{role} hangs after {scheduler.seen[role][-5:]}"
         lease.set_checkpoint_hook(None)
 
     def lost(self) -> bool:
@@ -317,6 +317,7 @@ def test_interleavings_on_s3(
     for i, (gc_step, save_step, first) in enumerate(combos):
         race = leftover_race(store, 7000 + i, paths[i], 3.0, lazy=False)
         scheduler = Scheduler({"gc": Pause(gc_step), "writer": Pause(save_step)})
+        print(gc_step, save_step, first, flush=True)
         race.run(scheduler, first)
         assert race.gc_error is None, race.gc_error
         tried += 1
