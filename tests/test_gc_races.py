@@ -317,7 +317,6 @@ def test_interleavings_on_s3(
     for i, (gc_step, save_step, first) in enumerate(combos):
         race = leftover_race(store, 7000 + i, paths[i], 3.0, lazy=False)
         scheduler = Scheduler({"gc": Pause(gc_step), "writer": Pause(save_step)})
-        print(gc_step, save_step, first, flush=True)
         race.run(scheduler, first)
         assert race.gc_error is None, race.gc_error
         tried += 1
@@ -325,6 +324,24 @@ def test_interleavings_on_s3(
             lost += 1
             failures.append(f"{first} first, gc at {gc_step}, save at {save_step}: {race.error!r}")
     print(f"S3 leftover interleavings tried: {tried}, results lost: {lost}")
+    assert lost == 0, failures
+
+    # a save reusing an old unreferenced result while gc --keep-referenced removes it
+    records = tmp_path / "records"
+    records.mkdir()
+    reuse = [c for c in orders() if c[0] in ("gc.checked", "gc.claimed", "gc.verified")]
+    reuse = [c for c in reuse if c[1] in ("save.recorded", "save.returned")]
+    tried = lost = 0
+    for i, (gc_step, save_step, first) in enumerate(reuse):
+        race = dedup_race(store, 8000 + i, make_old_result(store, 8000 + i), records)
+        scheduler = Scheduler({"gc": Pause(gc_step), "writer": Pause(save_step)})
+        race.run(scheduler, first)
+        assert race.gc_error is None, race.gc_error
+        tried += 1
+        if race.lost():
+            lost += 1
+            failures.append(f"{first} first, gc at {gc_step}, save at {save_step}: {race.error!r}")
+    print(f"S3 reuse interleavings tried: {tried}, results lost: {lost}")
     assert lost == 0, failures
 
 
