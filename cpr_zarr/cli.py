@@ -253,49 +253,89 @@ def verify_command(store: str, refs: tuple[str, ...], threads: int | None, repai
     help="Prefect result-storage folder: results its records point to are kept; alone, "
     "every other result is removed.",
 )
+@click.option(
+    "--grace",
+    default="1h",
+    show_default=True,
+    help="With --keep-referenced: results produced less than this long ago are kept too "
+    "(their Prefect record may not be written yet). E.g. 30m, 2h, 0.",
+)
 @click.option("--yes", is_flag=True, help="Really remove (default: dry run, print only).")
 def gc_command(
-    store: str, older_than: str | None, max_size: str | None, keep_referenced: str | None, yes: bool
+    store: str,
+    older_than: str | None,
+    max_size: str | None,
+    keep_referenced: str | None,
+    grace: str,
+    yes: bool,
 ) -> None:
     """Remove leftovers and unwanted results (a dry run unless --yes).
 
     Always removes staging leftovers and never-committed groups older than an hour. A
-    removed result is a cache miss on the next flow run: the task runs again.
+    removed result is a cache miss on the next flow run: the task runs again. Safe to run
+    while flows write: anything a writer touches while gc runs is skipped.
     """
+    run_gc(store, older_than, max_size, keep_referenced, parse_age(grace), yes)
+
+
+LEFTOVER_AGE = 3600.0
+
+
+def run_gc(
+    store: str,
+    older_than: str | None,
+    max_size: str | None,
+    keep_referenced: str | None,
+    grace: float,
+    yes: bool,
+) -> None:
+    """``cpr-zarr gc``: plan, print, and with ``yes`` remove through the collector."""
+    from cpr_zarr.collector import collect
     from cpr_zarr.inventory import plan_gc
-    from cpr_zarr.writer import remove_prefix
 
     rs = _open(store, mode="a" if yes else "r")
     for damage in rs.damaged():  # never removed: repair them (`verify --repair`) or delete
         click.echo(f"keeping damaged result {damage.group_path} ({damage.field}); "
                    "see `cpr-zarr verify`", err=True)  # fmt: skip
-    plan = plan_gc(
-        rs,
-        older_than=parse_age(older_than) if older_than else None,
-        max_size=parse_size(max_size) if max_size else None,
-        keep_referenced=keep_referenced,
-    )
+    try:
+        plan = plan_gc(
+            rs,
+            older_than=parse_age(older_than) if older_than else None,
+            max_size=parse_size(max_size) if max_size else None,
+            keep_referenced=keep_referenced,
+            leftover_age=LEFTOVER_AGE,
+            grace=grace,
+        )
+    except (CprZarrError, OSError) as exc:
+        raise click.ClickException(f"Cannot plan the collection of {rs.url!r}: {exc}") from exc
     if not plan:
         click.echo("nothing to remove")
         return
-    for item in plan:
-        click.echo(f"{'remove' if yes else 'would remove'}  {human_bytes(item.nbytes):>10}  "
-                   f"{item.path}  ({item.reason})")  # fmt: skip
-        if yes:
-            if item.content_hash is not None:
-                try:
-                    rs.delete(item.path)
-                except CprZarrError as exc:  # removed meanwhile (by another gc): go on
-                    click.echo(f"  skipped: {exc}", err=True)
-            else:
-                remove_prefix(rs, item.path)
-    total = human_bytes(sum(i.nbytes for i in plan))
-    if yes:
-        click.echo(f"removed {len(plan)} entries, freed {total}")
-    else:
+    if not yes:
+        for item in plan:
+            click.echo(
+                f"would remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})"
+            )
         click.echo(
-            f"would free {total} in {len(plan)} entries; run again with --yes to remove them"
+            f"would free {human_bytes(sum(i.nbytes for i in plan))} in {len(plan)} entries; "
+            "run again with --yes to remove them"
         )
+        return
+    removed, freed, skipped = 0, 0, 0
+    try:
+        for outcome in collect(rs, plan, leftover_age=LEFTOVER_AGE):
+            item = outcome.removal
+            if outcome.removed:
+                removed += 1
+                freed += item.nbytes
+                click.echo(f"remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})")
+            else:
+                skipped += 1
+                click.echo(f"keep    {'':>10}  {item.path}  ({outcome.status})")
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    tail = f"; {skipped} kept (in use or already gone)" if skipped else ""
+    click.echo(f"removed {removed} entries, freed {human_bytes(freed)}{tail}")
 
 
 @main.command("export")

@@ -6,6 +6,8 @@ can catch either (the zarr-python convention).
 
 from __future__ import annotations
 
+from cpr_zarr.redact import redact_text
+
 __all__ = [
     "AmbiguousReferenceError",
     "ChunkVerificationError",
@@ -14,6 +16,7 @@ __all__ = [
     "InvalidArgumentError",
     "InvalidArgumentTypeError",
     "InvalidNameError",
+    "InvalidReferenceError",
     "ResultNotFoundError",
     "StoreError",
     "UnsupportedResultError",
@@ -21,7 +24,14 @@ __all__ = [
 
 
 class CprZarrError(Exception):
-    """Base class of all cpr_zarr errors."""
+    """Base class of all cpr_zarr errors.
+
+    Messages are redacted as they are made: URL userinfo and known secret values never
+    reach a message, a log or a traceback (:mod:`cpr_zarr.redact`).
+    """
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_text(a) if isinstance(a, str) else a for a in args))
 
 
 class StoreError(CprZarrError, OSError):
@@ -104,3 +114,7 @@ def _rebuild_integrity_error(
     message: str, store_url: str, group_path: str, field: str
 ) -> IntegrityError:
     return IntegrityError(message, store_url=store_url, group_path=group_path, field=field)
+
+
+class InvalidReferenceError(CprZarrError, ValueError):
+    """A reference or a stored path would name a place outside the store or its group."""

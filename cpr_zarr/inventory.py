@@ -70,7 +70,7 @@ def stored_bytes(store: ResultStore, prefix: str) -> int:
     return int(sync(zstore.fs._du(f"{zstore.path.rstrip('/')}/{prefix}", total=True)))
 
 
-def _info_time(info: dict[str, Any]) -> float | None:
+def info_time(info: dict[str, Any]) -> float | None:
     """Modification time (POSIX seconds) from an fsspec listing entry, if it has one."""
     for field in ("LastModified", "last_modified", "mtime", "updated", "created"):
         value = info.get(field)
@@ -92,16 +92,20 @@ def _newest_mtime(store: ResultStore, prefix: str) -> float:
         except Exception as exc:  # a listing failure must never make gc remove anything
             logger.warning("Cannot list %s in %s to age it: %s", prefix, store.url, exc)
             return time.time()
-        times = [t for t in (_info_time(info) for info in found.values()) if t is not None]
+        times = [t for t in (info_time(info) for info in found.values()) if t is not None]
         return max(times) if times else time.time()
-    newest = 0.0
+    newest, newest_folder = 0.0, 0.0
     for dirpath, _, files in os.walk(store._local_path / prefix):
+        with contextlib.suppress(OSError):
+            newest_folder = max(newest_folder, os.path.getmtime(dirpath))
         for f in files:
             try:
                 newest = max(newest, os.path.getmtime(os.path.join(dirpath, f)))
             except OSError:
                 continue
-    return newest or time.time()
+    # folders without a single file (a writer killed right after creating them) are aged by
+    # the folders' own modification times
+    return newest or newest_folder or time.time()
 
 
 def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
@@ -189,6 +193,9 @@ class Removal:
     reason: str
     nbytes: int
     content_hash: str | None = None
+    # results: the number of provenance records when planned; the collector skips a result
+    # that gained one since (it was produced again while gc ran)
+    stamp: str | None = None
 
 
 def leftovers(store: ResultStore, min_age_seconds: float) -> list[Removal]:
@@ -202,11 +209,30 @@ def leftovers(store: ResultStore, min_age_seconds: float) -> list[Removal]:
         for path in store._candidate_paths()
         if is_leftover(store, path)
     ]
+    found += label_leftovers(store, {path for path, _ in found})
     return [
         Removal(path, reason, stored_bytes(store, path))
         for path, reason in found
         if now - _newest_mtime(store, path) >= min_age_seconds
     ]
+
+
+def label_leftovers(store: ResultStore, skip: set[str]) -> list[tuple[str, str]]:
+    """Label groups a killed label save left inside an image (no commit marker of their own).
+
+    Images in ``skip`` (removed whole as leftovers) are not looked into.
+    """
+    from cpr_zarr.layout import parse_group_path
+
+    out = []
+    for image in store._candidate_paths():
+        if image in skip:
+            continue
+        for entry in sorted(store._list_dir(f"{image}/labels")):
+            path = f"{image}/labels/{entry}"
+            if parse_group_path(path) is not None and store._committed_attrs(path) is None:
+                out.append((path, "incomplete label image (never committed)"))
+    return out
 
 
 def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
@@ -249,12 +275,15 @@ def plan_gc(
     max_size: int | None = None,
     keep_referenced: str | os.PathLike[str] | None = None,
     leftover_age: float = 3600.0,
+    grace: float = 3600.0,
 ) -> list[Removal]:
     """What a garbage collection removes (nothing is removed here).
 
     * leftovers (staging, uncommitted groups) older than ``leftover_age`` seconds, always;
     * with ``keep_referenced``: results referenced by a record there are never removed, and
-      with no other criterion every unreferenced result is;
+      with no other criterion every unreferenced result is; results produced less than
+      ``grace`` seconds ago are kept too (their task may have returned them and not yet
+      written its Prefect record);
     * ``older_than`` seconds: results last produced longer ago than that;
     * ``max_size`` bytes: least recently produced results until the rest fits.
     """
@@ -264,7 +293,7 @@ def plan_gc(
     frame = list_results(store)
     protected: set[str] = set()
     if keep_referenced is not None:
-        protected = referenced_hashes(keep_referenced)
+        protected = referenced_hashes(keep_referenced) | recent_hashes(store, frame, grace)
     # an image holding a protected label image is protected too (deleting it deletes them)
     paths = dict(zip(frame["hash"], frame["group_path"], strict=True))
     parent_of = {h: p.split("/labels/")[0] for h, p in paths.items() if "/labels/" in p}
@@ -301,6 +330,27 @@ def plan_gc(
         del chosen[h]  # removed with its image
     for h, reason in chosen.items():
         plan.append(
-            Removal(str(rows.loc[h, "group_path"]), reason, int(rows.loc[h, "stored_bytes"]), h)
+            Removal(
+                str(rows.loc[h, "group_path"]),
+                reason,
+                int(rows.loc[h, "stored_bytes"]),
+                h,
+                stamp=str(int(rows.loc[h, "records"])),
+            )
         )
     return plan
+
+
+def recent_hashes(store: ResultStore, frame: pd.DataFrame, grace: float) -> set[str]:
+    """Results last produced (or, without a record, last written) less than ``grace`` ago."""
+    now = time.time()
+    recent = set()
+    for _, row in frame.iterrows():
+        last = row["last_produced"]
+        if last is None or last != last:  # no provenance record: the group's own age
+            when = _newest_mtime(store, row["group_path"])
+        else:
+            when = last.timestamp()
+        if now - when < grace:
+            recent.add(row["hash"])
+    return recent

@@ -18,6 +18,7 @@ from cpr_zarr.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     InvalidNameError,
+    InvalidReferenceError,
     UnsupportedResultError,
 )
 
@@ -35,6 +36,7 @@ __all__ = [
     "group_path",
     "parse_chunks",
     "parse_group_path",
+    "parse_member_path",
     "parse_name",
 ]
 
@@ -44,7 +46,11 @@ MIN_PREFIX_LENGTH = 6
 TARGET_CHUNK_BYTES = 8 * 2**20
 MAX_CHUNK_BYTES = 2**31 - 2**16  # Blosc compresses at most 2 GiB minus its overhead per call
 _NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
-_GROUP_RE = re.compile(rf"(?P<name>.+)-(?P<hash>[0-9a-f]{{{HASH_HEX_LENGTH}}})")
+_GROUP_RE = re.compile(
+    rf"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{{0,99}})-(?P<hash>[0-9a-f]{{{HASH_HEX_LENGTH}}})"
+)
+_LABELS = "labels"
+_MEMBER_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _SUPPORTED_KINDS = {
     "b": "bool",
     "i": "signed integer",
@@ -76,11 +82,51 @@ def group_path(name: str, content_hash: str) -> str:
 
 
 def parse_group_path(path: str) -> tuple[str, str] | None:
-    """Split a group path into ``(name, content_hash)``; ``None`` if it is not a result path."""
-    match = _GROUP_RE.fullmatch(path)
-    if match is None or path.startswith(("_", ".")):
+    """Split a group path into ``(name, content_hash)``; ``None`` if it is not a result path.
+
+    A result path is ``<name>-<hash>`` (a result at the root) or
+    ``<name>-<hash>/labels/<name>-<hash>`` (a label image inside its image); the pair returned
+    is the last group's. Nothing else is one: no ``..`` or ``.`` segment, no empty segment,
+    no leading ``/``, no backslash, so a path read from a user, a pointer or a record can
+    never name a place outside the store.
+    """
+    if not isinstance(path, str):
+        return None
+    parts = path.split("/")
+    if len(parts) == 3 and parts[1] == _LABELS:
+        if _GROUP_RE.fullmatch(parts[0]) is None:
+            return None
+        parts = parts[2:]
+    if len(parts) != 1:
+        return None
+    match = _GROUP_RE.fullmatch(parts[0])
+    if match is None:
         return None
     return match["name"], match["hash"]
+
+
+def parse_member_path(path: object, *, where: str) -> str:
+    """Return a path *inside* a result group read from a stored record (``"0"``, ``"1-2x2"``).
+
+    ``where`` names the record (store and group) for the message.
+
+    Raises
+    ------
+    InvalidReferenceError
+        If it is not a relative path of plain segments (no ``..``, ``.``, empty segment,
+        leading ``/`` or backslash): a record naming a place outside its group is damaged.
+    """
+    if not isinstance(path, str) or not all(
+        _MEMBER_SEGMENT_RE.fullmatch(part) for part in path.split("/")
+    ):
+        raise InvalidReferenceError(
+            f"The commit record of {where} names the array path {path!r}, which is not a "
+            "plain relative path inside the result group (letters, digits, '_', '.', '-' "
+            "segments; no '..', no leading '/', no backslash). The record is damaged or was "
+            "written by something other than cpr_zarr: nothing outside the group is read. "
+            "Delete the result and re-run the task that produced it."
+        )
+    return path
 
 
 def canonical_dtype(dtype: object, *, what: str = "array") -> np.dtype:

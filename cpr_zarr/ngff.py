@@ -626,6 +626,9 @@ def _update_labels_list(store: ResultStore, image_path: str) -> None:
         store._set_json(key, doc)
 
 
+update_labels_list = _update_labels_list  # the public name (store.delete, the collector)
+
+
 def resolve_save(
     store: ResultStore,
     data: Any,

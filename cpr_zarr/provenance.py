@@ -15,7 +15,6 @@ import hashlib
 import inspect
 import logging
 import platform
-import re
 import sys
 import uuid
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.redact import REDACTED, is_secret_name, redact_text, redact_value
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def render(value: Any, depth: int = 0) -> Any:
     if isinstance(value, ZarrTarget):
         return {"cpr_zarr_target": value.group_path, "content_hash": value.content_hash}
     if isinstance(value, str):
-        value = _redact_urls(value)
+        value = redact_text(value)
         return value if len(value) <= 500 else value[:500] + "..."
     if isinstance(value, (int, float, bool, type(None))):
         return value
@@ -73,19 +73,10 @@ def render(value: Any, depth: int = 0) -> Any:
         return [render(v, depth + 1) for v in list(value)[:100]]
     if depth < 4 and isinstance(value, dict):
         return {
-            str(k): "<redacted>" if _SECRET_KEY.search(str(k)) else render(v, depth + 1)
+            str(k): REDACTED if is_secret_name(k) else render(v, depth + 1)
             for k, v in list(value.items())[:100]
         }
-    return _redact_urls(repr(value))[:200]
-
-
-_SECRET_KEY = re.compile(r"secret|password|passwd|token|key|credential|auth", re.IGNORECASE)
-_URL_CREDENTIALS = re.compile(r"(://)[^/@\s'\"]+@")
-
-
-def _redact_urls(text: str) -> str:
-    """``s3://key:secret@bucket`` -> ``s3://bucket``: credentials never reach the store."""
-    return _URL_CREDENTIALS.sub(r"\1", text)
+    return redact_text(repr(value))[:200]
 
 
 def input_hashes(value: Any) -> list[str]:
@@ -133,7 +124,10 @@ def record_for_task(fn: Callable[..., Any], parameters: Mapping[str, Any]) -> di
         record["flow_name"] = flow_ctx.flow.name if flow_ctx.flow else None
     record["function"] = f"{fn.__module__}.{fn.__qualname__}"
     record["source_hash"] = source_hash(fn)
-    record["parameters"] = {k: render(v) for k, v in parameters.items()}
+    # parameter names are checked like nested keys: a `token=` argument is never stored
+    record["parameters"] = {
+        str(k): REDACTED if is_secret_name(k) else render(v) for k, v in parameters.items()
+    }
     record["inputs"] = sorted({h for v in parameters.values() for h in input_hashes(v)})
     return record
 
@@ -159,6 +153,8 @@ def write_record(
         "argv": sys.argv[:1],
         **(record or {}),
     }
+    # a record given to save(provenance=...) is stored as redacted as a task's
+    full = redact_value(full)
     base = f"{target.group_path}/{PROVENANCE}"
     sync(
         store._zstore.set_if_not_exists(

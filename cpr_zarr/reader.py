@@ -13,7 +13,7 @@ import zarr
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
 from cpr_zarr.hashing import chunk_digest
-from cpr_zarr.layout import chunk_grid
+from cpr_zarr.layout import chunk_grid, parse_member_path
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
@@ -42,6 +42,10 @@ class ChunkReader:
         self.store = store
         self.group_path = group_path
         self.attrs = attrs
+        # a record read from disk must not send reads outside its group
+        self.array_path = parse_member_path(
+            attrs.get("array"), where=f"result {group_path!r} in store {store.url!r}"
+        )
         self.content_hash: str = attrs["content_hash"]
         self.shape = tuple(int(s) for s in attrs["shape"])
         self.dtype = np.dtype(attrs["dtype"])
@@ -90,7 +94,7 @@ class ChunkReader:
     def _open_array(self) -> zarr.Array[Any]:
         return zarr.open_array(
             self.store._zstore,
-            path=f"{self.group_path}/{self.attrs['array']}",
+            path=f"{self.group_path}/{self.array_path}",
             mode="r",
             zarr_format=3,
         )
@@ -214,6 +218,10 @@ class ChunkReader:
                 ):
                     return False  # the base's are fixed by its content hash: this is damage
                 # levels (another pyramid plan) or image metadata changed with the re-save
+                self.array_path = parse_member_path(
+                    attrs.get("array"),
+                    where=f"result {self.group_path!r} in store {self.store.url!r}",
+                )
                 self.attrs, self.digests = attrs, attrs["chunk_digests"]
                 self._check_digest_list()
                 changed = True

@@ -17,6 +17,7 @@ root (it would go stale with concurrent writers).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -29,17 +30,20 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from cpr_zarr import lease
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
     IntegrityError,
     InvalidArgumentError,
     InvalidArgumentTypeError,
+    InvalidReferenceError,
     ResultNotFoundError,
     StoreError,
 )
 from cpr_zarr.integrity import RECORD_COPY, Damage, load_commit
 from cpr_zarr.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
+from cpr_zarr.redact import register_options, register_secret, split_userinfo
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
@@ -66,16 +70,6 @@ _STORES: dict[str, ResultStore] = {}
 _STORES_LOCK = threading.Lock()
 
 
-def _strip_credentials(url: str) -> str:
-    parts = urllib.parse.urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urllib.parse.urlunsplit(parts._replace(netloc=host))
-
-
 def normalize_url(url: object) -> tuple[str, Path | None]:
     """Return ``(credential-free url, local path or None)``."""
     if isinstance(url, os.PathLike):
@@ -90,7 +84,12 @@ def normalize_url(url: object) -> tuple[str, Path | None]:
     if "://" not in url:
         path = Path(url).expanduser().resolve()
         return str(path), path
-    return _strip_credentials(url.rstrip("/")), None
+    # credentials in a URL are never kept (pointers, records and messages carry the URL);
+    # they are remembered as secrets, so no message or record shows them either
+    clean, secrets = split_userinfo(url.rstrip("/"))
+    for secret in secrets:
+        register_secret(secret)
+    return clean, None
 
 
 class ResultStore:
@@ -129,6 +128,7 @@ class ResultStore:
         self.url, self._local_path = normalize_url(url)
         self.mode = mode
         self._storage_options = {**(storage_options or {}), **more_storage_options}
+        register_options(self._storage_options)  # never shown in a message or record
         self._readers: dict[str, ChunkReader] = {}
         self._zstore = self._open_zarr_store()
         self._ensure_root()
@@ -438,6 +438,8 @@ class ResultStore:
         IntegrityError
             If the result's commit record does not hash to its content hash, or its stored
             array metadata disagrees with the record (nothing of it is served).
+        InvalidReferenceError
+            If a path reference would name something outside the store (``..``, ``/x``, ...).
         """
         if isinstance(ref, ZarrTarget):
             ref = ref.group_path
@@ -447,7 +449,14 @@ class ResultStore:
                 f"of at least {MIN_PREFIX_LENGTH} hex digits, a group path or a result name), "
                 f"got {ref!r} for store {self.url!r}. Example: store.open('denoised')."
             )
-        ref = ref.strip("/")
+        ref = ref.rstrip("/")
+        if parse_group_path(ref) is None and ("/" in ref or "\\" in ref or ref in (".", "..")):
+            raise InvalidReferenceError(
+                f"Reference {ref!r} is not a result of store {self.url!r}: a path reference is "
+                "'<name>-<hash>' or '<name>-<hash>/labels/<name>-<hash>', relative to the store "
+                "root, without '..', '.', empty segments, a leading '/' or backslashes. Give "
+                "the group path as `cpr-zarr ls` prints it, a content hash or a hash prefix."
+            )
         if parse_group_path(ref) is not None:
             return self._target(ref, self._load(ref))
         lowered = ref.lower()
@@ -544,6 +553,46 @@ class ResultStore:
         InvalidNameError
             For names that cannot be part of a group path.
         """
+        self._check_writable()
+        # A save that reuses a committed result (or commits one) can meet a collection
+        # removing it: the provenance record (or, if it cannot be written, a lease) is this
+        # save's flag, written before looking for a collection's claim; if the result went
+        # meanwhile, it is saved again (cpr_zarr.lease has the protocol).
+        for _ in range(3):
+            target, recorded = self._save_once(data, name, chunks, compressor, provenance, metadata)
+            lease.checkpoint("save.recorded")
+            flag = None if recorded else lease.Lease(self, target.group_path).key
+            if flag is not None:
+                with contextlib.suppress(OSError):
+                    lease.put(self, flag)
+            lease.wait_unclaimed(self, target.group_path)
+            if flag is not None:
+                with contextlib.suppress(OSError):
+                    lease.remove(self, flag)
+            if self._committed_attrs(target.group_path) is not None:
+                lease.checkpoint("save.returned")
+                return target
+            logger.info(
+                "Result %s in store %s was removed while being saved again; saving it again.",
+                target.group_path,
+                self.url,
+            )
+        raise StoreError(
+            f"Result {target.group_path!r} in store {self.url!r} was removed three times while "
+            "it was being saved. Something is deleting results of this store as they are "
+            "written (a gc loop, a script, a lifecycle rule): stop it, then run the task again."
+        )
+
+    def _save_once(
+        self,
+        data: Any,
+        name: str,
+        chunks: Any,
+        compressor: Any,
+        provenance: Mapping[str, Any] | None,
+        metadata: dict[str, Any],
+    ) -> tuple[ZarrTarget, bool]:
+        """One save and its provenance record; the target and whether the record was written."""
         from cpr_zarr import writer
         from cpr_zarr.provenance import write_record
 
@@ -594,7 +643,8 @@ class ResultStore:
                 self.url,
                 exc,
             )
-        return target
+            return target, False
+        return target, True
 
     def list(self) -> pd.DataFrame:
         """One row per committed result: name, hash, kind, shape, dtype, chunks, stored and
@@ -616,10 +666,20 @@ class ResultStore:
         return read_records(self, self.open(ref).group_path)
 
     def delete(self, ref: str | ZarrTarget) -> ZarrTarget | None:
-        """Remove a committed result: first its commit marker, then its data.
+        """Remove a result (at once on local disk, marker first on object stores).
 
         A damaged result (see :meth:`damaged`) is removed too; ``None`` is returned for it.
+        A save of the same content running at the same moment waits, then saves it again.
+
+        Raises
+        ------
+        ResultNotFoundError, InvalidReferenceError
+            As :meth:`open`.
+        StoreError
+            If the store cannot be written (read-only file system, no permission).
         """
+        from cpr_zarr.collector import delete_group
+
         self._check_writable()
         target: ZarrTarget | None
         try:
@@ -630,13 +690,7 @@ class ResultStore:
         # the record copy first: a delete stopped halfway leaves a result without its copy
         # or a plain leftover (no marker, no copy), never a marker-less group with a copy
         sync(self._zstore.delete(f"{path}/{RECORD_COPY}"))
-        sync(self._zstore.delete(f"{path}/zarr.json"))
-        sync(self._zstore.delete_dir(path))
-        if "/labels/" in path:  # keep the image's list of label images true
-            from cpr_zarr.ngff import _update_labels_list
-
-            _update_labels_list(self, path.split("/labels/")[0])
-        self._readers.pop(path, None)
+        delete_group(self, path)
         return target
 
     def reader(self, target: ZarrTarget) -> ChunkReader:

@@ -36,6 +36,7 @@ from cpr_zarr.errors import (
 from cpr_zarr.hashing import chunk_digest
 from cpr_zarr.integrity import load_commit, write_marker
 from cpr_zarr.layout import LAYOUT_VERSION, group_path, parse_name
+from cpr_zarr.lease import Lease, checkpoint
 
 if TYPE_CHECKING:
     import os
@@ -338,39 +339,46 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
     found = store._find(content_hash, preferred=path)
     if found is not None:
         return found
-    # build the arrays in memory, then copy their keys: zarr would otherwise write the
-    # group document (our commit marker) before the data
-    scratch = zarr.storage.MemoryStore()
-    root = zarr.open_group(scratch, mode="w", zarr_format=3)
-    for key, arr in arrays.items():
-        out = root.create_array(key, shape=arr.shape, dtype=arr.dtype, chunks=(max(1, len(arr)),))
-        if len(arr):
-            out[...] = arr
+    checkpoint("save.hashed")
+    with Lease(store, path):  # keeps gc away while the table is written (cpr_zarr.lease)
+        # build the arrays in memory, then copy their keys: zarr would otherwise write the
+        # group document (our commit marker) before the data
+        scratch = zarr.storage.MemoryStore()
+        root = zarr.open_group(scratch, mode="w", zarr_format=3)
+        for key, arr in arrays.items():
+            out = root.create_array(
+                key, shape=arr.shape, dtype=arr.dtype, chunks=(max(1, len(arr)),)
+            )
+            if len(arr):
+                out[...] = arr
 
-    async def _copy() -> None:
-        async for key in scratch.list():
-            if key == "zarr.json":  # the scratch root; ours is the commit marker, written last
-                continue
-            buf = await scratch.get(key, default_buffer_prototype())
-            if buf is not None:
-                await store._zstore.set(f"{path}/{key}", buf)
+        async def _copy() -> None:
+            async for key in scratch.list():
+                if key == "zarr.json":  # the scratch root; ours is the commit marker, written last
+                    continue
+                buf = await scratch.get(key, default_buffer_prototype())
+                if buf is not None:
+                    await store._zstore.set(f"{path}/{key}", buf)
 
-    sync(_copy())
-    attrs: dict[str, Any] = {
-        "layout": LAYOUT_VERSION,
-        "algorithm": TABLE_ALGORITHM,
-        "content_hash": content_hash,
-        "name": name,
-        "kind": "table",
-        "shape": [len(df), len(df.columns)],
-        "dtype": TABLE_DTYPE,
-        "chunks": [max(1, len(df)), max(1, len(df.columns))],
-        "table": schema,
-        "digests": digests,
-    }
-    write_marker(
-        store, path, {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}}
-    )
+        sync(_copy())
+        attrs: dict[str, Any] = {
+            "layout": LAYOUT_VERSION,
+            "algorithm": TABLE_ALGORITHM,
+            "content_hash": content_hash,
+            "name": name,
+            "kind": "table",
+            "shape": [len(df), len(df.columns)],
+            "dtype": TABLE_DTYPE,
+            "chunks": [max(1, len(df)), max(1, len(df.columns))],
+            "table": schema,
+            "digests": digests,
+        }
+        write_marker(
+            store,
+            path,
+            {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}},
+        )
+        checkpoint("save.committed")
     return store._target(path, attrs)
 
 

@@ -51,6 +51,7 @@ from cpr_zarr.layout import (
     parse_chunks,
     parse_name,
 )
+from cpr_zarr.lease import Lease, checkpoint
 from cpr_zarr.progress import SaveProgress, count_keys
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ logger = logging.getLogger("cpr_zarr")
 ARRAY_PATH = "0"
 MAX_NDIM = 5
 STAGING = "_staging"
+_ATTEMPTS = 3
 
 
 def default_compressor() -> BloscCodec:
@@ -168,32 +170,60 @@ def _save_numpy(
     digests = digest_chunks(data, [s for _, s in grid], workers=worker_count())
     content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
     path = spec.path(name, content_hash)
-    found = spec.find(store, content_hash, path)
-    if found is not None:
-        return found
-    array_path = f"{path}/{ARRAY_PATH}"
-    array = _create_array(
-        store,
-        array_path,
-        data.shape,
-        dtype,
-        chunk_shape,
-        compressor,
-        dimension_names=spec.dimension_names,
-    )
-    with SaveProgress(path, len(digests), data.nbytes, count_keys(store, array_path)):
-        write_chunks(ChunkCodec(array), data, grid, workers=workers)
-    return _commit(
-        store,
-        path,
-        name,
-        content_hash,
-        data.shape,
-        dtype,
-        chunk_shape,
-        digests,
-        spec=spec,
-        base=data,
+    for _ in range(_ATTEMPTS):
+        found = spec.find(store, content_hash, path)
+        if found is not None:
+            return found
+        checkpoint("save.hashed")
+        with Lease(store, path):
+            array_path = f"{path}/{ARRAY_PATH}"
+            array = _create_array(
+                store,
+                array_path,
+                data.shape,
+                dtype,
+                chunk_shape,
+                compressor,
+                dimension_names=spec.dimension_names,
+            )
+            with SaveProgress(path, len(digests), data.nbytes, count_keys(store, array_path)):
+                write_chunks(ChunkCodec(array), data, grid, workers=workers)
+            checkpoint("save.written")
+            if not _array_present(store, path):
+                continue  # removed under us by something outside the protocol: write again
+            return _commit(
+                store,
+                path,
+                name,
+                content_hash,
+                data.shape,
+                dtype,
+                chunk_shape,
+                digests,
+                spec=spec,
+                base=data,
+            )
+    raise _gone_error(store, path)
+
+
+def _array_present(store: ResultStore, path: str) -> bool:
+    present = store._get_json(f"{path}/{ARRAY_PATH}/zarr.json") is not None
+    if not present:
+        logger.warning(
+            "The array of result %s in store %s was removed while it was being written "
+            "(by hand, or by a cpr_zarr too old to respect write leases); writing it again.",
+            path,
+            store.url,
+        )
+    return present
+
+
+def _gone_error(store: ResultStore, path: str) -> StoreError:
+    return StoreError(
+        f"Result {path!r} in store {store.url!r} was removed {_ATTEMPTS} times while it was "
+        "being written, so it was not committed. Something outside cpr_zarr (a script, a "
+        "lifecycle rule, an old cpr_zarr's gc) is deleting folders of this store: stop it, "
+        "then run the task again."
     )
 
 
@@ -270,8 +300,10 @@ def _save_dask(
         data = data.rechunk(aligned)
     token = uuid.uuid4().hex
     staging = f"{STAGING}/{name}-{token}"
+    staging_lease = Lease(store, staging)  # keeps the staging folder live for gc
     try:
         _make_staging_dir(store, staging)
+        staging_lease.acquire()
         array = _create_array(
             store,
             f"{staging}/{ARRAY_PATH}",
@@ -303,11 +335,15 @@ def _save_dask(
         found = spec.find(store, content_hash, path)
         if found is not None:
             return found
-        _move(store, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
-        return _commit(
-            store, path, name, content_hash, data.shape, dtype, chunk_shape, digests, spec=spec
-        )
+        checkpoint("save.hashed")
+        with Lease(store, path):
+            _move(store, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
+            checkpoint("save.written")
+            return _commit(
+                store, path, name, content_hash, data.shape, dtype, chunk_shape, digests, spec=spec
+            )
     finally:
+        staging_lease.release()
         try:
             remove_prefix(store, staging)
         except Exception as exc:  # never hide the save's own error; gc removes leftovers
@@ -419,12 +455,13 @@ def _commit(
     ``base`` is the in-memory base array when there is one: levels are then computed from
     it rather than read back from the store.
     """
-    # never commit a group whose base array is missing (e.g. staging removed under a writer)
+    # never commit a group whose base array is missing (removed under the writer)
     if store._get_json(f"{path}/{ARRAY_PATH}/zarr.json") is None:
         raise StoreError(
             f"Not committing result {path!r} in store {store.url!r}: its array metadata "
-            f"{path}/{ARRAY_PATH}/zarr.json is missing (was its staging folder removed while "
-            "it was being written?). Save it again."
+            f"{path}/{ARRAY_PATH}/zarr.json disappeared while the result was being written "
+            "(deleted by something that ignores cpr_zarr's write leases, e.g. a script, a "
+            "lifecycle rule or an old cpr_zarr's gc). Stop that, then run the task again."
         )
     attrs: dict[str, Any] = {
         "layout": LAYOUT_VERSION,
@@ -447,6 +484,7 @@ def _commit(
     attributes["cpr_zarr"] = attrs
     # seals the record (record_digest), writes its copy, then the marker
     write_marker(store, path, {"zarr_format": 3, "node_type": "group", "attributes": attributes})
+    checkpoint("save.committed")
     if spec is not None:
         spec.after_commit(store)  # label images: list it in the image's labels group
     return store._target(path, attrs)

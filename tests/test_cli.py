@@ -173,14 +173,17 @@ def test_gc_dry_run_then_removal_then_rerun_recomputes_exactly_that(made: tuple)
     smooth_record[0].unlink()
 
     before = sorted(p.relative_to(store) for p in store.rglob("*"))
-    dry = cli("gc", str(store), "--keep-referenced", str(records)).stdout
+    dry = cli("gc", str(store), "--keep-referenced", str(records), "--grace", "0").stdout
     assert "would remove" in dry
     assert targets["smooth"].group_path in dry
     assert "_staging/raw-deadbeef" in dry
     assert targets["raw"].group_path not in dry
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before  # dry run
 
-    done = cli("gc", str(store), "--keep-referenced", str(records), "--yes").stdout
+    # results made a minute ago are within the default grace period of an hour
+    kept = cli("gc", str(store), "--keep-referenced", str(records)).stdout
+    assert targets["smooth"].group_path not in kept
+    done = cli("gc", str(store), "--keep-referenced", str(records), "--grace", "0", "--yes").stdout
     assert "removed 2 entries" in done
     assert not leftover.exists()
     assert [t.name for t in cpr_zarr.ResultStore(store, mode="r").targets()] == ["mask", "raw"]

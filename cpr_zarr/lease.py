@@ -1,0 +1,234 @@
+"""Leases and claims: how writers and garbage collection keep out of each other's way.
+
+Every folder a save writes into (``<name>-<hash>/``, ``_staging/<name>-<uuid>/``, a label
+group) gets a *writer lease* first, and a collection that is about to remove a folder puts a
+*claim* in it first; both are small objects under ``<folder>/.lease/``::
+
+    <folder>/.lease/writer-<uuid>     a live writer (rewritten every REFRESH_SECONDS)
+    <folder>/.lease/gc-<uuid>         a collection removing the folder
+
+The protocol is two flags read after being written (Dekker's), which needs only that a write
+is visible to a later listing (true on local disk and on S3, strongly consistent):
+
+* a writer writes its lease, *then* lists the claims; if there is one it waits until the
+  claims are gone (the collection gave up, or removed the folder) and starts again;
+* a collection writes its claim, *then* lists the folder again and removes it only if
+  nothing changed since it decided (no new lease, record, chunk or commit marker).
+
+So at least one of the two sees the other: either the collection backs off, or the writer
+waits and then works on a folder that is complete or gone, never on one being removed. A
+save that reuses a committed result writes its provenance record (its flag), then checks
+for claims and for the commit marker, and saves again if the result went meanwhile.
+
+The lease is refreshed while the save runs, so a folder whose newest object is older than
+the collection's age limit (an hour by default, far above REFRESH_SECONDS) has no live
+writer. Tests pause the real code between steps with :func:`set_checkpoint_hook`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import platform
+import threading
+import time
+import uuid
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from cpr_zarr.store import ResultStore
+
+__all__ = [
+    "CLAIM_PREFIX",
+    "LEASE_DIR",
+    "REFRESH_SECONDS",
+    "WRITER_PREFIX",
+    "Lease",
+    "checkpoint",
+    "claims",
+    "fresh_list_dir",
+    "put",
+    "put_claim",
+    "remove",
+    "set_checkpoint_hook",
+    "wait_unclaimed",
+]
+
+logger = logging.getLogger("cpr_zarr")
+
+LEASE_DIR = ".lease"
+WRITER_PREFIX = "writer-"
+CLAIM_PREFIX = "gc-"
+REFRESH_SECONDS = 60.0
+# a claim nobody refreshed for this long belongs to a collection that died mid-way
+CLAIM_STALE_SECONDS = 900.0
+POLL_SECONDS = 0.02
+
+_hook: Callable[[str], None] | None = None
+
+
+def set_checkpoint_hook(hook: Callable[[str], None] | None) -> None:
+    """Call ``hook(step)`` at every step of the save and collection protocols (tests)."""
+    global _hook
+    _hook = hook
+
+
+def checkpoint(step: str) -> None:
+    """A named step of the protocol (``"save.leased"``, ``"gc.claimed"``, ...)."""
+    hook = _hook
+    if hook is not None:
+        hook(step)
+
+
+def _stamp() -> bytes:
+    return json.dumps({"host": platform.node(), "pid": os.getpid(), "time": time.time()}).encode()
+
+
+def put(store: ResultStore, key: str) -> None:
+    """Write a writer's lease (its modification time is what counts), creating its folder.
+
+    On local disk a collection may remove an empty ``.lease`` folder between our creating
+    it and writing into it: that is retried.
+    """
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    for attempt in range(5):
+        try:
+            sync(store._zstore.set(key, default_buffer_prototype().buffer.from_bytes(_stamp())))
+            return
+        except FileNotFoundError:
+            if attempt == 4:
+                raise
+
+
+def put_claim(store: ResultStore, path: str, key: str) -> None:
+    """Write a collection's claim ``key`` into folder ``path``, never creating ``path``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If the folder is gone (another collection removed it first).
+    """
+    if store._local_path is None:  # object stores have no folders to recreate
+        put(store, key)
+        return
+    with contextlib.suppress(FileExistsError):
+        os.mkdir(store._local_path / path / LEASE_DIR)  # no parents: removed stays removed
+    with open(store._local_path / key, "xb") as f:
+        f.write(_stamp())
+
+
+def remove(store: ResultStore, key: str) -> None:
+    """Delete a lease or claim object; a missing one is fine. On local disk the ``.lease``
+    folder goes too once empty (a writer putting a lease there meanwhile retries)."""
+    from zarr.core.sync import sync
+
+    with contextlib.suppress(FileNotFoundError):
+        sync(store._zstore.delete(key))
+    if store._local_path is not None:
+        with contextlib.suppress(OSError):  # not empty (another lease or claim), or gone
+            os.rmdir((store._local_path / key).parent)
+
+
+def fresh_list_dir(store: ResultStore, prefix: str) -> list[str]:
+    """``store._list_dir(prefix)`` as it is now: fsspec caches listings per process, and
+    another process's lease, claim or record must be seen."""
+    if store._local_path is None:
+        zstore: Any = store._zstore
+        zstore.fs.invalidate_cache(f"{zstore.path.rstrip('/')}/{prefix}")
+    return store._list_dir(prefix)
+
+
+def claims(store: ResultStore, path: str) -> list[str]:
+    """The collection claims present in folder ``path``."""
+    entries = fresh_list_dir(store, f"{path}/{LEASE_DIR}")
+    return sorted(entry for entry in entries if entry.startswith(CLAIM_PREFIX))
+
+
+def wait_unclaimed(store: ResultStore, path: str) -> bool:
+    """Wait until folder ``path`` holds no claim; whether there was one.
+
+    A claim that stays unchanged for ``CLAIM_STALE_SECONDS`` is left by a collection that
+    died: it is removed and the writer goes on (the folder is then a plain leftover).
+    """
+    seen: list[str] = []
+    since = time.monotonic()
+    waited = False
+    while True:
+        found = claims(store, path)
+        if not found:
+            return waited
+        waited = True
+        checkpoint("save.waiting")
+        if found != seen:
+            seen, since = found, time.monotonic()
+        elif time.monotonic() - since > CLAIM_STALE_SECONDS:
+            logger.warning(
+                "Removing stale garbage-collection claims %s in %s of store %s (unchanged "
+                "for %.0f s: the collection that wrote them stopped).",
+                found,
+                path,
+                store.url,
+                CLAIM_STALE_SECONDS,
+            )
+            for entry in found:
+                remove(store, f"{path}/{LEASE_DIR}/{entry}")
+        time.sleep(POLL_SECONDS)
+
+
+class Lease:
+    """A writer's lease on folder ``path``: acquire before writing, release after committing.
+
+    Use it as a context manager. While held it is rewritten every ``REFRESH_SECONDS`` by a
+    daemon thread, so the folder never looks abandoned to a collection.
+    """
+
+    def __init__(self, store: ResultStore, path: str) -> None:
+        self.store = store
+        self.path = path
+        self.key = f"{path}/{LEASE_DIR}/{WRITER_PREFIX}{uuid.uuid4().hex}"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def acquire(self) -> None:
+        """Write the lease, then wait out any collection claiming the folder (see module doc)."""
+        while True:
+            put(self.store, self.key)
+            if not wait_unclaimed(self.store, self.path):
+                break
+            # a collection held the folder: it gave up or removed it (our lease with it)
+        checkpoint("save.leased")
+        self._thread = threading.Thread(
+            target=self._refresh, name=f"cpr-zarr-lease-{self.path}", daemon=True
+        )
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(REFRESH_SECONDS):
+            try:
+                put(self.store, self.key)
+            except Exception as exc:  # the save itself reports storage failures
+                logger.warning(
+                    "Could not refresh the lease %s in %s: %s", self.key, self.store.url, exc
+                )
+
+    def release(self) -> None:
+        """Stop refreshing and delete the lease (a failure only leaves a small object)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        with contextlib.suppress(OSError):  # read-only now: a small object stays behind
+            remove(self.store, self.key)
+
+    def __enter__(self) -> Lease:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.release()
