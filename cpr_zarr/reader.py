@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import numpy as np
 import zarr
+from zarr.core.sync import sync
 
 from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
@@ -196,6 +197,8 @@ class ChunkReader:
             if since is not None and since != self._generation:
                 return True
             attrs = self.store._committed_attrs(self.group_path)
+            if attrs is None and sync(self.store._zstore.exists(f"{self.group_path}/zarr.json")):
+                return False  # the marker is there but damaged: report the chunk as it failed
             level = self.attrs.get("level")
             if attrs is not None and level is not None:
                 records = attrs.get("levels", [])
