@@ -336,7 +336,7 @@ def _check_levels(
                 f"is {got_shape!r}, but level {number - 1} of shape {prev} with step {step} "
                 f"gives {want_shape}",
             )
-        want_chunks = [min(b, s) for b, s in zip(chunks, want_shape, strict=True)]
+        want_chunks = [max(1, min(b, s)) for b, s in zip(chunks, want_shape, strict=True)]
         got_chunks = c.ints(record, "chunks", f"{where}.chunks", minimum=1, length=len(shape))
         if got_chunks != want_chunks:
             raise c.fail(f"{where}.chunks", f"is {got_chunks!r}, expected {want_chunks}")
@@ -550,6 +550,11 @@ def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
             elif kind == "category":
                 out[f"{prefix}values"] = None  # codes: int8..int64 by category count
                 spec_types(f"{prefix}cat.", spec.get("categories"))
+            elif kind == "object":  # a type code per row, then the values of each type
+                out[f"{prefix}codes"] = "uint8"
+                out[f"{prefix}values"] = "string"
+                out[f"{prefix}floats"] = "float64"
+                out[f"{prefix}ints"] = "int64"
         except (TypeError, ValueError, AttributeError):
             out[f"{prefix}values"] = None
         out[f"{prefix}mask"] = "bool"
@@ -580,8 +585,10 @@ def _check_table_arrays(store: ResultStore, path: str, attrs: dict[str, Any]) ->
         c = _Checker(store.url, path, f"{key}/zarr.json")
         dtype = types.get(key)
         rows: list[int] | None = [schema["rows"]]
-        if "/cat." in key:
-            rows = None  # one entry per category
+        if "/cat." in key or (
+            f"{key.rsplit('/', 1)[0]}/codes" in docs and not key.endswith(("/codes", "/mask"))
+        ):
+            rows = None  # one entry per category; object columns: one per value of its type
         if dtype is None and key.endswith("/values") and isinstance(doc, dict):
             categories = docs.get(key.replace("/values", "/cat.values"))
             if isinstance(categories, dict) and isinstance(categories.get("shape"), list):

@@ -222,6 +222,7 @@ def label_leftovers(store: ResultStore, skip: set[str]) -> list[tuple[str, str]]
 
     Images in ``skip`` (removed whole as leftovers) are not looked into.
     """
+    from cpr_zarr.integrity import is_leftover
     from cpr_zarr.layout import parse_group_path
 
     out = []
@@ -230,7 +231,8 @@ def label_leftovers(store: ResultStore, skip: set[str]) -> list[tuple[str, str]]
             continue
         for entry in sorted(store._list_dir(f"{image}/labels")):
             path = f"{image}/labels/{entry}"
-            if parse_group_path(path) is not None and store._committed_attrs(path) is None:
+            # never committed: no marker and no record copy (a damaged marker is not a leftover)
+            if parse_group_path(path) is not None and is_leftover(store, path):
                 out.append((path, "incomplete label image (never committed)"))
     return out
 

@@ -254,7 +254,7 @@ def write_levels(
     cumulative = (1,) * len(source.shape)
     for number, step in enumerate(steps, start=1):
         shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
-        chunks = tuple(min(c, s) for c, s in zip(base_chunks, shape, strict=True))
+        chunks = tuple(max(1, min(c, s)) for c, s in zip(base_chunks, shape, strict=True))
         cumulative = tuple(c * f for c, f in zip(cumulative, step, strict=True))
         history = [list(s) for s in steps[:number]]
         # a level's values depend on every step that led to it (means of rounded means), so
