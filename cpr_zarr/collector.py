@@ -226,6 +226,8 @@ def _remove_claimed(store: ResultStore, path: str, claim: str) -> str:
             raise _not_writable(store, path, exc) from exc
         # from here the folder is out of every writer's way; a failure leaves a leftover
         shutil.rmtree(trash, ignore_errors=True)
+        with contextlib.suppress(OSError):  # not empty (a save is staging), or gone
+            trash.parent.rmdir()  # an empty _staging/ makes plain zarr warn about the root
     else:
         zstore: Any = store._zstore
         base = f"{zstore.path.rstrip('/')}/{path}"

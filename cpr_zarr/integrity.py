@@ -64,7 +64,27 @@ __all__ = [
     "write_marker",
 ]
 
-RECORD_COPY = "cpr_zarr_record.json"
+# the copy is a zarr group of its own, holding the marker document as one attribute: plain zarr
+# lists it as a subgroup (a loose file would warn "not recognized as a component"), and OME
+# readers do not mistake it for an image (no top-level "ome")
+RECORD_COPY = "cpr_zarr_record/zarr.json"
+_COPY_ATTR = "cpr_zarr_record"
+
+
+def _wrap_copy(doc: dict[str, Any]) -> dict[str, Any]:
+    return {"zarr_format": 3, "node_type": "group", "attributes": {_COPY_ATTR: doc}}
+
+
+def _read_copy(store: ResultStore, path: str) -> Any:
+    """The marker document kept in the record copy (as stored, if not wrapped: damage)."""
+    copy = read_doc(store, f"{path}/{RECORD_COPY}")
+    if isinstance(copy, dict) and isinstance(copy.get("attributes"), dict):
+        inner = copy["attributes"].get(_COPY_ATTR)
+        if isinstance(inner, dict):
+            return inner
+    return copy
+
+
 DIGEST_FIELD = "record_digest"
 ARRAY_PATH = "0"
 _HEX_RE = re.compile(rf"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
@@ -142,7 +162,7 @@ def write_marker(store: ResultStore, path: str, doc: dict[str, Any]) -> None:
     never makes an uncommitted group look committed (only the marker does).
     """
     seal(doc)
-    store._set_json(f"{path}/{RECORD_COPY}", doc)
+    store._set_json(f"{path}/{RECORD_COPY}", _wrap_copy(doc))
     store._set_json(f"{path}/zarr.json", doc)
 
 
@@ -695,7 +715,7 @@ def repair(store: ResultStore, path: str) -> str:
     doc: dict[str, Any] | None = None
     how = ""
     try:
-        copy = read_doc(store, f"{path}/{RECORD_COPY}")
+        copy = _read_copy(store, path)
         if copy is _ABSENT:
             raise ValueError("there is none")
         attrs = check_record(store.url, path, copy, key=RECORD_COPY)
@@ -718,7 +738,7 @@ def repair(store: ResultStore, path: str) -> str:
     if problems:
         raise c.fail("the data", "does not verify, not repaired: " + problems[0])
     store._set_json(f"{path}/zarr.json", doc)
-    store._set_json(f"{path}/{RECORD_COPY}", doc)
+    store._set_json(f"{path}/{RECORD_COPY}", _wrap_copy(doc))
     if "/labels/" in path:
         from cpr_zarr.ngff import _update_labels_list
 
@@ -912,14 +932,16 @@ def _check_copy(
     """The record copy (what :func:`repair` rebuilds a marker from) is absent or intact."""
     c = _Checker(store.url, path, RECORD_COPY)
     try:
-        copy = read_doc(store, f"{path}/{RECORD_COPY}")
+        copy = _read_copy(store, path)
         if copy is _ABSENT:
             return []
         check_record(store.url, path, copy, key=RECORD_COPY)
         return []
     except (ValueError, IntegrityError) as exc:
         if repair_damaged:
-            store._set_json(f"{path}/{RECORD_COPY}", read_doc(store, f"{path}/zarr.json"))
+            store._set_json(
+                f"{path}/{RECORD_COPY}", _wrap_copy(read_doc(store, f"{path}/zarr.json"))
+            )
             report.repaired.append(f"rewrote the record copy of {path!r} from its marker")
             return []
         return [str(c.fail("the record copy", f"is damaged ({exc}); --repair rewrites it"))]

@@ -41,7 +41,7 @@ from cpr_zarr.errors import (
     ResultNotFoundError,
     StoreError,
 )
-from cpr_zarr.integrity import RECORD_COPY, Damage, load_commit
+from cpr_zarr.integrity import Damage, load_commit
 from cpr_zarr.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
 from cpr_zarr.redact import register_options, register_secret, split_userinfo
 from cpr_zarr.target import ZarrTarget
@@ -687,9 +687,8 @@ class ResultStore:
             path = target.group_path
         except IntegrityError as exc:  # damaged: its record cannot be trusted, but it can go
             target, path = None, exc.group_path
-        # the record copy first: a delete stopped halfway leaves a result without its copy
-        # or a plain leftover (no marker, no copy), never a marker-less group with a copy
-        sync(self._zstore.delete(f"{path}/{RECORD_COPY}"))
+        # one rename on local disk; on object stores the record copy, then the marker, then
+        # the rest: a delete stopped halfway never leaves a marker-less group with a copy
         delete_group(self, path)
         return target
 
@@ -699,8 +698,13 @@ class ResultStore:
 
         reader = self._readers.get(target.group_path)
         if reader is None:
-            # record vs content hash, array metadata vs record (IntegrityError on damage)
-            attrs = load_commit(self, target.group_path)
+            # a pointer naming a path outside its store is never followed; then record vs
+            # content hash, array metadata vs record (IntegrityError on damage)
+            attrs = (
+                load_commit(self, target.group_path)
+                if parse_group_path(target.group_path) is not None
+                else None
+            )
             if attrs is None:
                 raise ResultNotFoundError(
                     f"Result {target.group_path!r} is not (or no longer) committed in store "
