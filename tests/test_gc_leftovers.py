@@ -121,7 +121,6 @@ def test_concurrent_gc_runs_never_fail_because_the_other_removed_first(tmp_path:
         assert "Traceback" not in err
     assert [t.group_path for t in store.targets()] == [kept.group_path]
     assert sorted(os.listdir(store.url)) == sorted(["zarr.json", kept.group_path])
-    assert os.listdir(Path(store.url) / "_staging") == []
     removed = [line for out, _ in outs for line in out.splitlines() if line.startswith("remove ")]
     assert len(removed) == 16  # every entry removed exactly once, by one of the runs
 
