@@ -23,7 +23,9 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
 _AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
-def human_bytes(n: float) -> str:
+def human_bytes(n: float | None) -> str:
+    if n is None or n != n:  # not known (a table has no raw size), or NaN
+        return "-"
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
@@ -118,7 +120,7 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
     table = [
         (
             r["name"], r["hash"][:12], r["kind"], "x".join(map(str, r["shape"])), r["dtype"],
-            human_bytes(r["stored_bytes"]), f"{r['ratio']:.2f}",
+            human_bytes(r["stored_bytes"]), "-" if r["ratio"] != r["ratio"] else f"{r['ratio']:.2f}",
             r["last_produced"].strftime("%Y-%m-%d %H:%M") if r["last_produced"] == r["last_produced"] else "-",
             r["last_task"] or "-",
         )
@@ -129,7 +131,7 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
     for row in [header, *table]:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
     total = int(frame["stored_bytes"].sum())
-    click.echo(f"{len(frame)} results, {human_bytes(total)} stored")
+    click.echo(f"{len(frame)} result{'s' * (len(frame) != 1)}, {human_bytes(total)} stored")
 
 
 @main.command("info")
@@ -153,7 +155,9 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
             "stored_bytes": row["stored_bytes"],
             "raw_bytes": row["raw_bytes"],
             "algorithm": doc["cpr_zarr"]["algorithm"],
-            "chunk_count": len(doc["cpr_zarr"]["chunk_digests"]),
+            "kind": doc["cpr_zarr"].get("kind", "image"),
+            # arrays: one digest per chunk; tables: one per stored column/index array
+            "chunk_count": len(doc["cpr_zarr"].get("chunk_digests") or doc["cpr_zarr"]["digests"]),
             "ome": ome,
             "provenance": records,
             "lineage": {k: [t.group_path for t in v] for k, v in lineage.items()},
@@ -166,17 +170,31 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
     click.echo(
         f"  content hash  {target.content_hash} ({cpr['algorithm']}, layout {cpr['layout']})"
     )
-    click.echo(f"  array         {target.dtype}{list(target.shape)}, chunks {list(target.chunks)}, "
-               f"{len(cpr['chunk_digests'])} chunks")  # fmt: skip
-    click.echo(f"  size          {human_bytes(row['raw_bytes'])} raw, {human_bytes(row['stored_bytes'])} "
-               f"stored (ratio {row['ratio']:.2f})")  # fmt: skip
+    is_table = cpr.get("kind") == "table"
+    if is_table:
+        rows, columns = target.shape
+        click.echo(f"  table         {rows} row{'s' * (rows != 1)} x {columns} column"
+                   f"{'s' * (columns != 1)}, {len(cpr['digests'])} stored arrays")  # fmt: skip
+    else:
+        click.echo(f"  array         {target.dtype}{list(target.shape)}, chunks {list(target.chunks)}, "
+                   f"{len(cpr['chunk_digests'])} chunks")  # fmt: skip
+    ratio = row["ratio"]
+    ratio_text = f" (ratio {ratio:.2f})" if isinstance(ratio, float) and ratio == ratio else ""
+    raw = "" if row["raw_bytes"] is None else f"{human_bytes(row['raw_bytes'])} raw, "
+    click.echo(f"  size          {raw}{human_bytes(row['stored_bytes'])} stored{ratio_text}")  # fmt: skip
     if ome:
         ms = ome["multiscales"][0]
         axes = ", ".join(f"{a['name']}({a.get('unit', a['type'])})" for a in ms["axes"])
         levels = [d["path"] for d in ms["datasets"]]
         scale = ms["datasets"][0]["coordinateTransformations"][0].get("scale")
         click.echo(f"  OME-NGFF      {ome['version']}: axes {axes}; levels {levels}; scale {scale}")
-    click.echo(f"  open with     zarr.open_array({rs.url!r}, path={target.group_path + '/0'!r})")
+    if is_table:
+        click.echo(f"  open with     cpr_zarr.read_table(cpr_zarr.ResultStore({rs.url!r})"
+                   f".open({target.group_path!r}))")  # fmt: skip
+    else:
+        click.echo(
+            f"  open with     zarr.open_array({rs.url!r}, path={target.group_path + '/0'!r})"
+        )
     click.echo(f"provenance ({len(records)} record{'s' * (len(records) != 1)}):")
     for r in records:
         who = (

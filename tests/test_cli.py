@@ -226,3 +226,31 @@ def test_help_on_every_command() -> None:
         out = cli(command, "--help").stdout
         assert "Usage: cpr-zarr " + command in out
     assert "Inspect a cpr_zarr result store" in cli("--help").stdout
+
+
+def test_info_and_ls_on_every_kind_of_result(tmp_path: Path) -> None:
+    import pandas as pd
+    from PIL import Image
+
+    store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    image = store.save(np.arange(2 * 8 * 8, dtype=np.uint16).reshape(2, 8, 8), "img")
+    labels = store.save(cpr_zarr.Labels(np.ones((2, 8, 8), np.uint8), image=image), "lab")
+    table = store.save(pd.DataFrame({"label": [1, 2], "area": [3.0, 4.5]}), "measure")
+    pil = store.save(np.asarray(Image.new("RGB", (6, 4))).transpose(2, 0, 1).copy(), "pil")
+    for target, kind_line in [
+        (image, "array         uint16[2, 8, 8]"),
+        (labels, "array         uint8[2, 8, 8]"),
+        (table, "table         2 rows x 2 columns"),
+        (pil, "array         uint8[3, 4, 6]"),
+    ]:
+        text = cli("info", str(store.url), target.content_hash[:8]).stdout
+        assert kind_line in text, text
+        doc = json.loads(cli("info", str(store.url), target.content_hash[:8], "--json").stdout)
+        assert doc["target"]["group_path"] == target.group_path
+        assert doc["chunk_count"] >= 1
+    listing = cli("ls", str(store.url)).stdout
+    assert "nan" not in listing
+    assert listing.strip().endswith("stored")
+    one = cpr_zarr.ResultStore(tmp_path / "one.zarr")
+    one.save(np.zeros(3), "only")
+    assert "1 result," in cli("ls", str(one.url)).stdout
