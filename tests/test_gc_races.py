@@ -23,6 +23,7 @@ import pytest
 import cpr_zarr
 from cpr_zarr import lease
 from cpr_zarr.collector import collect
+from cpr_zarr.integrity import RECORD_COPY
 from cpr_zarr.inventory import plan_gc
 
 if TYPE_CHECKING:
@@ -163,11 +164,13 @@ class Race:
 
 
 def make_leftover(store: cpr_zarr.ResultStore, seed: int, *, age: float | None) -> str:
-    """A leftover of a killed writer of ``data_for(seed)``: the whole array, no marker."""
+    """A leftover of a killed writer of ``data_for(seed)``: the whole array, no marker (and
+    no record copy: the writer died before its commit step)."""
     from zarr.core.sync import sync
 
     target = store.save(data_for(seed), name="v", chunks=(6, 20, 20))
     sync(store._zstore.delete(f"{target.group_path}/zarr.json"))
+    sync(store._zstore.delete(f"{target.group_path}/{RECORD_COPY}"))
     if age is not None and store._local_path is not None:
         then = time.time() - age
         for dirpath, _, files in os.walk(store._local_path / target.group_path):

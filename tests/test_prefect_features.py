@@ -329,8 +329,11 @@ def test_cpr_zarr_warnings_reach_the_run_logs(tmp_path: Path) -> None:
 
     state = pipeline(return_state=True)
     flow_run_id = state.state_details.flow_run_id
+    from prefect.logging.handlers import APILogWorker
+
+    APILogWorker.drain_all(timeout=30)  # logs are shipped to the API in batches
     messages: list[str] = []
-    for _ in range(50):  # logs are shipped to the API in batches
+    for _ in range(150):
         with get_client(sync_client=True) as client:
             logs = client.read_logs(
                 log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
