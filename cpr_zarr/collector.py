@@ -12,8 +12,8 @@ the collection half of the protocol in :mod:`cpr_zarr.lease`:
 3. *verify*: list the folder again; if anything changed since step 1 (a writer's lease, a
    record, a chunk, the commit marker), drop the claim and skip;
 4. *remove*: on local disk one atomic ``rename`` into ``_staging/.gc-<uuid>`` (writers
-   that were waiting start on an empty path), then delete that; on object stores the commit
-   marker first, then every other object, the claim last.
+   that were waiting start on an empty path), then delete that; on object stores the record
+   copy, then the commit marker, then every other object, the claim last.
 
 A writer writes its lease *before* looking for claims and the collection writes its claim
 *before* its second listing, so a removal never overlaps a write (see :mod:`cpr_zarr.lease`).
