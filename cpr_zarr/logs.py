@@ -13,6 +13,8 @@ import logging
 import sys
 from typing import Any
 
+from cpr_zarr.redact import redact_text
+
 __all__ = ["LOGGER_NAME", "in_prefect_run", "run_logger"]
 
 LOGGER_NAME = "cpr_zarr"
@@ -53,7 +55,8 @@ class _ToRunLogger(logging.Filter):
         target = run_logger()
         if target is None:
             return True
-        target.log(record.levelno, record.getMessage(), exc_info=record.exc_info)
+        # redacted here too: this filter may run before the redacting one, and drops the record
+        target.log(record.levelno, redact_text(record.getMessage()), exc_info=record.exc_info)
         return False
 
 

@@ -320,7 +320,9 @@ def test_cpr_zarr_warnings_reach_the_run_logs(tmp_path: Path) -> None:
 
     @cpr_zarr.task(store=store_url)
     def make() -> np.ndarray:
-        logging.getLogger("cpr_zarr").warning("a cpr_zarr warning inside a task run")
+        logging.getLogger("cpr_zarr").warning(
+            "a cpr_zarr warning inside a task run, about s3://AKIDEXAMPLE:s3cr3t%2Fpart@host/b"
+        )
         return np.zeros(4)
 
     @flow
@@ -343,6 +345,7 @@ def test_cpr_zarr_warnings_reach_the_run_logs(tmp_path: Path) -> None:
             break
         time.sleep(0.2)
     assert any("a cpr_zarr warning inside a task run" in m for m in messages), messages
+    assert not any("s3cr3t" in m for m in messages), messages  # redacted on the way
 
 
 def test_a_leaked_finished_transaction_does_not_swallow_the_record(
