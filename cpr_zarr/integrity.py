@@ -46,12 +46,15 @@ from cpr_zarr.hashing import ALGORITHM, combine_digests
 from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from cpr_zarr.store import ResultStore
 
 __all__ = [
     "RECORD_COPY",
     "Damage",
     "VerifyReport",
+    "array_record",
     "check_array_doc",
     "check_arrays",
     "check_record",
@@ -153,6 +156,29 @@ def seal(doc: dict[str, Any]) -> dict[str, Any]:
     attributes = doc["attributes"]
     attributes["cpr_zarr"][DIGEST_FIELD] = record_digest(attributes)
     return doc
+
+
+def array_record(
+    content_hash: str,
+    name: str,
+    shape: Sequence[int],
+    dtype: str,
+    chunks: Sequence[int],
+    digests: list[str],
+) -> dict[str, Any]:
+    """The ``cpr_zarr`` commit record of an array result (before image metadata and levels)."""
+    return {
+        "layout": LAYOUT_VERSION,
+        "algorithm": ALGORITHM,
+        "content_hash": content_hash,
+        "name": name,
+        "kind": "array",
+        "array": ARRAY_PATH,
+        "shape": list(shape),
+        "dtype": dtype,
+        "chunks": list(chunks),
+        "chunk_digests": digests,
+    }
 
 
 def write_marker(store: ResultStore, path: str, doc: dict[str, Any]) -> None:
@@ -771,18 +797,7 @@ def _rebuild_from_chunks(store: ResultStore, path: str) -> dict[str, Any]:
     actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
     if actual != content_hash:
         raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
-    attrs: dict[str, Any] = {
-        "layout": LAYOUT_VERSION,
-        "algorithm": ALGORITHM,
-        "content_hash": content_hash,
-        "name": name,
-        "kind": "array",
-        "array": ARRAY_PATH,
-        "shape": shape,
-        "dtype": dtype,
-        "chunks": chunks,
-        "chunk_digests": digests,
-    }
+    attrs = array_record(content_hash, name, shape, dtype, chunks, digests)
     if "/labels/" in path:
         attrs["labels_of"] = path.split("/labels/")[0]
     return seal({"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}})

@@ -42,10 +42,9 @@ from cpr_zarr import ngff
 from cpr_zarr.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.compute import compute
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
-from cpr_zarr.hashing import ALGORITHM, chunk_digest, combine_digests
-from cpr_zarr.integrity import write_marker
+from cpr_zarr.hashing import chunk_digest, combine_digests
+from cpr_zarr.integrity import array_record, write_marker
 from cpr_zarr.layout import (
-    LAYOUT_VERSION,
     canonical_dtype,
     chunk_grid,
     parse_chunks,
@@ -463,18 +462,7 @@ def _commit(
             "(deleted by something that ignores cpr_zarr's write leases, e.g. a script, a "
             "lifecycle rule or an old cpr_zarr's gc). Stop that, then run the task again."
         )
-    attrs: dict[str, Any] = {
-        "layout": LAYOUT_VERSION,
-        "algorithm": ALGORITHM,
-        "content_hash": content_hash,
-        "name": name,
-        "kind": "array",
-        "array": ARRAY_PATH,
-        "shape": list(shape),
-        "dtype": dtype.name,
-        "chunks": list(chunks),
-        "chunk_digests": digests,
-    }
+    attrs = array_record(content_hash, name, shape, dtype.name, chunks, digests)
     attributes: dict[str, Any] = {}
     # NGFF metadata and pyramid levels (written now, before the commit marker)
     ome, image_attrs = (spec or ngff.SaveSpec(None)).group_attributes(store, path, name, base=base)
