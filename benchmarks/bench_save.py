@@ -43,12 +43,12 @@ import tifffile
 import zarr
 
 import cpr_zarr
-import cpr_zarr.writer
+import cpr_zarr.core.writer
 from benchmarks import common  # first: sets Prefect's environment before prefect is imported
 
 SIZES = ["small", "large"]
 # cpr_zarr versions with multiscale pyramids take save(..., levels=N) (via **metadata)
-_HAS_LEVELS = "levels" in inspect.signature(cpr_zarr.writer.save).parameters
+_HAS_LEVELS = "levels" in inspect.signature(cpr_zarr.core.writer.save).parameters
 
 
 def _cpu_cores_during(fn) -> float:

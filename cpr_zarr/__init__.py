@@ -5,7 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import cpr_zarr.logs  # noqa: F401  (installs the forwarding of cpr_zarr records to Prefect run logs)
-from cpr_zarr.compute import compute
+from cpr_zarr.core.compute import compute
+from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
+from cpr_zarr.core.pyramid import read_level
+from cpr_zarr.core.source import TiffSource, ZarrSource
+from cpr_zarr.core.table import read_table, save_table, to_csv
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     ChunkVerificationError,
@@ -19,12 +23,8 @@ from cpr_zarr.errors import (
     StoreError,
     UnsupportedResultError,
 )
-from cpr_zarr.export import to_ngff_v04, to_ome_tiff
-from cpr_zarr.ngff import Image, Labels
-from cpr_zarr.pyramid import read_level
-from cpr_zarr.source import TiffSource, ZarrSource
+from cpr_zarr.model.ngff import Image, Labels
 from cpr_zarr.store import ResultStore, open_store
-from cpr_zarr.table import read_table, save_table
 from cpr_zarr.target import ZarrTarget
 
 __all__ = [
@@ -56,6 +56,7 @@ __all__ = [
     "read_table",
     "save_table",
     "task",
+    "to_csv",
     "to_ngff_v04",
     "to_ome_tiff",
     "written_targets",

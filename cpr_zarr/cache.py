@@ -26,7 +26,7 @@ import numpy as np
 from prefect.cache_policies import CachePolicy
 from prefect.utilities.hashing import hash_objects
 
-from cpr_zarr.hashing import array_fingerprint
+from cpr_zarr.model.hashing import array_fingerprint
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:

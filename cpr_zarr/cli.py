@@ -140,7 +140,7 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
 def info_command(store: str, ref: str, as_json: bool) -> None:
     """Show a result: metadata, provenance, lineage and its OME-NGFF summary."""
-    from cpr_zarr.inventory import result_row
+    from cpr_zarr.core.inventory import result_row
 
     rs = _open(store)
     target = _target(rs, ref)
@@ -232,7 +232,7 @@ def verify_command(store: str, refs: tuple[str, ...], threads: int | None, repai
 
     Exits with status 0 only if everything verifies; every problem is named.
     """
-    from cpr_zarr.integrity import verify_store
+    from cpr_zarr.core.integrity import verify_store
 
     rs = _open(store, mode="a" if repair else "r")
     try:
@@ -308,8 +308,8 @@ def run_gc(
     yes: bool,
 ) -> None:
     """``cpr-zarr gc``: plan, print, and with ``yes`` remove through the collector."""
-    from cpr_zarr.collector import collect
-    from cpr_zarr.inventory import plan_gc
+    from cpr_zarr.core.collector import collect
+    from cpr_zarr.core.inventory import plan_gc
 
     rs = _open(store, mode="a" if yes else "r")
     for damage in rs.damaged():  # never removed: repair them (`verify --repair`) or delete
@@ -368,8 +368,8 @@ def run_gc(
 )
 def export_command(store: str, ref: str, dest: str, fmt: str | None) -> None:
     """Export a result to OME-TIFF, an NGFF 0.4 / zarr v2 copy (Fiji, MoBIE) or CSV."""
-    from cpr_zarr.export import to_ngff_v04, to_ome_tiff
-    from cpr_zarr.table import to_csv
+    from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
+    from cpr_zarr.core.table import to_csv
 
     target = _target(_open(store), ref)
     if fmt is None:

@@ -29,17 +29,19 @@ import pandas as pd
 import prefect
 from prefect.cache_policies import TASK_SOURCE
 
-from cpr_zarr import ngff, table
 from cpr_zarr.cache import CONTENT_INPUTS
-from cpr_zarr.compute import install_safe_scheduler
+from cpr_zarr.core import table
+from cpr_zarr.core.compute import install_safe_scheduler
+from cpr_zarr.core.provenance import record_for_task
+from cpr_zarr.core.source import TiffSource, ZarrSource, to_array
+from cpr_zarr.core.writer import check_ndim, unmask
 from cpr_zarr.errors import UnsupportedResultError
-from cpr_zarr.layout import canonical_dtype, parse_name
-from cpr_zarr.provenance import record_for_task
+from cpr_zarr.inputs import InputImages
+from cpr_zarr.model import ngff
+from cpr_zarr.model.layout import canonical_dtype, parse_name
 from cpr_zarr.serializer import pointer_serializer
-from cpr_zarr.source import TiffSource, ZarrSource, to_array
 from cpr_zarr.store import ResultStore, normalize_url, open_store
 from cpr_zarr.target import PILTarget, ZarrTarget
-from cpr_zarr.writer import check_ndim, unmask
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -111,7 +113,7 @@ def _walk(
     name: str,
     where: str,
     store: _Saver | None,
-    inputs: ngff.InputImages | None = None,
+    inputs: InputImages | None = None,
 ) -> Any:
     """Check (``store=None``) or save (``store`` given) a task's return value.
 
@@ -219,7 +221,7 @@ class _Call:
         self.fn = fn
         self.bound = task.signature.bind(*args, **kwargs)
         self.record = record_for_task(fn, self.bound.arguments)
-        self.inputs = ngff.InputImages()
+        self.inputs = InputImages()
 
     def load(self) -> None:
         install_safe_scheduler()

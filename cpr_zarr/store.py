@@ -30,7 +30,8 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from cpr_zarr import lease
+from cpr_zarr.core import lease
+from cpr_zarr.core.integrity import Damage, load_commit
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
@@ -41,8 +42,7 @@ from cpr_zarr.errors import (
     ResultNotFoundError,
     StoreError,
 )
-from cpr_zarr.integrity import Damage, load_commit
-from cpr_zarr.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
+from cpr_zarr.model.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
 from cpr_zarr.redact import register_options, register_secret, split_userinfo
 from cpr_zarr.target import ZarrTarget
 
@@ -53,7 +53,7 @@ if TYPE_CHECKING:
     import pandas as pd
     from zarr.abc.store import Store
 
-    from cpr_zarr.reader import ChunkReader
+    from cpr_zarr.core.reader import ChunkReader
 
 __all__ = ["ResultStore", "normalize_url", "open_store"]
 
@@ -557,7 +557,7 @@ class ResultStore:
         # A save that reuses a committed result (or commits one) can meet a collection
         # removing it: the provenance record (or, if it cannot be written, a lease) is this
         # save's flag, written before looking for a collection's claim; if the result went
-        # meanwhile, it is saved again (cpr_zarr.lease has the protocol).
+        # meanwhile, it is saved again (cpr_zarr.core.lease has the protocol).
         for _ in range(3):
             target, recorded = self._save_once(data, name, chunks, compressor, provenance, metadata)
             lease.checkpoint("save.recorded")
@@ -593,8 +593,8 @@ class ResultStore:
         metadata: dict[str, Any],
     ) -> tuple[ZarrTarget, bool]:
         """One save and its provenance record; the target and whether the record was written."""
-        from cpr_zarr import writer
-        from cpr_zarr.provenance import write_record
+        from cpr_zarr.core import writer
+        from cpr_zarr.core.provenance import write_record
 
         self._check_writable()
         unknown = sorted(set(metadata) - _METADATA_KEYS)
@@ -607,7 +607,7 @@ class ResultStore:
             )
         try:
             if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
-                from cpr_zarr.table import save_table
+                from cpr_zarr.core.table import save_table
 
                 given = {"chunks": chunks, "compressor": compressor, **metadata}
                 given = {k: v for k, v in given.items() if v is not None}
@@ -649,19 +649,19 @@ class ResultStore:
     def list(self) -> pd.DataFrame:
         """One row per committed result: name, hash, kind, shape, dtype, chunks, stored and
         raw bytes, compression ratio, created, last produced, last task and flow run."""
-        from cpr_zarr.inventory import list_results
+        from cpr_zarr.core.inventory import list_results
 
         return list_results(self)
 
     def lineage(self, ref: str | ZarrTarget) -> dict[str, builtins.list[ZarrTarget]]:
         """Results upstream (``"inputs"``) and downstream (``"outputs"``) of ``ref``."""
-        from cpr_zarr.inventory import lineage
+        from cpr_zarr.core.inventory import lineage
 
         return lineage(self, ref)
 
     def provenance(self, ref: str | ZarrTarget) -> builtins.list[dict[str, Any]]:
         """Every provenance record of a result, oldest first."""
-        from cpr_zarr.provenance import read_records
+        from cpr_zarr.core.provenance import read_records
 
         return read_records(self, self.open(ref).group_path)
 
@@ -678,7 +678,7 @@ class ResultStore:
         StoreError
             If the store cannot be written (read-only file system, no permission).
         """
-        from cpr_zarr.collector import delete_group
+        from cpr_zarr.core.collector import delete_group
 
         self._check_writable()
         target: ZarrTarget | None
@@ -694,7 +694,7 @@ class ResultStore:
 
     def reader(self, target: ZarrTarget) -> ChunkReader:
         """A verifying chunk reader for a target of this store (cached per group)."""
-        from cpr_zarr.reader import ChunkReader
+        from cpr_zarr.core.reader import ChunkReader
 
         reader = self._readers.get(target.group_path)
         if reader is None:

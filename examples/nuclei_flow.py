@@ -306,7 +306,7 @@ def main() -> None:
     labels = results["labels"]
     table = results["table"]
     csv = Path("nuclei_measurements.csv").resolve()
-    cpr_zarr.table.to_csv(table, csv)  # type: ignore[arg-type]
+    cpr_zarr.core.table.to_csv(table, csv)  # type: ignore[arg-type]
     print(f"Measurements (one row per nucleus) exported to {csv}")
     url = json.dumps(store.url)
     print("\nOpen them without Prefect:")

@@ -27,8 +27,8 @@ from cpr_zarr import (
     StoreError,
     UnsupportedResultError,
 )
-from cpr_zarr.reader import ChunkReader
-from cpr_zarr.table import read_table
+from cpr_zarr.core.reader import ChunkReader
+from cpr_zarr.core.table import read_table
 from tests.conftest import store_files
 
 if TYPE_CHECKING:

@@ -9,8 +9,8 @@ import pytest
 import zarr
 from zarr.codecs import BloscCodec, ZstdCodec
 
-from cpr_zarr.codec import ChunkCodec, thread_map
-from cpr_zarr.layout import chunk_grid
+from cpr_zarr.core.codec import ChunkCodec, thread_map
+from cpr_zarr.model.layout import chunk_grid
 from tests.conftest import microscopy_volume
 
 

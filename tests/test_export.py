@@ -10,7 +10,7 @@ import tifffile
 import zarr
 
 import cpr_zarr
-from cpr_zarr.export import to_ngff_v04, to_ome_tiff
+from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -50,7 +50,7 @@ def test_ngff_04_zarr_v2_copy_with_levels(image: tuple, tmp_path: Path) -> None:
     (multiscale,) = group.attrs["multiscales"]
     assert multiscale["version"] == "0.4"
     assert [a["unit"] for a in multiscale["axes"]] == ["micrometer"] * 3
-    assert len(multiscale["datasets"]) == cpr_zarr.pyramid.level_count(target) >= 2
+    assert len(multiscale["datasets"]) == cpr_zarr.core.pyramid.level_count(target) >= 2
     base = multiscale["datasets"][0]
     assert base["coordinateTransformations"][0] == {"type": "scale", "scale": [2.0, 0.5, 0.5]}
     np.testing.assert_array_equal(group[base["path"]][:], data)

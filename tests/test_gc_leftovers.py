@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 import cpr_zarr
-from cpr_zarr.collector import collect
-from cpr_zarr.integrity import RECORD_COPY
-from cpr_zarr.inventory import plan_gc
+from cpr_zarr.core.collector import collect
+from cpr_zarr.core.integrity import RECORD_COPY
+from cpr_zarr.core.inventory import plan_gc
 
 ROOT = Path(__file__).parents[1]
 CLI = str(Path(sys.executable).with_name("cpr-zarr"))
@@ -46,7 +46,7 @@ def image(seed: int = 0) -> np.ndarray:
 
 KILLED_LABEL_SAVE = """
 import os, sys, numpy as np, cpr_zarr
-from cpr_zarr import lease
+from cpr_zarr.core import lease
 store = cpr_zarr.ResultStore(sys.argv[1])
 img = store.open(sys.argv[2])
 lease.set_checkpoint_hook(lambda step: os.kill(os.getpid(), 9) if step == "save.written" else None)

@@ -1,5 +1,5 @@
 """gc against live writers: every gc step against every save step, in a chosen order, on the
-real code paths (paused with cpr_zarr.lease's checkpoint hook), plus random interleavings.
+real code paths (paused with cpr_zarr.core.lease's checkpoint hook), plus random interleavings.
 
 A run is lost if the save returned a target that does not read back afterwards, or failed.
 """
@@ -21,10 +21,10 @@ import numpy as np
 import pytest
 
 import cpr_zarr
-from cpr_zarr import lease
-from cpr_zarr.collector import collect
-from cpr_zarr.integrity import RECORD_COPY
-from cpr_zarr.inventory import plan_gc
+from cpr_zarr.core import lease
+from cpr_zarr.core.collector import collect
+from cpr_zarr.core.integrity import RECORD_COPY
+from cpr_zarr.core.inventory import plan_gc
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator

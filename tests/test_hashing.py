@@ -11,8 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import cpr_zarr
-from cpr_zarr.hashing import chunk_digest, combine_digests
-from cpr_zarr.layout import chunk_grid, default_chunks, group_path, parse_group_path, parse_name
+from cpr_zarr.model.hashing import chunk_digest, combine_digests
+from cpr_zarr.model.layout import (
+    chunk_grid,
+    default_chunks,
+    group_path,
+    parse_group_path,
+    parse_name,
+)
 
 if TYPE_CHECKING:
     import pytest

@@ -26,11 +26,11 @@ import pandas as pd
 import pytest
 
 import cpr_zarr
+from cpr_zarr.core.integrity import RECORD_COPY, verify_store
+from cpr_zarr.core.inventory import leftovers, plan_gc
+from cpr_zarr.core.pyramid import level_count, read_level
+from cpr_zarr.core.table import read_table
 from cpr_zarr.errors import CprZarrError, IntegrityError
-from cpr_zarr.integrity import RECORD_COPY, verify_store
-from cpr_zarr.inventory import leftovers, plan_gc
-from cpr_zarr.pyramid import level_count, read_level
-from cpr_zarr.table import read_table
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -12,8 +12,8 @@ import pytest
 
 import cpr_zarr
 from cpr_zarr.cache import content_token
-from cpr_zarr.inventory import plan_gc
-from cpr_zarr.provenance import render
+from cpr_zarr.core.inventory import plan_gc
+from cpr_zarr.core.provenance import render
 from tests.conftest import microscopy_volume
 
 if TYPE_CHECKING:
@@ -90,7 +90,7 @@ def test_commit_refuses_a_group_without_its_array(local_store: cpr_zarr.ResultSt
 
 
 def test_leftovers_are_aged_on_every_store_kind(store: cpr_zarr.ResultStore) -> None:
-    from cpr_zarr.inventory import leftovers
+    from cpr_zarr.core.inventory import leftovers
 
     store._set_json("_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"})
     assert leftovers(store, min_age_seconds=3600) == []  # a writer may still be at work

@@ -22,7 +22,8 @@ from ome_zarr.reader import Reader
 from ome_zarr_models.v05 import Image as ImageModel
 
 import cpr_zarr
-from cpr_zarr import ngff, pyramid
+from cpr_zarr.core import pyramid
+from cpr_zarr.model import ngff
 from tests.conftest import microscopy_volume
 
 if TYPE_CHECKING:
@@ -270,7 +271,7 @@ def test_downsample_of_big_blocks_in_slabs_is_the_same_mean() -> None:
 
 
 def test_read_region_assembles_any_region_from_stored_chunks(local_store: ResultStore) -> None:
-    from cpr_zarr.codec import ChunkCodec
+    from cpr_zarr.core.codec import ChunkCodec
 
     image = microscopy_volume((9, 37, 41))
     target = local_store.save(image, "img", chunks=(4, 16, 16), levels=1)
@@ -316,7 +317,7 @@ def test_pyramid_from_dask_matches_numpy_and_verifies(store: ResultStore) -> Non
         shape=(3, 16, 16),
         chunks=(3, 16, 16),
         dtype=np.uint16,
-        compressors=cpr_zarr.writer.default_compressor(),
+        compressors=cpr_zarr.core.writer.default_compressor(),
     )
     other[...] = 7
     bad = sync(other.store.get("c/0/0/0", default_buffer_prototype()))
@@ -447,9 +448,9 @@ def test_parse_meta_defaults() -> None:
 
 
 def test_a_level_of_another_pyramid_plan_is_never_overwritten(store: ResultStore) -> None:
-    from cpr_zarr.codec import ChunkCodec
-    from cpr_zarr.layout import chunk_grid
-    from cpr_zarr.writer import _create_array
+    from cpr_zarr.core.codec import ChunkCodec
+    from cpr_zarr.core.writer import _create_array
+    from cpr_zarr.model.layout import chunk_grid
 
     image = microscopy_volume((8, 40, 40))
     chunks = (4, 16, 16)

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import cpr_zarr
-from cpr_zarr.provenance import record_for_task
+from cpr_zarr.core.provenance import record_for_task
 
 if TYPE_CHECKING:
     from tests.s3_server import S3Server

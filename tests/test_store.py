@@ -15,7 +15,7 @@ import pytest
 import zarr
 
 import cpr_zarr
-import cpr_zarr.provenance
+import cpr_zarr.core.provenance
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     ChunkVerificationError,
@@ -153,7 +153,7 @@ def test_saving_stored_content_again_writes_no_chunk(local_store: cpr_zarr.Resul
     assert first == again == renamed == streamed  # identical content is stored once
     assert after == before  # not a chunk nor a metadata document was rewritten
     # each save left its own provenance record
-    records = cpr_zarr.provenance.read_records(local_store, first.group_path)
+    records = cpr_zarr.core.provenance.read_records(local_store, first.group_path)
     assert [r["output"] for r in records] == ["nuclei", "nuclei", "other-name", "nuclei"]
 
 
@@ -207,7 +207,7 @@ def test_decodable_but_wrong_chunk_is_caught_only_when_verifying(
 def test_a_missing_chunk_never_reads_as_zeros_even_unverified(
     store: cpr_zarr.ResultStore,
 ) -> None:
-    from cpr_zarr.writer import remove_prefix
+    from cpr_zarr.core.writer import remove_prefix
 
     data = microscopy_volume((8, 40, 40)) + 1
     data[:4, :16, :16] = 0  # one all-zero chunk: zarr does not store it, reads fill it in
@@ -285,7 +285,7 @@ def test_open_by_hash_prefix_and_group_path(store: cpr_zarr.ResultStore) -> None
 
 
 def test_ambiguous_prefix_names_the_candidates(local_store: cpr_zarr.ResultStore) -> None:
-    from cpr_zarr.hashing import chunk_digest, combine_digests
+    from cpr_zarr.model.hashing import chunk_digest, combine_digests
 
     def would_be_hash(value: np.ndarray) -> str:
         return combine_digests(value.shape, value.dtype, value.shape, [chunk_digest(value)])
@@ -488,9 +488,9 @@ def test_a_concurrent_writer_with_another_compressor_never_mixes_codecs(
 ) -> None:
     from zarr.codecs import ZstdCodec
 
-    from cpr_zarr.codec import ChunkCodec
-    from cpr_zarr.layout import chunk_grid
-    from cpr_zarr.writer import _create_array
+    from cpr_zarr.core.codec import ChunkCodec
+    from cpr_zarr.core.writer import _create_array
+    from cpr_zarr.model.layout import chunk_grid
 
     data = microscopy_volume((8, 40, 40))
     chunks = (4, 16, 16)

@@ -12,7 +12,7 @@ import scipy.ndimage as ndi
 from prefect import flow
 
 import cpr_zarr
-from cpr_zarr import table
+from cpr_zarr.core import table
 from tests.conftest import microscopy_volume
 
 if TYPE_CHECKING:

@@ -18,8 +18,8 @@ import pytest
 import zarr
 
 import cpr_zarr
-from cpr_zarr import pyramid
-from cpr_zarr.export import to_ngff_v04, to_ome_tiff
+from cpr_zarr.core import pyramid
+from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
 from tests.conftest import microscopy_volume, store_files
 
 ROOT = Path(__file__).parents[1]
@@ -334,9 +334,9 @@ def test_a_level_reached_by_other_steps_is_never_shared(local_store: cpr_zarr.Re
     (means of rounded means): a z=2 stack halved (2, 2, 2) then (1, 2, 2) by one writer,
     (1, 2, 2) then (2, 2, 2) by another. The second writer must not complete the first's
     level 2 (same shape, same path) with its own values."""
-    from cpr_zarr.codec import ChunkCodec
-    from cpr_zarr.layout import chunk_grid
-    from cpr_zarr.writer import _create_array
+    from cpr_zarr.core.codec import ChunkCodec
+    from cpr_zarr.core.writer import _create_array
+    from cpr_zarr.model.layout import chunk_grid
 
     image = microscopy_volume((2, 48, 48), seed=3)
     chunks = (2, 16, 16)

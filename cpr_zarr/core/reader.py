@@ -11,10 +11,10 @@ import numpy as np
 import zarr
 from zarr.core.sync import sync
 
-from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
-from cpr_zarr.hashing import chunk_digest
-from cpr_zarr.layout import chunk_grid, parse_member_path
+from cpr_zarr.model.hashing import chunk_digest
+from cpr_zarr.model.layout import chunk_grid, parse_member_path
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore

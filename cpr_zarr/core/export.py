@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cpr_zarr.errors import StoreError, UnsupportedResultError
-from cpr_zarr.ngff import default_axes, meta_from_attrs
+from cpr_zarr.model.ngff import default_axes, meta_from_attrs
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -33,7 +33,7 @@ _OME_UNITS = {
 def _metadata(target: ZarrTarget) -> tuple[str, list[float], list[str | None], list[float]]:
     if target.dtype == "table":
         raise UnsupportedResultError(
-            f"{target.group_path!r} is a table; export it with cpr_zarr.table.to_csv(target, path)."
+            f"{target.group_path!r} is a table; export it with cpr_zarr.to_csv(target, path)."
         )
     doc = target.store._get_json(f"{target.group_path}/zarr.json") or {}
     meta = meta_from_attrs(doc.get("attributes", {}))
@@ -74,7 +74,7 @@ def to_ome_tiff(
     if 0 in target.shape:
         raise UnsupportedResultError(
             f"Cannot export {target.group_path!r} of shape {target.shape} as an OME-TIFF: "
-            "a TIFF page cannot be empty. Export it with cpr_zarr.export.to_ngff_v04, or read "
+            "a TIFF page cannot be empty. Export it with cpr_zarr.to_ngff_v04, or read "
             "it with target.to_numpy()."
         )
     out = Path(path)
@@ -115,7 +115,7 @@ def to_ngff_v04(target: ZarrTarget, path: str | os.PathLike[str]) -> Path:
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_multiscale
 
-    from cpr_zarr.pyramid import level_count, read_level
+    from cpr_zarr.core.pyramid import level_count, read_level
 
     _metadata(target)  # rejects tables and arrays that are not images
     out = Path(path)

@@ -30,7 +30,7 @@ from cpr_zarr.target import ZarrTarget
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
-    from cpr_zarr.integrity import Damage
+    from cpr_zarr.core.integrity import Damage
     from cpr_zarr.store import ResultStore
 
 __all__ = ["PROVENANCE", "read_records", "record_for_task", "write_record"]
@@ -173,7 +173,7 @@ def read_records(
     A damaged record (unreadable, or without a valid ``created`` time) is skipped, logged,
     and appended to ``damaged`` if given: one bad record never hides the others.
     """
-    from cpr_zarr.integrity import Damage, check_created, is_absent, read_doc
+    from cpr_zarr.core.integrity import Damage, check_created, is_absent, read_doc
 
     base = f"{group_path}/{PROVENANCE}"
     records = []

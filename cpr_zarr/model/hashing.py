@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import xxhash
 
-from cpr_zarr.layout import LAYOUT_VERSION
+from cpr_zarr.model.layout import LAYOUT_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Iterable

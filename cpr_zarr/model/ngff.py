@@ -15,15 +15,11 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
-
-if TYPE_CHECKING:
-    from cpr_zarr.store import ResultStore
-    from cpr_zarr.target import ZarrTarget
 
 __all__ = [
     "NGFF_VERSION",
@@ -31,9 +27,7 @@ __all__ = [
     "TIME_UNITS",
     "Image",
     "ImageMeta",
-    "InputImages",
     "Labels",
-    "SaveSpec",
     "default_axes",
     "image_label_attrs",
     "labels_group_attrs",
@@ -42,7 +36,6 @@ __all__ = [
     "multiscales_attrs",
     "parse_colors",
     "parse_meta",
-    "resolve_save",
 ]
 
 logger = logging.getLogger("cpr_zarr")
@@ -466,7 +459,7 @@ class Image:
     levels: int | None = None
 
     def __post_init__(self) -> None:
-        from cpr_zarr.pyramid import parse_levels
+        from cpr_zarr.core.pyramid import parse_levels
 
         parse_levels(self.levels)  # bad arguments fail here, where they were written
         shape = getattr(self.data, "shape", None)
@@ -507,313 +500,3 @@ class Labels:
 
     def __post_init__(self) -> None:
         parse_colors(self.colors)  # a bad colour fails here, where it was written
-
-
-# -- the NGFF side of a save (used by cpr_zarr.writer) -----------------------------------
-
-_LABEL_KINDS = "iu"
-_LABELS_DIR = "labels"
-
-
-@dataclass(frozen=True)
-class SaveSpec:
-    """What a save writes besides the base array: metadata, levels, label attachment."""
-
-    meta: ImageMeta | None
-    levels: int | None = None
-    explicit: bool = False
-    label_of: str | None = None
-    steps: tuple[tuple[int, ...], ...] | None = None
-    colors: tuple[tuple[int, tuple[int, int, int, int]], ...] | None = None
-
-    @property
-    def dimension_names(self) -> list[str] | None:
-        return list(self.meta.axes) if self.meta is not None else None
-
-    def path(self, name: str, content_hash: str) -> str:
-        """The group path: ``<name>-<hash>``, inside the image's ``labels`` for label images."""
-        from cpr_zarr.layout import group_path
-
-        path = group_path(name, content_hash)
-        return path if self.label_of is None else f"{self.label_of}/{_LABELS_DIR}/{path}"
-
-    def find(self, store: ResultStore, content_hash: str, path: str) -> ZarrTarget | None:
-        """An existing committed result for this save, warning if its metadata differs."""
-        if self.label_of is not None:
-            attrs = store._committed_attrs(path)
-            if attrs is None:
-                return None
-            _update_labels_list(store, self.label_of)  # a crash may have left it unlisted
-            return store._target(path, attrs)
-        found = store._find(content_hash, preferred=path)
-        if found is not None and self.explicit:
-            doc = store._get_json(f"{found.group_path}/zarr.json") or {}
-            conflict = metadata_conflict(meta_from_attrs(doc.get("attributes", {})), self.meta)
-            if conflict is not None:
-                logger.warning(
-                    "Result %s in store %s already holds these values, %s; returning it "
-                    "unchanged (metadata does not change the content hash: the first save "
-                    "wins). To store it with the new metadata, delete it first.",
-                    found.group_path,
-                    store.url,
-                    conflict,
-                )
-        return found
-
-    def group_attributes(
-        self, store: ResultStore, path: str, name: str, *, base: np.ndarray | None = None
-    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Write the pyramid levels; return the ``ome`` attribute and extra ``cpr_zarr`` ones."""
-        from cpr_zarr import pyramid
-
-        if self.meta is None:
-            return None, {}
-        label = self.label_of is not None
-        doc = store._get_json(f"{path}/0/zarr.json") or {}
-        shape = tuple(doc.get("shape", ()))
-        if self.steps is not None:
-            steps = list(self.steps)
-        else:
-            steps = pyramid.plan_levels(shape, self.meta, self.levels)
-        method = "nearest" if label or doc.get("data_type") == "bool" else "mean"
-        records = pyramid.write_levels(store, path, steps, method, list(self.meta.axes), base=base)
-        levels = [("0", (1,) * len(shape))]
-        cumulative = (1,) * len(shape)
-        for record in records:
-            cumulative = tuple(c * s for c, s in zip(cumulative, record["step"], strict=True))
-            levels.append((record["path"], cumulative))
-        ome = multiscales_attrs(name, self.meta, levels, centered=method == "mean")
-        extra: dict[str, Any] = {"image": self.meta.to_dict()}
-        if records:
-            extra["levels"] = records
-        if label:
-            ome["image-label"] = image_label_attrs(self.colors)
-            extra["labels_of"] = self.label_of
-        return ome, extra
-
-    def after_commit(self, store: ResultStore) -> None:
-        if self.label_of is not None:
-            _update_labels_list(store, self.label_of)
-
-
-def _update_labels_list(store: ResultStore, image_path: str) -> None:
-    """Make ``<image>/labels/zarr.json`` list every committed label group of the image.
-
-    Each writer lists after committing its own label group, writes the sorted list, and
-    re-lists until what it wrote matches what it sees: with concurrent writers of different
-    labels the last write is made after every label it must list was committed, so none is
-    lost. The document is a pure function of the committed labels, so identical states give
-    identical bytes. It is a viewer index only: ``labels_of`` in each label group records
-    the attachment authoritatively.
-    """
-    from cpr_zarr.layout import parse_group_path
-
-    key = f"{image_path}/{_LABELS_DIR}/zarr.json"
-    for _ in range(10):
-        names = [
-            entry
-            for entry in store._list_dir(f"{image_path}/{_LABELS_DIR}")
-            if parse_group_path(entry) is not None
-            and store._committed_attrs(f"{image_path}/{_LABELS_DIR}/{entry}") is not None
-        ]
-        doc = {
-            "zarr_format": 3,
-            "node_type": "group",
-            "attributes": {"ome": labels_group_attrs(names)},
-        }
-        if store._get_json(key) == doc:
-            return
-        store._set_json(key, doc)
-
-
-update_labels_list = _update_labels_list  # the public name (store.delete, the collector)
-
-
-def resolve_save(
-    store: ResultStore,
-    data: Any,
-    *,
-    axes: object = None,
-    scale: object = None,
-    units: object = None,
-    translation: object = None,
-    levels: object = None,
-) -> tuple[Any, SaveSpec]:
-    """Unwrap :class:`Image` / :class:`Labels` and validate metadata for a save.
-
-    Raises
-    ------
-    InvalidArgumentError
-        For invalid metadata, or labels that do not fit their image (a ``ValueError``; its
-        subclass ``InvalidArgumentTypeError`` is also a ``TypeError``).
-    """
-    import dask.array as da
-
-    from cpr_zarr import pyramid
-    from cpr_zarr.errors import UnsupportedResultError
-    from cpr_zarr.target import ZarrTarget
-
-    if isinstance(data, Labels):
-        image = data.image
-        given = {
-            k: v
-            for k, v in {
-                "axes": axes,
-                "scale": scale,
-                "units": units,
-                "translation": translation,
-                "levels": levels,
-            }.items()
-            if v is not None
-        }
-        if given:
-            raise InvalidArgumentError(
-                f"Labels take their image's axes, scale, units, translation and pyramid levels; "
-                f"got {given!r} too. Save them without these arguments (to change them, save "
-                "the image with them first)."
-            )
-        if not isinstance(image, ZarrTarget):
-            raise InvalidArgumentTypeError(
-                f"Labels(image=...) must be the image result (a ZarrTarget), got "
-                f"{type(image).__name__}. Inside a cpr_zarr.task pass the input array the task "
-                "received for the image."
-            )
-        if image.store_url != store.url:
-            raise InvalidArgumentError(
-                f"Labels are stored inside their image's group, but image {image.group_path!r} "
-                f"is in store {image.store_url!r}, not {store.url!r}. Save them to that store."
-            )
-        array = data.data
-        if not isinstance(array, (np.ndarray, da.Array)):
-            raise UnsupportedResultError(
-                f"Labels(data=...) must be a numpy or Dask integer array, got "
-                f"{type(array).__module__}.{type(array).__qualname__}. Convert it, e.g. "
-                "numpy.asarray(labels, dtype='uint32')."
-            )
-        kind = np.dtype(array.dtype).kind
-        if kind not in _LABEL_KINDS or np.dtype(array.dtype).itemsize > 8:
-            raise UnsupportedResultError(
-                f"Label images must be integer arrays (OME-NGFF), got dtype {array.dtype}. "
-                "Convert it, e.g. labels.astype('uint32')."
-            )
-        attrs = store.reader(image).attrs
-        if tuple(array.shape) != image.shape:
-            raise InvalidArgumentError(
-                f"Labels of shape {tuple(array.shape)} do not fit image {image.group_path!r} of "
-                f"shape {image.shape}: a label image has its image's shape."
-            )
-        meta_doc = attrs.get("image")
-        meta = (
-            ImageMeta.from_dict(meta_doc)
-            if isinstance(meta_doc, dict)
-            else parse_meta(len(image.shape))
-        )
-        steps = tuple(tuple(r["step"]) for r in attrs.get("levels", []))
-        spec = SaveSpec(
-            meta,
-            explicit=False,
-            label_of=image.group_path,
-            steps=steps,
-            colors=parse_colors(data.colors),
-        )
-        return array, spec
-    if isinstance(data, Image):
-        if levels is None:
-            levels = data.levels
-        explicit = data.has_meta
-        axes, scale, units, translation = data.axes, data.scale, data.units, data.translation
-        data = data.data
-    else:
-        explicit = any(v is not None for v in (axes, scale, units, translation))
-    ndim = len(getattr(data, "shape", ()))
-    parsed_levels = pyramid.parse_levels(levels)
-    if not explicit and default_axes(ndim) is None:
-        return data, SaveSpec(None)
-    meta = parse_meta(ndim, axes=axes, scale=scale, units=units, translation=translation)
-    return data, SaveSpec(meta, levels=parsed_levels, explicit=explicit)
-
-
-class InputImages:
-    """A task's image inputs, so its outputs inherit their axes, scale and units.
-
-    An output array with the shape of an input result (or the shape of its trailing axes,
-    when the output dropped leading non-space axes such as ``c``) is saved with that
-    input's metadata; the first matching input in parameter order wins. A returned
-    :class:`Image` with any metadata given keeps exactly what it gives, and
-    :class:`Labels` may name their image by the input array the task received.
-    """
-
-    def __init__(self) -> None:
-        self._targets: list[Any] = []
-        self._by_id: dict[int, Any] = {}
-        self._keep: list[Any] = []  # keep loaded inputs alive so their ids stay unique
-
-    def add(self, original: Any, loaded: Any) -> None:
-        """Record the targets in an argument and the values the task received for them."""
-        from cpr_zarr.target import ZarrTarget
-
-        if isinstance(original, ZarrTarget) or hasattr(original, "image_meta"):  # or a source
-            self._targets.append(original)
-            self._by_id[id(loaded)] = original
-            self._keep.append(loaded)
-        elif isinstance(original, (tuple, list)) and isinstance(loaded, (tuple, list)):
-            for o, v in zip(original, loaded, strict=False):
-                self.add(o, v)
-        elif isinstance(original, dict) and isinstance(loaded, dict):
-            for k, o in original.items():
-                self.add(o, loaded.get(k))
-
-    def _meta(self, target: Any) -> ImageMeta:
-        if hasattr(target, "image_meta"):  # TiffSource, ZarrSource
-            meta: ImageMeta = target.image_meta()
-            return meta
-        attrs = target.store.reader(target).attrs.get("image")
-        return (
-            ImageMeta.from_dict(attrs) if isinstance(attrs, dict) else parse_meta(len(target.shape))
-        )
-
-    def inherited(self, shape: tuple[int, ...]) -> ImageMeta | None:
-        """The metadata an output of this shape inherits, or None."""
-        for target in self._targets:
-            if tuple(target.shape) == shape and default_axes(len(shape)):
-                return self._meta(target)
-        for target in self._targets:
-            n = len(target.shape) - len(shape)
-            if n > 0 and tuple(target.shape[n:]) == shape:
-                meta = self._meta(target)
-                if all(t != "space" for t in meta.types[:n]) and default_axes(len(shape)):
-                    try:
-                        return meta.drop_leading(n)
-                    except ValueError:
-                        continue
-        return None
-
-    def prepare(self, value: Any) -> Any:
-        """``value`` with the metadata it inherits (Image), or its image resolved (Labels)."""
-        if isinstance(value, Labels):
-            image = self._by_id.get(id(value.image), value.image)
-            return Labels(value.data, image=image, colors=value.colors)
-        if isinstance(value, Image):
-            if value.has_meta:
-                return value
-            meta = self.inherited(tuple(value.data.shape))
-            if meta is None:
-                return value
-            return Image(
-                value.data,
-                axes="".join(meta.axes),
-                scale=meta.scale,
-                units=meta.units,
-                translation=meta.translation,
-                levels=value.levels,
-            )
-        meta = self.inherited(tuple(value.shape))
-        if meta is None:
-            return value
-        return Image(
-            value,
-            axes="".join(meta.axes),
-            scale=meta.scale,
-            units=meta.units,
-            translation=meta.translation,
-        )

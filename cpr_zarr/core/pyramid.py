@@ -23,15 +23,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
-from cpr_zarr.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.progress import SaveProgress, count_keys
 from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreError
-from cpr_zarr.layout import chunk_grid
-from cpr_zarr.progress import SaveProgress, count_keys
+from cpr_zarr.model.layout import chunk_grid
 
 if TYPE_CHECKING:
     import dask.array as da
 
-    from cpr_zarr.ngff import ImageMeta
+    from cpr_zarr.model.ngff import ImageMeta
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
 
@@ -241,7 +241,7 @@ def write_levels(
     (or ``<n>-<step>_<step>...`` if that is taken too), decided after a create-if-absent
     write of the level's metadata, so racing writers never share a path by mistake.
     """
-    from cpr_zarr.writer import claim_array, store_chunk
+    from cpr_zarr.core.writer import claim_array, store_chunk
 
     source_array: zarr.Array[Any] = zarr.open_array(
         store._zstore, path=f"{group}/0", mode="r", zarr_format=3
@@ -349,7 +349,7 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
     level = int(level)
     if level == 0:
         return target.get_data(verify=verify)
-    from cpr_zarr.reader import ChunkReader, level_attrs
+    from cpr_zarr.core.reader import ChunkReader, level_attrs
 
     store = target.store
     attrs = store.reader(target).attrs

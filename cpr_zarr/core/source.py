@@ -22,7 +22,7 @@ import dask.array as da
 import numpy as np
 
 from cpr_zarr.errors import StoreError
-from cpr_zarr.ngff import ImageMeta, default_axes, parse_meta
+from cpr_zarr.model.ngff import ImageMeta, default_axes, parse_meta
 
 if TYPE_CHECKING:
     import zarr
@@ -243,7 +243,7 @@ def to_array(source: TiffSource | ZarrSource, as_numpy: bool) -> Any:
     """What a task receives for a source argument."""
     data = source.get_data()
     if as_numpy:
-        from cpr_zarr.compute import compute
+        from cpr_zarr.core.compute import compute
 
         (out,) = compute(data)
         return np.asarray(out)

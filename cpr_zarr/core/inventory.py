@@ -20,9 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpr_zarr.integrity import is_leftover
-from cpr_zarr.layout import HASH_HEX_LENGTH
-from cpr_zarr.provenance import read_records
+from cpr_zarr.core.integrity import is_leftover
+from cpr_zarr.core.provenance import read_records
+from cpr_zarr.model.layout import HASH_HEX_LENGTH
 
 logger = logging.getLogger("cpr_zarr")
 
@@ -222,8 +222,8 @@ def label_leftovers(store: ResultStore, skip: set[str]) -> list[tuple[str, str]]
 
     Images in ``skip`` (removed whole as leftovers) are not looked into.
     """
-    from cpr_zarr.integrity import is_leftover
-    from cpr_zarr.layout import parse_group_path
+    from cpr_zarr.core.integrity import is_leftover
+    from cpr_zarr.model.layout import parse_group_path
 
     out = []
     for image in store._candidate_paths():

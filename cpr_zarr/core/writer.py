@@ -38,20 +38,21 @@ from zarr.codecs import BloscCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from cpr_zarr import ngff
-from cpr_zarr.codec import ChunkCodec, parse_compressor, thread_map, worker_count
-from cpr_zarr.compute import compute
+from cpr_zarr.core import labels
+from cpr_zarr.core.codec import ChunkCodec, parse_compressor, thread_map, worker_count
+from cpr_zarr.core.compute import compute
+from cpr_zarr.core.integrity import array_record, write_marker
+from cpr_zarr.core.lease import Lease, checkpoint
+from cpr_zarr.core.progress import SaveProgress, count_keys
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
-from cpr_zarr.hashing import chunk_digest, combine_digests
-from cpr_zarr.integrity import array_record, write_marker
-from cpr_zarr.layout import (
+from cpr_zarr.model import ngff
+from cpr_zarr.model.hashing import chunk_digest, combine_digests
+from cpr_zarr.model.layout import (
     canonical_dtype,
     chunk_grid,
     parse_chunks,
     parse_name,
 )
-from cpr_zarr.lease import Lease, checkpoint
-from cpr_zarr.progress import SaveProgress, count_keys
 
 if TYPE_CHECKING:
     from cpr_zarr.store import ResultStore
@@ -98,13 +99,13 @@ def save(
 ) -> ZarrTarget:
     """Write ``data`` into ``store`` and commit it (see the module docstring).
 
-    ``data`` may be wrapped in :class:`~cpr_zarr.ngff.Image` / :class:`~cpr_zarr.ngff.Labels`;
+    ``data`` may be wrapped in :class:`~cpr_zarr.model.ngff.Image` / :class:`~cpr_zarr.model.ngff.Labels`;
     ``axes``, ``scale``, ``units``, ``translation`` and ``levels`` go to the NGFF metadata
-    and pyramid (:mod:`cpr_zarr.ngff`, :mod:`cpr_zarr.pyramid`), never into the content hash.
+    and pyramid (:mod:`cpr_zarr.model.ngff`, :mod:`cpr_zarr.core.pyramid`), never into the content hash.
     """
     name = parse_name(name)
     try:
-        data, spec = ngff.resolve_save(
+        data, spec = labels.resolve_save(
             store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
         )
     except InvalidArgumentError as exc:  # name the place: which save, which store
@@ -156,7 +157,7 @@ def _save_numpy(
     *,
     chunks: Any,
     compressor: Any,
-    spec: ngff.SaveSpec,
+    spec: labels.SaveSpec,
 ) -> ZarrTarget:
     dtype = canonical_dtype(data.dtype, what=f"result {name!r}")
     check_ndim(data.shape, f"result {name!r}")
@@ -277,7 +278,7 @@ def _save_dask(
     *,
     chunks: Any,
     compressor: Any,
-    spec: ngff.SaveSpec,
+    spec: labels.SaveSpec,
 ) -> ZarrTarget:
     if any(np.isnan(s) for s in data.shape):
         raise UnsupportedResultError(
@@ -446,7 +447,7 @@ def _commit(
     chunks: tuple[int, ...],
     digests: list[str],
     *,
-    spec: ngff.SaveSpec | None = None,
+    spec: labels.SaveSpec | None = None,
     base: np.ndarray | None = None,
 ) -> ZarrTarget:
     """Write the NGFF metadata and pyramid levels, then the commit marker.
@@ -465,7 +466,9 @@ def _commit(
     attrs = array_record(content_hash, name, shape, dtype.name, chunks, digests)
     attributes: dict[str, Any] = {}
     # NGFF metadata and pyramid levels (written now, before the commit marker)
-    ome, image_attrs = (spec or ngff.SaveSpec(None)).group_attributes(store, path, name, base=base)
+    ome, image_attrs = (spec or labels.SaveSpec(None)).group_attributes(
+        store, path, name, base=base
+    )
     attrs.update(image_attrs)
     if ome is not None:
         attributes["ome"] = ome

@@ -6,8 +6,8 @@ checked against it, and the stored array metadata against the record, without re
 chunk:
 
 * arrays: ``shape``, ``dtype``, ``chunks`` and ``chunk_digests`` must hash to the content
-  hash (:func:`~cpr_zarr.hashing.combine_digests`); tables: the schema (column names,
-  dtypes, index) and the per-array digests (:func:`~cpr_zarr.table.table_hash`);
+  hash (:func:`~cpr_zarr.model.hashing.combine_digests`); tables: the schema (column names,
+  dtypes, index) and the per-array digests (:func:`~cpr_zarr.core.table.table_hash`);
 * pyramid levels are bound to the base: level ``n``'s path starts with ``n``, its shape
   and chunks follow from the base and its step, and the ``ome`` multiscales must be
   exactly what the record implies (so swapping two level records is detected);
@@ -42,8 +42,8 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from cpr_zarr.errors import IntegrityError, UnsupportedResultError
-from cpr_zarr.hashing import ALGORITHM, combine_digests
-from cpr_zarr.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
+from cpr_zarr.model.hashing import ALGORITHM, combine_digests
+from cpr_zarr.model.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -408,7 +408,7 @@ def _check_ome(
     levels: list[tuple[str, tuple[int, ...]]],
 ) -> None:
     """``cpr_zarr.image`` is valid and ``ome`` is exactly what it and the levels imply."""
-    from cpr_zarr.ngff import ImageMeta, image_label_attrs, multiscales_attrs, parse_meta
+    from cpr_zarr.model.ngff import ImageMeta, image_label_attrs, multiscales_attrs, parse_meta
 
     image = attrs.get("image", _ABSENT)
     ome = attributes.get("ome", _ABSENT)
@@ -457,7 +457,7 @@ def _check_ome(
 def _check_table_record(
     c: _Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
 ) -> None:
-    from cpr_zarr.table import TABLE_ALGORITHM, TABLE_DTYPE, table_hash
+    from cpr_zarr.core.table import TABLE_ALGORITHM, TABLE_DTYPE, table_hash
 
     c.expect(attrs, "algorithm", TABLE_ALGORITHM, "cpr_zarr.algorithm")
     c.expect(attrs, "dtype", TABLE_DTYPE, "cpr_zarr.dtype")
@@ -766,9 +766,9 @@ def repair(store: ResultStore, path: str) -> str:
     store._set_json(f"{path}/zarr.json", doc)
     store._set_json(f"{path}/{RECORD_COPY}", _wrap_copy(doc))
     if "/labels/" in path:
-        from cpr_zarr.ngff import _update_labels_list
+        from cpr_zarr.core.labels import update_labels_list
 
-        _update_labels_list(store, path.split("/labels/")[0])
+        update_labels_list(store, path.split("/labels/")[0])
     store._readers.pop(path, None)
     return f"rebuilt the commit record of {path!r} {how}"
 
@@ -776,9 +776,9 @@ def repair(store: ResultStore, path: str) -> str:
 def _rebuild_from_chunks(store: ResultStore, path: str) -> dict[str, Any]:
     import zarr
 
-    from cpr_zarr.codec import ChunkCodec
-    from cpr_zarr.hashing import chunk_digest
-    from cpr_zarr.layout import chunk_grid
+    from cpr_zarr.core.codec import ChunkCodec
+    from cpr_zarr.model.hashing import chunk_digest
+    from cpr_zarr.model.layout import chunk_grid
 
     name, content_hash = parse_group_path(path.rsplit("/", 1)[-1])  # type: ignore[misc]
     c = _Checker(store.url, path, f"{ARRAY_PATH}/zarr.json")
@@ -823,7 +823,7 @@ class VerifyReport:
 
 
 def _level_readers(store: ResultStore, path: str, attrs: dict[str, Any]) -> list[Any]:
-    from cpr_zarr.reader import ChunkReader, level_attrs
+    from cpr_zarr.core.reader import ChunkReader, level_attrs
 
     levels = range(1, len(attrs.get("levels", [])) + 1)
     return [ChunkReader(store, path, attrs)] + [
@@ -835,12 +835,12 @@ def _verify_data(
     store: ResultStore, path: str, attrs: dict[str, Any], threads: int | None = None
 ) -> list[str]:
     """Re-hash every stored chunk (every level) or table array of one result."""
-    from cpr_zarr.codec import thread_map, worker_count
+    from cpr_zarr.core.codec import thread_map, worker_count
     from cpr_zarr.errors import ChunkVerificationError
-    from cpr_zarr.layout import chunk_grid
+    from cpr_zarr.model.layout import chunk_grid
 
     if attrs.get("kind") == "table":
-        from cpr_zarr.table import read_checked_table
+        from cpr_zarr.core.table import read_checked_table
 
         try:
             read_checked_table(store, path, attrs)
@@ -880,7 +880,7 @@ def verify_store(
     """Check every result of ``store`` (or ``refs``): records, array metadata, every chunk of
     every level, tables, label indexes and provenance records. Nothing is changed unless
     ``repair_damaged``, which rebuilds damaged commit markers whose data verifies."""
-    from cpr_zarr.provenance import read_records
+    from cpr_zarr.core.provenance import read_records
 
     report = VerifyReport()
     if refs:
@@ -966,7 +966,8 @@ def _check_labels_index(
     store: ResultStore, path: str, repair_damaged: bool, report: VerifyReport
 ) -> list[str]:
     """The image's ``labels/zarr.json`` (a viewer index) lists exactly its committed labels."""
-    from cpr_zarr.ngff import _update_labels_list, labels_group_attrs
+    from cpr_zarr.core.labels import update_labels_list
+    from cpr_zarr.model.ngff import labels_group_attrs
 
     names = [
         entry
@@ -988,7 +989,7 @@ def _check_labels_index(
     if doc == expected:
         return []
     if repair_damaged:
-        _update_labels_list(store, path)
+        update_labels_list(store, path)
         report.repaired.append(f"rewrote the label index {key!r}")
         return []
     c = _Checker(store.url, path, "labels/zarr.json")

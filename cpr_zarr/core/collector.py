@@ -1,7 +1,7 @@
 """Removing what a garbage-collection plan names, safely against live writers.
 
-:func:`cpr_zarr.inventory.plan_gc` decides; this module removes, one entry at a time, with
-the collection half of the protocol in :mod:`cpr_zarr.lease`:
+:func:`cpr_zarr.core.inventory.plan_gc` decides; this module removes, one entry at a time, with
+the collection half of the protocol in :mod:`cpr_zarr.core.lease`:
 
 1. *check*: list the folder (every object with its size and modification time). A leftover
    is skipped if it now has a group ``zarr.json`` (committed meanwhile, or a damaged marker)
@@ -16,7 +16,7 @@ the collection half of the protocol in :mod:`cpr_zarr.lease`:
    copy, then the commit marker, then every other object, the claim last.
 
 A writer writes its lease *before* looking for claims and the collection writes its claim
-*before* its second listing, so a removal never overlaps a write (see :mod:`cpr_zarr.lease`).
+*before* its second listing, so a removal never overlaps a write (see :mod:`cpr_zarr.core.lease`).
 Entries another process removed first are reported as already gone, never as errors.
 """
 
@@ -33,9 +33,8 @@ from typing import TYPE_CHECKING, Any
 
 from zarr.core.sync import sync
 
-from cpr_zarr.errors import StoreError
-from cpr_zarr.integrity import RECORD_COPY
-from cpr_zarr.lease import (
+from cpr_zarr.core.integrity import RECORD_COPY
+from cpr_zarr.core.lease import (
     CLAIM_PREFIX,
     LEASE_DIR,
     checkpoint,
@@ -44,11 +43,12 @@ from cpr_zarr.lease import (
     put_claim,
     remove,
 )
+from cpr_zarr.errors import StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
-    from cpr_zarr.inventory import Removal
+    from cpr_zarr.core.inventory import Removal
     from cpr_zarr.store import ResultStore
 
 __all__ = ["Outcome", "collect", "delete_group", "snapshot"]
@@ -135,14 +135,14 @@ def snapshot(store: ResultStore, path: str) -> Snapshot:
 
 
 def _mtime(info: dict[str, Any]) -> float:
-    from cpr_zarr.inventory import info_time
+    from cpr_zarr.core.inventory import info_time
 
     value = info_time(info)
     return value if value is not None else time.time()
 
 
 def _record_count(store: ResultStore, path: str) -> str:
-    from cpr_zarr.provenance import PROVENANCE, read_records
+    from cpr_zarr.core.provenance import PROVENANCE, read_records
 
     fresh_list_dir(store, f"{path}/{PROVENANCE}")  # drops a cached listing of the records
     return str(len(read_records(store, path)))
@@ -246,7 +246,7 @@ def _remove_claimed(store: ResultStore, path: str, claim: str) -> str:
         except OSError as exc:
             raise _not_writable(store, path, exc) from exc
     if "/labels/" in path:  # keep the image's list of label images true
-        from cpr_zarr.ngff import update_labels_list
+        from cpr_zarr.core.labels import update_labels_list
 
         update_labels_list(store, path.split("/labels/")[0])
     store._readers.pop(path, None)

@@ -28,15 +28,15 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from cpr_zarr.core.integrity import load_commit, write_marker
+from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.errors import (
     ChunkVerificationError,
     InvalidArgumentTypeError,
     UnsupportedResultError,
 )
-from cpr_zarr.hashing import chunk_digest
-from cpr_zarr.integrity import load_commit, write_marker
-from cpr_zarr.layout import LAYOUT_VERSION, group_path, parse_name
-from cpr_zarr.lease import Lease, checkpoint
+from cpr_zarr.model.hashing import chunk_digest
+from cpr_zarr.model.layout import LAYOUT_VERSION, group_path, parse_name
 
 if TYPE_CHECKING:
     import os
@@ -340,7 +340,7 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
     if found is not None:
         return found
     checkpoint("save.hashed")
-    with Lease(store, path):  # keeps gc away while the table is written (cpr_zarr.lease)
+    with Lease(store, path):  # keeps gc away while the table is written (cpr_zarr.core.lease)
         # build the arrays in memory, then copy their keys: zarr would otherwise write the
         # group document (our commit marker) before the data
         scratch = zarr.storage.MemoryStore()
