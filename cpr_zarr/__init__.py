@@ -9,7 +9,7 @@ from cpr_zarr.core.compute import compute
 from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
 from cpr_zarr.core.pyramid import read_level
 from cpr_zarr.core.source import TiffSource, ZarrSource
-from cpr_zarr.core.table import read_table, save_table, to_csv
+from cpr_zarr.core.table import read_table, to_csv
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     ChunkVerificationError,
@@ -24,7 +24,7 @@ from cpr_zarr.errors import (
     UnsupportedResultError,
 )
 from cpr_zarr.model.ngff import Image, Labels
-from cpr_zarr.store import ResultStore, open_store
+from cpr_zarr.store import ResultStore, open_store, save_table
 from cpr_zarr.target import ZarrTarget
 
 __all__ = [

@@ -144,8 +144,8 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
 
     rs = _open(store)
     target = _target(rs, ref)
-    doc = rs._get_json(f"{target.group_path}/zarr.json")["attributes"]
-    row = result_row(rs, target)
+    doc = rs.storage.get_json(f"{target.group_path}/zarr.json")["attributes"]
+    row = result_row(rs.storage, target)
     records = rs.provenance(target)
     lineage = rs.lineage(target)
     ome = doc.get("ome")
@@ -232,11 +232,9 @@ def verify_command(store: str, refs: tuple[str, ...], threads: int | None, repai
 
     Exits with status 0 only if everything verifies; every problem is named.
     """
-    from cpr_zarr.core.integrity import verify_store
-
     rs = _open(store, mode="a" if repair else "r")
     try:
-        report = verify_store(rs, refs, repair_damaged=repair, threads=threads)
+        report = rs.verify(refs, repair=repair, threads=threads)
     except CprZarrError as exc:
         raise click.ClickException(str(exc)) from exc
     for message in report.repaired:
@@ -317,7 +315,7 @@ def run_gc(
                    "see `cpr-zarr verify`", err=True)  # fmt: skip
     try:
         plan = plan_gc(
-            rs,
+            rs.storage,
             older_than=parse_age(older_than) if older_than else None,
             max_size=parse_size(max_size) if max_size else None,
             keep_referenced=keep_referenced,
@@ -341,7 +339,7 @@ def run_gc(
         return
     removed, freed, skipped = 0, 0, 0
     try:
-        for outcome in collect(rs, plan, leftover_age=LEFTOVER_AGE):
+        for outcome in collect(rs.storage, plan, leftover_age=LEFTOVER_AGE):
             item = outcome.removal
             if outcome.removed:
                 removed += 1

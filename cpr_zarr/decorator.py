@@ -40,7 +40,8 @@ from cpr_zarr.inputs import InputImages
 from cpr_zarr.model import ngff
 from cpr_zarr.model.layout import canonical_dtype, parse_name
 from cpr_zarr.serializer import pointer_serializer
-from cpr_zarr.store import ResultStore, normalize_url, open_store
+from cpr_zarr.storage import normalize_url
+from cpr_zarr.store import ResultStore, open_store
 from cpr_zarr.target import PILTarget, ZarrTarget
 
 if TYPE_CHECKING:

@@ -20,18 +20,17 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import threading
-import urllib.parse
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
-
-from cpr_zarr.core import lease
-from cpr_zarr.core.integrity import Damage, load_commit
+from cpr_zarr.core import catalog, lease
+from cpr_zarr.core.collector import delete_group
+from cpr_zarr.core.inventory import lineage, list_results
+from cpr_zarr.core.provenance import read_records, write_record
+from cpr_zarr.core.reader import ChunkReader, open_reader
+from cpr_zarr.core.table import save_table as save_table_to
+from cpr_zarr.core.verify import VerifyReport, verify_store
+from cpr_zarr.core.writer import save as save_array
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
@@ -43,19 +42,20 @@ from cpr_zarr.errors import (
     StoreError,
 )
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
-from cpr_zarr.redact import register_options, register_secret, split_userinfo
+from cpr_zarr.storage import normalize_url, open_storage, to_json_bytes
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
     import builtins
+    import os
     from collections.abc import Iterator, Mapping
 
     import pandas as pd
-    from zarr.abc.store import Store
 
-    from cpr_zarr.core.reader import ChunkReader
+    from cpr_zarr.core.integrity import Damage
+    from cpr_zarr.storage import Storage
 
-__all__ = ["ResultStore", "normalize_url", "open_store"]
+__all__ = ["ResultStore", "normalize_url", "open_store", "save_table"]
 
 logger = logging.getLogger("cpr_zarr")
 
@@ -68,28 +68,6 @@ _ROOT_DOC = {
 _METADATA_KEYS = frozenset({"axes", "scale", "units", "translation", "levels"})
 _STORES: dict[str, ResultStore] = {}
 _STORES_LOCK = threading.Lock()
-
-
-def normalize_url(url: object) -> tuple[str, Path | None]:
-    """Return ``(credential-free url, local path or None)``."""
-    if isinstance(url, os.PathLike):
-        url = os.fspath(url)
-    if not isinstance(url, str) or not url:
-        raise StoreError(
-            f"A store location must be a folder path or a URL string, got {url!r}. "
-            "Example: ResultStore('results.zarr') or ResultStore('s3://bucket/results.zarr')."
-        )
-    if url.startswith("file://"):
-        url = urllib.parse.unquote(url[len("file://") :])
-    if "://" not in url:
-        path = Path(url).expanduser().resolve()
-        return str(path), path
-    # credentials in a URL are never kept (pointers, records and messages carry the URL);
-    # they are remembered as secrets, so no message or record shows them either
-    clean, secrets = split_userinfo(url.rstrip("/"))
-    for secret in secrets:
-        register_secret(secret)
-    return clean, None
 
 
 class ResultStore:
@@ -125,12 +103,15 @@ class ResultStore:
                 "creating the store if absent) or 'r' (read only). Stores are never "
                 "overwritten: to start afresh, use a new folder."
             )
-        self.url, self._local_path = normalize_url(url)
+        self.url, local_path = normalize_url(url)
         self.mode = mode
-        self._storage_options = {**(storage_options or {}), **more_storage_options}
-        register_options(self._storage_options)  # never shown in a message or record
-        self._readers: dict[str, ChunkReader] = {}
-        self._zstore = self._open_zarr_store()
+        options = {**(storage_options or {}), **more_storage_options}
+        if local_path is not None:
+            self._check_folder(local_path)
+        #: the storage layer under this store (see :mod:`cpr_zarr.storage`)
+        self.storage: Storage = open_storage(
+            self.url, read_only=mode == "r", storage_options=options, reuse=False
+        )
         self._ensure_root()
         with _STORES_LOCK:
             if mode == "a" or self.url not in _STORES:
@@ -138,65 +119,31 @@ class ResultStore:
 
     # -- opening ---------------------------------------------------------------------------
 
-    def _open_zarr_store(self) -> Store:
+    def _check_folder(self, path: Any) -> None:
         read_only = self.mode == "r"
-        if self._local_path is not None:
-            path = self._local_path
-            if path.exists() and not path.is_dir():
-                raise StoreError(
-                    f"Cannot open result store {self.url!r}: it is a file, not a folder. "
-                    "Pass a folder path (it is created if absent), e.g. 'results.zarr'."
-                )
-            if read_only and not (path / "zarr.json").exists():
-                raise StoreError(
-                    f"No result store at {self.url!r} (no zarr.json there). Check the path, "
-                    "or open it with mode='a' to create it."
-                )
-            if (
-                not read_only
-                and path.is_dir()
-                and not (path / "zarr.json").exists()
-                and any(path.iterdir())
-            ):
-                raise StoreError(
-                    f"Cannot create a result store in {self.url!r}: the folder is not empty "
-                    "and is not a Zarr store. Choose a new or empty folder, e.g. "
-                    f"{str(path / 'results.zarr')!r}."
-                )
-            try:
-                return zarr.storage.LocalStore(path, read_only=read_only)
-            except OSError as exc:
-                raise StoreError(f"Cannot open result store {self.url!r}: {exc}") from exc
-        options = dict(self._storage_options)
-        if self.url.startswith(("s3://", "s3a://")):
-            # one GET per chunk (s3fs otherwise sends a HEAD first to split big objects), and
-            # retries with exponential backoff for 5xx, throttling and dropped connections
-            options.setdefault("max_concurrency", 1)
-            options.setdefault(
-                "config_kwargs", {"retries": {"max_attempts": 8, "mode": "standard"}}
-            )
-        try:
-            return zarr.storage.FsspecStore.from_url(
-                self.url, storage_options=options or None, read_only=read_only
-            )
-        except ImportError as exc:
+        if read_only and path.is_dir() and not (path / "zarr.json").exists():
             raise StoreError(
-                f"Cannot open result store {self.url!r}: {exc}. Install the fsspec backend for "
-                "this protocol (e.g. `pip install s3fs` for s3://)."
-            ) from exc
-        except Exception as exc:
+                f"No result store at {self.url!r} (no zarr.json there). Check the path, "
+                "or open it with mode='a' to create it."
+            )
+        if (
+            not read_only
+            and path.is_dir()
+            and not (path / "zarr.json").exists()
+            and any(path.iterdir())
+        ):
             raise StoreError(
-                f"Cannot open result store {self.url!r}: {type(exc).__name__}: {exc}. Use a "
-                "folder path, file://, memory:// or an fsspec URL such as s3://bucket/results.zarr."
-            ) from exc
+                f"Cannot create a result store in {self.url!r}: the folder is not empty "
+                "and is not a Zarr store. Choose a new or empty folder, e.g. "
+                f"{str(path / 'results.zarr')!r}."
+            )
 
     def _read_root(self) -> Any:
         """The root document; ``None`` if absent. A present but unreadable one is an error:
         reporting it as absent would hide damage (and invite creating a store over it)."""
-        buf = sync(self._zstore.get("zarr.json", default_buffer_prototype()))
-        if buf is None:
+        raw = self.storage.get("zarr.json")
+        if raw is None:
             return None
-        raw = buf.to_bytes()
         try:
             doc = json.loads(raw)
         except ValueError as exc:
@@ -221,7 +168,7 @@ class ResultStore:
             if doc is None and self.mode == "a":
                 # create-if-absent: concurrent creators all write the same document and
                 # an existing root (ours or anyone's) is never overwritten
-                sync(self._zstore.set_if_not_exists("zarr.json", to_buffer(_ROOT_DOC)))
+                self.storage.set_if_not_exists("zarr.json", to_json_bytes(_ROOT_DOC))
                 doc = self._read_root()
         except StoreError:
             raise
@@ -254,90 +201,14 @@ class ResultStore:
             )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (open_store, (self.url, self.mode, self._storage_options))
+        # storage options are not pickled (credentials): the unpickling process re-opens the
+        # URL with its own environment, or finds the store it already opened
+        return (open_store, (self.url, self.mode))
 
     def __repr__(self) -> str:
         return f"ResultStore({self.url!r}, mode={self.mode!r})"
 
-    # -- low level key access (used by writer, reader and tests) ---------------------------
-
-    def _get_json(self, key: str) -> Any:
-        buf = sync(self._zstore.get(key, default_buffer_prototype()))
-        if buf is None:
-            return None
-        try:
-            return json.loads(buf.to_bytes())
-        except ValueError:
-            return None
-
-    def _set_json(self, key: str, doc: Any) -> None:
-        sync(self._zstore.set(key, to_buffer(doc)))
-
-    def _list_dir(self, prefix: str) -> list[str]:
-        if self._local_path is not None:  # what LocalStore.list_dir does, without its loop
-            try:
-                return os.listdir(self._local_path / prefix)
-            except (FileNotFoundError, NotADirectoryError):
-                return []
-
-        async def _collect() -> list[str]:
-            return [k async for k in self._zstore.list_dir(prefix)]
-
-        return sync(_collect())
-
-    def _check_writable(self) -> None:
-        if self.mode == "r":
-            raise StoreError(
-                f"Result store {self.url!r} was opened read-only (mode='r'); open it with "
-                "mode='a' to save results."
-            )
-
     # -- results ---------------------------------------------------------------------------
-
-    def _committed_attrs(self, path: str) -> dict[str, Any] | None:
-        """The checked ``cpr_zarr`` record of a committed result group, else ``None``.
-
-        ``None`` also for a damaged marker: writers then rewrite it (the same content gives
-        the same record). Readers use :meth:`_load` instead, which raises on damage.
-        """
-        if parse_group_path(path) is None:
-            return None
-        try:
-            return load_commit(self, path, arrays=False)
-        except IntegrityError:
-            return None
-
-    def _load(self, path: str) -> dict[str, Any]:
-        """The record of result ``path``, checked against its content hash and its arrays.
-
-        Raises
-        ------
-        ResultNotFoundError
-            If the group has no commit marker.
-        IntegrityError
-            If the marker is damaged or the stored array metadata disagrees with it.
-        """
-        attrs = load_commit(self, path)
-        if attrs is None:
-            raise ResultNotFoundError(
-                f"No committed result {path!r} in store {self.url!r}. It may never have been "
-                "saved, have been removed, or a writer may have stopped before committing it. "
-                "List what the store holds with store.targets() (or `cpr-zarr ls`)."
-            )
-        return attrs
-
-    def _scan(self) -> tuple[builtins.list[ZarrTarget], builtins.list[Damage]]:
-        """Every committed result (label images included) and every damaged one, by path."""
-        found, damaged = [], []
-        for path in self._candidate_paths(nested=True):
-            try:
-                attrs = load_commit(self, path, arrays=False)
-            except IntegrityError as exc:
-                damaged.append(Damage.from_error(exc))
-                continue
-            if attrs is not None:
-                found.append(self._target(path, attrs))
-        return found, damaged
 
     def check(self, target: ZarrTarget) -> ZarrTarget:
         """Re-check a pointer against the store, reading no chunk: its record must hash to
@@ -351,7 +222,9 @@ class ResultStore:
         IntegrityError
             If anything disagrees (the error names the field).
         """
-        stored = self._target(target.group_path, self._load(target.group_path))
+        stored = catalog.target_for(
+            self.storage, target.group_path, catalog.load(self.storage, target.group_path)
+        )
         for field in ("content_hash", "shape", "dtype", "chunks"):
             if getattr(stored, field) != getattr(target, field):
                 raise IntegrityError(
@@ -368,42 +241,7 @@ class ResultStore:
 
     def damaged(self) -> builtins.list[Damage]:
         """Results whose commit record is damaged (skipped by listings; see ``cpr-zarr verify``)."""
-        return self._scan()[1]
-
-    def _target(self, path: str, attrs: dict[str, Any]) -> ZarrTarget:
-        return ZarrTarget(
-            store_url=self.url,
-            group_path=path,
-            content_hash=attrs["content_hash"],
-            shape=tuple(attrs["shape"]),
-            dtype=attrs["dtype"],
-            chunks=tuple(attrs["chunks"]),
-        )
-
-    def _candidate_paths(self, *, nested: bool = False) -> list[str]:
-        """Result group paths under the root; with ``nested``, label images inside them too
-        (one more listing per result, so saves, which only need the top level, skip it)."""
-        top = sorted(p for p in self._list_dir("") if parse_group_path(p) is not None)
-        if not nested:
-            return top
-        out = []
-        for path in top:
-            out.append(path)
-            out.extend(
-                f"{path}/labels/{child}"
-                for child in sorted(self._list_dir(f"{path}/labels"))
-                if parse_group_path(child) is not None
-            )
-        return out
-
-    def _find(self, content_hash: str, preferred: str | None = None) -> ZarrTarget | None:
-        """A committed result with exactly this hash (``preferred`` path first), or None."""
-        if preferred is not None and (attrs := self._committed_attrs(preferred)) is not None:
-            return self._target(preferred, attrs)
-        for path in self._candidate_paths():
-            if path.endswith(content_hash) and (attrs := self._committed_attrs(path)):
-                return self._target(path, attrs)
-        return None
+        return catalog.scan(self.storage)[1]
 
     def targets(self) -> Iterator[ZarrTarget]:
         """Every committed result in the store (label images included), by group path.
@@ -411,7 +249,7 @@ class ResultStore:
         Results whose commit record is damaged are skipped with a warning (listed by
         :meth:`damaged`), so one bad record never hides the others.
         """
-        found, damaged = self._scan()
+        found, damaged = catalog.scan(self.storage)
         for damage in damaged:
             logger.warning("Skipping a damaged result: %s", damage.message)
         yield from found
@@ -458,14 +296,14 @@ class ResultStore:
                 "the group path as `cpr-zarr ls` prints it, a content hash or a hash prefix."
             )
         if parse_group_path(ref) is not None:
-            return self._target(ref, self._load(ref))
+            return catalog.target_for(self.storage, ref, catalog.load(self.storage, ref))
         lowered = ref.lower()
         is_prefix = MIN_PREFIX_LENGTH <= len(lowered) <= HASH_HEX_LENGTH and all(
             c in "0123456789abcdef" for c in lowered
         )
         matches: dict[str, ZarrTarget] = {}
         damaged: dict[str, IntegrityError] = {}
-        for path in self._candidate_paths(nested=True):
+        for path in catalog.candidate_paths(self.storage, nested=True):
             name = path.rsplit("/", 1)[-1][: -HASH_HEX_LENGTH - 1]
             content_hash = path[-HASH_HEX_LENGTH:]
             if not (is_prefix and content_hash.startswith(lowered)) and name != ref:
@@ -473,18 +311,18 @@ class ResultStore:
             if content_hash in matches:
                 continue
             try:
-                attrs = load_commit(self, path, arrays=False)
+                record = catalog.committed_or_raise(self.storage, path)
             except IntegrityError as exc:  # a damaged match is reported, never skipped
                 damaged.setdefault(content_hash, exc)
                 continue
-            if attrs is not None:
-                matches[content_hash] = self._target(path, attrs)
+            if record is not None:
+                matches[content_hash] = catalog.target_for(self.storage, path, record)
         damaged = {h: exc for h, exc in damaged.items() if h not in matches}
         if len(matches) + len(damaged) == 1:
             if damaged:
                 raise next(iter(damaged.values()))
             target = next(iter(matches.values()))
-            self._load(target.group_path)  # the array metadata must agree too
+            catalog.load(self.storage, target.group_path)  # the array metadata must agree too
             return target
         if damaged:
             found = ", ".join(sorted(t.group_path for t in matches.values()))
@@ -553,7 +391,7 @@ class ResultStore:
         InvalidNameError
             For names that cannot be part of a group path.
         """
-        self._check_writable()
+        self.storage.check_writable()
         # A save that reuses a committed result (or commits one) can meet a collection
         # removing it: the provenance record (or, if it cannot be written, a lease) is this
         # save's flag, written before looking for a collection's claim; if the result went
@@ -561,15 +399,15 @@ class ResultStore:
         for _ in range(3):
             target, recorded = self._save_once(data, name, chunks, compressor, provenance, metadata)
             lease.checkpoint("save.recorded")
-            flag = None if recorded else lease.Lease(self, target.group_path).key
+            flag = None if recorded else lease.Lease(self.storage, target.group_path).key
             if flag is not None:
                 with contextlib.suppress(OSError):
-                    lease.put(self, flag)
-            lease.wait_unclaimed(self, target.group_path)
+                    lease.put(self.storage, flag)
+            lease.wait_unclaimed(self.storage, target.group_path)
             if flag is not None:
                 with contextlib.suppress(OSError):
-                    lease.remove(self, flag)
-            if self._committed_attrs(target.group_path) is not None:
+                    lease.remove(self.storage, flag)
+            if catalog.committed(self.storage, target.group_path) is not None:
                 lease.checkpoint("save.returned")
                 return target
             logger.info(
@@ -593,10 +431,7 @@ class ResultStore:
         metadata: dict[str, Any],
     ) -> tuple[ZarrTarget, bool]:
         """One save and its provenance record; the target and whether the record was written."""
-        from cpr_zarr.core import writer
-        from cpr_zarr.core.provenance import write_record
-
-        self._check_writable()
+        self.storage.check_writable()
         unknown = sorted(set(metadata) - _METADATA_KEYS)
         if unknown:
             raise InvalidArgumentTypeError(
@@ -607,8 +442,6 @@ class ResultStore:
             )
         try:
             if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
-                from cpr_zarr.core.table import save_table
-
                 given = {"chunks": chunks, "compressor": compressor, **metadata}
                 given = {k: v for k, v in given.items() if v is not None}
                 if given:
@@ -618,10 +451,10 @@ class ResultStore:
                         "and have no image metadata. Save the DataFrame without these arguments."
                     )
 
-                target = save_table(self, data, name)
+                target = save_table_to(self.storage, data, name)
             else:
-                target = writer.save(
-                    self, data, name, chunks=chunks, compressor=compressor, **metadata
+                target = save_array(
+                    self.storage, data, name, chunks=chunks, compressor=compressor, **metadata
                 )
         except CprZarrError:
             raise
@@ -635,7 +468,7 @@ class ResultStore:
                 "then run the task again."
             ) from exc
         try:
-            write_record(self, target, provenance, output=name)
+            write_record(self.storage, target, provenance, output=name)
         except Exception as exc:  # the result is committed and valid: do not fail the task
             logger.warning(
                 "Result %s was saved in %s, but its provenance record could not be written: %s",
@@ -649,21 +482,15 @@ class ResultStore:
     def list(self) -> pd.DataFrame:
         """One row per committed result: name, hash, kind, shape, dtype, chunks, stored and
         raw bytes, compression ratio, created, last produced, last task and flow run."""
-        from cpr_zarr.core.inventory import list_results
-
-        return list_results(self)
+        return list_results(self.storage)
 
     def lineage(self, ref: str | ZarrTarget) -> dict[str, builtins.list[ZarrTarget]]:
         """Results upstream (``"inputs"``) and downstream (``"outputs"``) of ``ref``."""
-        from cpr_zarr.core.inventory import lineage
-
-        return lineage(self, ref)
+        return lineage(self.storage, self.open(ref))
 
     def provenance(self, ref: str | ZarrTarget) -> builtins.list[dict[str, Any]]:
         """Every provenance record of a result, oldest first."""
-        from cpr_zarr.core.provenance import read_records
-
-        return read_records(self, self.open(ref).group_path)
+        return read_records(self.storage, self.open(ref).group_path)
 
     def delete(self, ref: str | ZarrTarget) -> ZarrTarget | None:
         """Remove a result (at once on local disk, marker first on object stores).
@@ -678,9 +505,7 @@ class ResultStore:
         StoreError
             If the store cannot be written (read-only file system, no permission).
         """
-        from cpr_zarr.core.collector import delete_group
-
-        self._check_writable()
+        self.storage.check_writable()
         target: ZarrTarget | None
         try:
             target = self.open(ref)
@@ -689,30 +514,46 @@ class ResultStore:
             target, path = None, exc.group_path
         # one rename on local disk; on object stores the record copy, then the marker, then
         # the rest: a delete stopped halfway never leaves a marker-less group with a copy
-        delete_group(self, path)
+        delete_group(self.storage, path)
         return target
 
     def reader(self, target: ZarrTarget) -> ChunkReader:
-        """A verifying chunk reader for a target of this store (cached per group)."""
-        from cpr_zarr.core.reader import ChunkReader
+        """A verifying chunk reader for a target of this store (cached per group).
 
-        reader = self._readers.get(target.group_path)
-        if reader is None:
-            # a pointer naming a path outside its store is never followed; then record vs
-            # content hash, array metadata vs record (IntegrityError on damage)
-            attrs = (
-                load_commit(self, target.group_path)
-                if parse_group_path(target.group_path) is not None
-                else None
-            )
-            if attrs is None:
-                raise ResultNotFoundError(
-                    f"Result {target.group_path!r} is not (or no longer) committed in store "
-                    f"{self.url!r}. Re-run the task that produced it."
-                )
-            reader = ChunkReader(self, target.group_path, attrs)
-            self._readers[target.group_path] = reader
-        return reader
+        Raises
+        ------
+        ResultNotFoundError
+            If the result is not (or no longer) committed.
+        IntegrityError
+            If its record or array metadata is damaged.
+        """
+        return open_reader(self.storage, target.group_path)
+
+    def verify(
+        self,
+        refs: builtins.list[str | ZarrTarget] | tuple[str | ZarrTarget, ...] = (),
+        *,
+        repair: bool = False,
+        threads: int | None = None,
+    ) -> VerifyReport:
+        """Check every result (or ``refs``): records, array metadata, every chunk of every
+        level, tables, label indexes and provenance records. Nothing is changed unless
+        ``repair``, which rebuilds damaged commit markers whose data verifies.
+
+        Raises
+        ------
+        ResultNotFoundError, AmbiguousReferenceError, InvalidReferenceError
+            As :meth:`open`, for a reference that names no result.
+        """
+        paths: builtins.list[str] | None = None
+        if refs:
+            paths = []
+            for ref in refs:
+                try:
+                    paths.append(self.open(ref).group_path)
+                except IntegrityError as exc:  # damaged: verified (and repaired) by path
+                    paths.append(exc.group_path)
+        return verify_store(self.storage, paths, repair_damaged=repair, threads=threads)
 
 
 def _is_storage_error(exc: BaseException) -> bool:
@@ -721,8 +562,17 @@ def _is_storage_error(exc: BaseException) -> bool:
     return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec"))
 
 
-def to_buffer(doc: Any) -> Any:
-    return default_buffer_prototype().buffer.from_bytes(json.dumps(doc, indent=2).encode())
+def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
+    """Save a pandas DataFrame as a table result (what ``store.save(df, name)`` does).
+
+    Raises
+    ------
+    UnsupportedResultError
+        If ``df`` is not a DataFrame, or has columns cpr_zarr cannot store.
+    """
+    if type(df).__name__ != "DataFrame":
+        return save_table_to(store.storage, df, name)  # raises, naming what it got
+    return store.save(df, name)
 
 
 def open_store(

@@ -110,8 +110,8 @@ def store_files(store: cpr_zarr.ResultStore) -> dict[str, bytes]:
 
     async def _all() -> dict[str, bytes]:
         out = {}
-        async for key in store._zstore.list():
-            buf = await store._zstore.get(key, default_buffer_prototype())
+        async for key in store.storage.zarr_store.list():
+            buf = await store.storage.zarr_store.get(key, default_buffer_prototype())
             if buf is not None:
                 out[key] = buf.to_bytes()
         return out

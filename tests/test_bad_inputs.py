@@ -353,7 +353,7 @@ def test_label_colours_as_hex_strings(local_store: ResultStore) -> None:
     seg = local_store.save(
         cpr_zarr.Labels(LABELS, image=image, colors={1: "#ff0000", 2: "#00ff0080"}), "seg"
     )
-    doc = json.loads((local_store._local_path / seg.group_path / "zarr.json").read_text())  # type: ignore[operator]
+    doc = json.loads((local_store.storage.root / seg.group_path / "zarr.json").read_text())  # type: ignore[operator]
     assert doc["attributes"]["ome"]["image-label"]["colors"] == [
         {"label-value": 1, "rgba": [255, 0, 0, 255]},
         {"label-value": 2, "rgba": [0, 255, 0, 128]},
@@ -379,7 +379,7 @@ def test_a_damaged_table_chunk_names_store_group_array_and_chunk(
 ) -> None:
     df = pd.DataFrame({"name": ["alpha", "beta", "gamma"] * 20, "x": np.arange(60.0)})
     target = local_store.save(df, "t")
-    chunk = local_store._local_path / target.group_path / "c0" / "values" / "c" / "0"  # type: ignore[operator]
+    chunk = local_store.storage.root / target.group_path / "c0" / "values" / "c" / "0"  # type: ignore[operator]
     raw = bytearray(chunk.read_bytes())
     raw[len(raw) // 2 :] = bytes(len(raw) - len(raw) // 2)  # zero the second half of the frame
     chunk.write_bytes(bytes(raw))
@@ -395,7 +395,7 @@ def test_a_damaged_digest_list_is_an_integrity_error_not_an_index_error(
     local_store: ResultStore,
 ) -> None:
     target = local_store.save(IMAGE, "img", chunks=(2, 8, 8))
-    marker = local_store._local_path / target.group_path / "zarr.json"  # type: ignore[operator]
+    marker = local_store.storage.root / target.group_path / "zarr.json"  # type: ignore[operator]
     doc = json.loads(marker.read_text())
     del doc["attributes"]["cpr_zarr"]["chunk_digests"][-1]
     marker.write_text(json.dumps(doc))

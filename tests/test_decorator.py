@@ -215,7 +215,7 @@ def test_pil_images_are_stored_as_arrays_and_come_back_as_pil(
     assert color.shape == (3, 40, 60)  # channels first in the store
     assert described == [["RGB", [60, 40], int(rgb.sum())], ["L", [60, 40], int(rgb[..., 0].sum())]]
     np.testing.assert_array_equal(np.asarray(color.to_pil()), rgb)
-    ome = color.store._get_json(f"{color.group_path}/zarr.json")["attributes"]["ome"]
+    ome = color.store.storage.get_json(f"{color.group_path}/zarr.json")["attributes"]["ome"]
     assert [a["type"] for a in ome["multiscales"][0]["axes"]] == ["channel", "space", "space"]
     assert f()[0] == (color, gray)  # cached: the same pointers, still PIL targets
 

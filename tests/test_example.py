@@ -94,7 +94,7 @@ def test_example_runs_twice_in_two_processes_second_all_cached(tmp_path: Path) -
     assert 15 <= count <= 25  # the ground truth has 20 nuclei
     # physical units flowed from the raw image to every result
     for key in ("denoised", "mask", "labels"):
-        ome = store._get_json(f"{by_name[key].group_path}/zarr.json")["attributes"]["ome"]
+        ome = store.storage.get_json(f"{by_name[key].group_path}/zarr.json")["attributes"]["ome"]
         axes = ome["multiscales"][0]["axes"]
         assert [a.get("unit") for a in axes] == ["micrometer"] * 3, key
     table = cpr_zarr.read_table(by_name["table"])

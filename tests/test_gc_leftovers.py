@@ -70,13 +70,13 @@ def test_a_killed_label_save_leaves_a_folder_gc_removes(tmp_path: Path) -> None:
     assert (leftover / "0" / "zarr.json").exists()
     assert not (leftover / "zarr.json").exists()
 
-    assert plan_gc(store, leftover_age=HOUR) == []  # young: its writer may be alive
+    assert plan_gc(store.storage, leftover_age=HOUR) == []  # young: its writer may be alive
     age(leftover)
-    plan = plan_gc(store, leftover_age=HOUR)
+    plan = plan_gc(store.storage, leftover_age=HOUR)
     assert [(r.path, r.reason) for r in plan] == [
         (f"{target.group_path}/labels/{leftover.name}", "incomplete label image (never committed)")
     ]
-    assert [o.status for o in collect(store, plan, leftover_age=HOUR)] == ["removed"]
+    assert [o.status for o in collect(store.storage, plan, leftover_age=HOUR)] == ["removed"]
     assert not leftover.exists()
     np.testing.assert_array_equal(store.open(target.group_path).to_numpy(), image())
     # and the label saves normally afterwards
@@ -88,11 +88,11 @@ def test_empty_staging_folders_are_aged_and_removed(tmp_path: Path) -> None:
     store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
     empty = Path(store.url) / "_staging" / "v-0123456789abcdef"
     (empty / "0").mkdir(parents=True)  # a writer killed right after creating its folders
-    assert plan_gc(store, leftover_age=HOUR) == []
+    assert plan_gc(store.storage, leftover_age=HOUR) == []
     age(empty)
-    plan = plan_gc(store, leftover_age=HOUR)
+    plan = plan_gc(store.storage, leftover_age=HOUR)
     assert [r.path for r in plan] == ["_staging/v-0123456789abcdef"]
-    assert [o.status for o in collect(store, plan, leftover_age=HOUR)] == ["removed"]
+    assert [o.status for o in collect(store.storage, plan, leftover_age=HOUR)] == ["removed"]
     assert not empty.exists()
 
 
@@ -202,9 +202,9 @@ def test_references_never_leave_the_store(tmp_path: Path) -> None:
         evil.to_numpy()
     # a commit record naming an array outside its group is refused, never read
     own = a.open("x")
-    doc = a._get_json(f"{own.group_path}/zarr.json")
+    doc = a.storage.get_json(f"{own.group_path}/zarr.json")
     doc["attributes"]["cpr_zarr"]["array"] = f"../../b.zarr/victim-{h}/0"
-    a._set_json(f"{own.group_path}/zarr.json", doc)
+    a.storage.set_json(f"{own.group_path}/zarr.json", doc)
     fresh = cpr_zarr.ResultStore(a.url, mode="r")
     # (caught first by the record check: the record no longer hashes to its content hash)
     with pytest.raises(
@@ -222,18 +222,20 @@ def test_collect_removes_leftovers_and_results_on_s3(s3_url: str) -> None:
     kept = store.save(image(0), "kept")
     gone = store.save(image(1), "gone")
     leftover = store.save(image(2), "left")
-    sync(store._zstore.delete(f"{leftover.group_path}/zarr.json"))
-    sync(store._zstore.delete(f"{leftover.group_path}/{RECORD_COPY}"))
-    store._set_json("_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"})
+    sync(store.storage.zarr_store.delete(f"{leftover.group_path}/zarr.json"))
+    sync(store.storage.zarr_store.delete(f"{leftover.group_path}/{RECORD_COPY}"))
+    store.storage.set_json(
+        "_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"}
+    )
     time.sleep(2.5)  # object stores keep modification times in whole seconds
-    plan = [r for r in plan_gc(store, leftover_age=2.0) if r.content_hash is None]
-    plan += [r for r in plan_gc(store, older_than=0.0) if r.path == gone.group_path]
+    plan = [r for r in plan_gc(store.storage, leftover_age=2.0) if r.content_hash is None]
+    plan += [r for r in plan_gc(store.storage, older_than=0.0) if r.path == gone.group_path]
     assert sorted(r.path for r in plan) == sorted(
         ["_staging/v-0123abcd", leftover.group_path, gone.group_path]
     )
-    assert [o.status for o in collect(store, plan, leftover_age=2.0)] == ["removed"] * 3
+    assert [o.status for o in collect(store.storage, plan, leftover_age=2.0)] == ["removed"] * 3
     # a second run finds them gone and says so
-    assert {o.status for o in collect(store, plan, leftover_age=2.0)} == {
+    assert {o.status for o in collect(store.storage, plan, leftover_age=2.0)} == {
         "already removed (by another process)"
     }
     keys = store_files(store)

@@ -169,11 +169,11 @@ def make_leftover(store: cpr_zarr.ResultStore, seed: int, *, age: float | None) 
     from zarr.core.sync import sync
 
     target = store.save(data_for(seed), name="v", chunks=(6, 20, 20))
-    sync(store._zstore.delete(f"{target.group_path}/zarr.json"))
-    sync(store._zstore.delete(f"{target.group_path}/{RECORD_COPY}"))
-    if age is not None and store._local_path is not None:
+    sync(store.storage.zarr_store.delete(f"{target.group_path}/zarr.json"))
+    sync(store.storage.zarr_store.delete(f"{target.group_path}/{RECORD_COPY}"))
+    if age is not None and store.storage.root is not None:
         then = time.time() - age
-        for dirpath, _, files in os.walk(store._local_path / target.group_path):
+        for dirpath, _, files in os.walk(store.storage.root / target.group_path):
             for name in [*files, "."]:
                 os.utime(os.path.join(dirpath, name), (then, then))
     return target.group_path
@@ -185,12 +185,12 @@ def make_old_result(store: cpr_zarr.ResultStore, seed: int) -> str:
 
     target = store.save(data_for(seed), name="v", chunks=(6, 20, 20))
     base = f"{target.group_path}/provenance"
-    for entry in store._list_dir(base):
+    for entry in store.storage.list_dir(base):
         if entry != "zarr.json":
-            doc = store._get_json(f"{base}/{entry}/zarr.json")
+            doc = store.storage.get_json(f"{base}/{entry}/zarr.json")
             then = datetime.now(UTC) - timedelta(hours=2)
             doc["attributes"]["cpr_zarr_provenance"]["created"] = then.isoformat()
-            store._set_json(f"{base}/{entry}/zarr.json", doc)
+            store.storage.set_json(f"{base}/{entry}/zarr.json", doc)
     return target.group_path
 
 
@@ -205,8 +205,8 @@ def leftover_race(
         return store.save(value, name="v", chunks=(6, 20, 20))
 
     def gc() -> None:
-        plan = [r for r in plan_gc(store, leftover_age=age_limit) if r.path == path]
-        list(collect(store, plan, leftover_age=age_limit))
+        plan = [r for r in plan_gc(store.storage, leftover_age=age_limit) if r.path == path]
+        list(collect(store.storage, plan, leftover_age=age_limit))
 
     return Race(store, writer, gc, data)
 
@@ -220,8 +220,8 @@ def dedup_race(store: cpr_zarr.ResultStore, seed: int, path: str, records: Path)
         return store.save(data, name="v", chunks=(6, 20, 20))
 
     def gc() -> None:
-        plan = plan_gc(store, keep_referenced=records, grace=3600, leftover_age=3600)
-        list(collect(store, [r for r in plan if r.path == path], leftover_age=3600))
+        plan = plan_gc(store.storage, keep_referenced=records, grace=3600, leftover_age=3600)
+        list(collect(store.storage, [r for r in plan if r.path == path], leftover_age=3600))
 
     return Race(store, writer, gc, data)
 
@@ -259,7 +259,7 @@ def test_every_gc_step_against_every_save_step_on_a_leftover(
         store = cpr_zarr.ResultStore(tmp_path / f"results-{lazy}.zarr")
 
         def make(i: int, store: cpr_zarr.ResultStore = store, lazy: bool = lazy) -> Race:
-            shutil.rmtree(store._local_path / "_staging", ignore_errors=True)
+            shutil.rmtree(store.storage.root / "_staging", ignore_errors=True)
             seed = 1000 * lazy + i
             path = make_leftover(store, seed, age=7200)
             return leftover_race(store, seed, path, 3600, lazy=lazy)

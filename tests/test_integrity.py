@@ -26,7 +26,7 @@ import pandas as pd
 import pytest
 
 import cpr_zarr
-from cpr_zarr.core.integrity import RECORD_COPY, verify_store
+from cpr_zarr.core.integrity import RECORD_COPY
 from cpr_zarr.core.inventory import leftovers, plan_gc
 from cpr_zarr.core.pyramid import level_count, read_level
 from cpr_zarr.core.table import read_table
@@ -238,9 +238,9 @@ def _check_fault(
     refused = [k for k, v in seen.items() if v[0] == "refused"]
     try:
         store = cpr_zarr.ResultStore(root)
-        verified = verify_store(store, tuple(paths.values())).ok
+        verified = store.verify(tuple(paths.values())).ok
         # plan_gc lists every result (never failing for one bad record)
-        plan = plan_gc(store, leftover_age=0) if listed else leftovers(store, 0)
+        plan = plan_gc(store.storage, leftover_age=0) if listed else leftovers(store.storage, 0)
     except CprZarrError:  # the store root itself is unreadable: nothing is listed or removed
         verified, plan = False, []
     if wrong:
@@ -263,7 +263,7 @@ def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, str
     paths = _build(root)
     baseline = _observe(root, paths)
     assert all(v[0] in ("array", "table") for v in baseline.values()), baseline
-    assert verify_store(cpr_zarr.ResultStore(root)).ok
+    assert cpr_zarr.ResultStore(root).verify().ok
     return root, paths, baseline
 
 
@@ -471,7 +471,7 @@ def test_records_without_digest_or_copy_still_open_and_verify(
         (root / path / RECORD_COPY).unlink()
         _edit(root / path / "zarr.json", lambda d: d["attributes"]["cpr_zarr"].pop("record_digest"))
     store = cpr_zarr.ResultStore(root)
-    assert verify_store(store).ok
+    assert store.verify().ok
     assert {t.group_path for t in store.targets()} == set(paths.values())
     assert read_level(store.open(paths["img"]), 1).compute().shape == (12, 10)
 
@@ -505,7 +505,7 @@ def test_a_damaged_marker_is_reported_never_collected_and_repaired(
     with pytest.raises(IntegrityError, match="is damaged"):
         store.open(paths["img"])
     assert store.list()["name"].tolist().count("img") == 0  # listed elsewhere as damaged
-    assert plan_gc(store, leftover_age=0) == []
+    assert plan_gc(store.storage, leftover_age=0) == []
     runner = CliRunner()
     ls = runner.invoke(main, ["ls", str(root)])
     assert ls.exit_code == 0
@@ -530,11 +530,11 @@ def test_a_lost_marker_with_its_copy_is_kept_and_restored(
     root, paths = small
     (root / paths["vec"] / "zarr.json").unlink()
     store = cpr_zarr.ResultStore(root)
-    assert plan_gc(store, leftover_age=0) == []  # the copy shows it was committed
-    report = verify_store(store)
+    assert plan_gc(store.storage, leftover_age=0) == []  # the copy shows it was committed
+    report = store.verify()
     assert not report.ok
     assert "is missing but its record copy exists" in report.problems[0]
-    assert verify_store(store, repair_damaged=True).ok
+    assert store.verify(repair=True).ok
     np.testing.assert_array_equal(
         cpr_zarr.ResultStore(root).open(paths["vec"]).to_numpy()[:4],
         np.linspace(-1, 1, 12, dtype=np.float32)[:4],
@@ -548,7 +548,7 @@ def test_repair_without_a_copy_rebuilds_from_chunks_that_hash_to_the_path(
     (root / paths["vec"] / RECORD_COPY).unlink()
     (root / paths["vec"] / "zarr.json").write_text("{")
     store = cpr_zarr.ResultStore(root)
-    report = verify_store(store, repair_damaged=True)
+    report = store.verify(repair=True)
     assert report.ok
     assert "from its chunks" in report.repaired[0]
     assert cpr_zarr.ResultStore(root).open(paths["vec"]).shape == (12,)
@@ -558,7 +558,7 @@ def test_repair_without_a_copy_rebuilds_from_chunks_that_hash_to_the_path(
     data = bytearray(chunk.read_bytes())
     data[-1] ^= 1
     chunk.write_bytes(bytes(data))
-    report = verify_store(cpr_zarr.ResultStore(root), repair_damaged=True)
+    report = cpr_zarr.ResultStore(root).verify(repair=True)
     assert not report.ok
     assert "does not verify, not repaired" in report.problems[0]
 
@@ -568,11 +568,11 @@ def test_a_damaged_record_copy_is_reported_and_rewritten(
 ) -> None:
     root, paths = small
     (root / paths["tab"] / RECORD_COPY).write_text("[]")
-    report = verify_store(cpr_zarr.ResultStore(root))
+    report = cpr_zarr.ResultStore(root).verify()
     assert not report.ok
     assert "record copy" in report.problems[0]
-    assert verify_store(cpr_zarr.ResultStore(root), repair_damaged=True).ok
-    assert verify_store(cpr_zarr.ResultStore(root)).ok
+    assert cpr_zarr.ResultStore(root).verify(repair=True).ok
+    assert cpr_zarr.ResultStore(root).verify().ok
 
 
 def test_a_damaged_provenance_record_breaks_nothing_else(
@@ -588,7 +588,7 @@ def test_a_damaged_provenance_record_breaks_nothing_else(
     store = cpr_zarr.ResultStore(root)
     assert len(store.list()) == 4
     assert store.provenance(paths["vec"]) == []
-    assert plan_gc(store, leftover_age=0) == []
+    assert plan_gc(store.storage, leftover_age=0) == []
     runner = CliRunner()
     assert runner.invoke(main, ["ls", str(root)]).exit_code == 0
     assert runner.invoke(main, ["info", str(root), paths["vec"]]).exit_code == 0
@@ -653,19 +653,25 @@ def test_damage_is_reported_and_repaired_on_every_store_kind(store: cpr_zarr.Res
     data = np.arange(200, dtype=np.int32).reshape(10, 20)
     target = store.save(data, name="a", chunks=(5, 10))
     key = f"{target.group_path}/zarr.json"
-    good = sync(store._zstore.get(key, default_buffer_prototype()))
+    good = sync(store.storage.zarr_store.get(key, default_buffer_prototype()))
     assert good is not None
     flipped = bytearray(good.to_bytes())
     flipped[len(flipped) // 2] ^= 0x04
-    sync(store._zstore.set(key, default_buffer_prototype().buffer.from_bytes(bytes(flipped))))
-    fresh = cpr_zarr.ResultStore(store.url, storage_options=store._storage_options)
+    sync(
+        store.storage.zarr_store.set(
+            key, default_buffer_prototype().buffer.from_bytes(bytes(flipped))
+        )
+    )
+    fresh = cpr_zarr.ResultStore(
+        store.url, storage_options=getattr(store.storage, "storage_options", None)
+    )
     assert [d.group_path for d in fresh.damaged()] == [target.group_path]
     assert list(fresh.targets()) == []
-    assert leftovers(fresh, 0) == []
+    assert leftovers(fresh.storage, 0) == []
     with pytest.raises(IntegrityError):
         fresh.open(target.content_hash)
-    assert not verify_store(fresh).ok
-    assert verify_store(fresh, repair_damaged=True).ok
+    assert not fresh.verify().ok
+    assert fresh.verify(repair=True).ok
     np.testing.assert_array_equal(fresh.open(target.content_hash).to_numpy(), data)
 
 

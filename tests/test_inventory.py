@@ -31,7 +31,7 @@ def test_gc_keeps_an_image_whose_label_is_referenced(
     records = tmp_path / "records"
     records.mkdir()
     (records / "r1").write_text(json.dumps({"result": labels.content_hash}))
-    plan = plan_gc(local_store, keep_referenced=records, grace=0)
+    plan = plan_gc(local_store.storage, keep_referenced=records, grace=0)
     assert [r.path for r in plan] == [other.group_path]
 
 
@@ -40,9 +40,9 @@ def test_results_without_provenance_are_never_removed_by_age(
 ) -> None:
     fresh = local_store.save(microscopy_volume(), "fresh")
     shutil.rmtree(f"{local_store.url}/{fresh.group_path}/provenance")
-    assert plan_gc(local_store, older_than=0.0) == []
+    assert plan_gc(local_store.storage, older_than=0.0) == []
     aged = local_store.save(microscopy_volume(seed=3), "aged")
-    assert [r.path for r in plan_gc(local_store, older_than=0.0)] == [aged.group_path]
+    assert [r.path for r in plan_gc(local_store.storage, older_than=0.0)] == [aged.group_path]
 
 
 def test_folder_inputs_key_on_their_files(tmp_path: Path) -> None:
@@ -92,7 +92,9 @@ def test_commit_refuses_a_group_without_its_array(local_store: cpr_zarr.ResultSt
 def test_leftovers_are_aged_on_every_store_kind(store: cpr_zarr.ResultStore) -> None:
     from cpr_zarr.core.inventory import leftovers
 
-    store._set_json("_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"})
-    assert leftovers(store, min_age_seconds=3600) == []  # a writer may still be at work
+    store.storage.set_json(
+        "_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"}
+    )
+    assert leftovers(store.storage, min_age_seconds=3600) == []  # a writer may still be at work
     time.sleep(2.5)  # object stores keep modification times in whole seconds
-    assert [r.path for r in leftovers(store, min_age_seconds=1)] == ["_staging/v-0123abcd"]
+    assert [r.path for r in leftovers(store.storage, min_age_seconds=1)] == ["_staging/v-0123abcd"]

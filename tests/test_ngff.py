@@ -38,14 +38,14 @@ def save(store: ResultStore, data: Any, name: str, chunks: Any = None, **meta: A
 
 
 def group_doc(target: ZarrTarget) -> dict[str, Any]:
-    doc = target.store._get_json(f"{target.group_path}/zarr.json")
+    doc = target.store.storage.get_json(f"{target.group_path}/zarr.json")
     assert isinstance(doc, dict)
     return doc["attributes"]
 
 
 def validate(target: ZarrTarget) -> ImageModel:
     """Strict NGFF 0.5 validation of the group (and of its labels, if any)."""
-    group = zarr.open_group(target.store._zstore, path=target.group_path, mode="r")
+    group = zarr.open_group(target.store.storage.zarr_store, path=target.group_path, mode="r")
     return ImageModel.from_zarr(group)
 
 
@@ -84,7 +84,7 @@ def test_default_metadata_validates_and_opens(
     zarr_array = target.zarr_array()
     assert zarr_array.metadata.dimension_names == tuple(axes)  # type: ignore[union-attr]
 
-    path = local_store._local_path / target.group_path  # type: ignore[operator]
+    path = local_store.storage.root / target.group_path  # type: ignore[operator]
     (node,) = ome_zarr_nodes(path)
     np.testing.assert_array_equal(np.asarray(node.data[0]), data)
     (layer,) = [lyr for lyr in napari_layers(path) if lyr[2] == "image"]
@@ -115,9 +115,9 @@ def test_scale_units_translation_reach_viewers(local_store: ResultStore) -> None
     ]
     assert group_doc(target)["cpr_zarr"]["image"]["scale"] == [2.0, 0.65, 0.65]
 
-    (node,) = ome_zarr_nodes(local_store._local_path / target.group_path)  # type: ignore[operator]
+    (node,) = ome_zarr_nodes(local_store.storage.root / target.group_path)  # type: ignore[operator]
     assert node.metadata["coordinateTransformations"][0][0]["scale"] == [2.0, 0.65, 0.65]
-    (layer,) = napari_layers(local_store._local_path / target.group_path)  # type: ignore[operator]
+    (layer,) = napari_layers(local_store.storage.root / target.group_path)  # type: ignore[operator]
     assert layer[1]["scale"] == pytest.approx([2.0, 0.65, 0.65])
     assert layer[1]["units"] == ("micrometer",) * 3
     # napari-ome-zarr 0.10 applies only the first (scale) transform of dataset 0: the
@@ -217,7 +217,7 @@ def test_pyramid_levels_mean_for_images_nearest_for_labels(local_store: ResultSt
         [2.0, 2.0, 2.0],
     ]
     validate(target)
-    layers = napari_layers(local_store._local_path / target.group_path)  # type: ignore[operator]
+    layers = napari_layers(local_store.storage.root / target.group_path)  # type: ignore[operator]
     assert [lvl.shape for lvl in layers[0][0]] == [(5, 37, 42), (5, 19, 21), (3, 10, 11)]
 
     labels = (image > 500).astype(np.uint32) * np.arange(42, dtype=np.uint32)
@@ -311,19 +311,19 @@ def test_pyramid_from_dask_matches_numpy_and_verifies(store: ResultStore) -> Non
     from zarr.core.buffer import default_buffer_prototype
     from zarr.core.sync import sync
 
-    raw = sync(store._zstore.get(key, default_buffer_prototype()))
+    raw = sync(store.storage.zarr_store.get(key, default_buffer_prototype()))
     other = zarr.create_array(
         zarr.storage.MemoryStore(),
         shape=(3, 16, 16),
         chunks=(3, 16, 16),
         dtype=np.uint16,
-        compressors=cpr_zarr.core.writer.default_compressor(),
+        compressors=cpr_zarr.core.arrays.default_compressor(),
     )
     other[...] = 7
     bad = sync(other.store.get("c/0/0/0", default_buffer_prototype()))
     assert raw is not None
     assert bad is not None
-    sync(store._zstore.set(key, bad))
+    sync(store.storage.zarr_store.set(key, bad))
     with pytest.raises(cpr_zarr.ChunkVerificationError, match="chunk \\(0, 0, 0\\)"):
         cpr_zarr.read_level(from_dask, 1).compute()
     assert cpr_zarr.read_level(from_dask, 1, verify=False).compute()[0, 0, 0] == 7
@@ -364,7 +364,7 @@ def test_labels_attach_to_their_image_and_viewers_overlay_them(
     assert label_attrs["image-label"]["colors"] == [{"label-value": 3, "rgba": [255, 0, 0, 255]}]
     assert label_attrs["multiscales"][0]["axes"][1]["unit"] == "micrometer"
 
-    path = local_store._local_path / target.group_path  # type: ignore[operator]
+    path = local_store.storage.root / target.group_path  # type: ignore[operator]
     nodes = ome_zarr_nodes(path)
     assert sum(1 for n in nodes if n.load(__import__("ome_zarr.reader").reader.Label)) == 2
 
@@ -398,7 +398,7 @@ def test_labels_listing_is_repaired_after_a_crash(local_store: ResultStore) -> N
     target = local_store.save(image, "raw")
     seg = local_store.save(cpr_zarr.Labels((image > 300).astype(np.uint8), image=target), "seg")
     # a writer killed between committing the label and listing it
-    listing = local_store._local_path / target.group_path / "labels" / "zarr.json"  # type: ignore[operator]
+    listing = local_store.storage.root / target.group_path / "labels" / "zarr.json"  # type: ignore[operator]
     listing.unlink()
     assert (
         local_store.save(cpr_zarr.Labels((image > 300).astype(np.uint8), image=target), "seg")
@@ -460,7 +460,9 @@ def test_a_level_of_another_pyramid_plan_is_never_overwritten(store: ResultStore
 
     # another writer of the same content, planning levels for z anisotropic (y, x halved
     # only), has written the base and its level 1 but not committed yet
-    base = ChunkCodec(_create_array(store, f"{path}/0", image.shape, image.dtype, chunks, None))
+    base = ChunkCodec(
+        _create_array(store.storage, f"{path}/0", image.shape, image.dtype, chunks, None)
+    )
     for index, region in chunk_grid(image.shape, chunks):
         base.write(index, image[region])
     theirs = pyramid.write_levels(store, path, [(1, 2, 2)], "mean", ["z", "y", "x"])
@@ -474,6 +476,6 @@ def test_a_level_of_another_pyramid_plan_is_never_overwritten(store: ResultStore
         cpr_zarr.read_level(ours, 1).compute(), pyramid.downsample(image, (2, 2, 2), "mean")
     )
     # the other writer's level is intact: it can still commit a consistent group
-    other = zarr.open_array(store._zstore, path=f"{path}/1", mode="r")
+    other = zarr.open_array(store.storage.zarr_store, path=f"{path}/1", mode="r")
     np.testing.assert_array_equal(other[...], pyramid.downsample(image, (1, 2, 2), "mean"))
     validate(ours)

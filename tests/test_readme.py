@@ -104,7 +104,7 @@ def check_viewers(ns: dict[str, Any], code: str) -> None:
 
     store = ns["store"]
     raw = next(t for t in store.targets() if t.name == "raw")
-    ome = store._get_json(f"{raw.group_path}/zarr.json")["attributes"]["ome"]
+    ome = store.storage.get_json(f"{raw.group_path}/zarr.json")["attributes"]["ome"]
     axes = ome["multiscales"][0]["axes"]
     assert [(a["name"], a.get("unit")) for a in axes] == [
         ("z", "micrometer"),

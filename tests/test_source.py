@@ -122,7 +122,7 @@ def test_sources_in_a_flow_pass_metadata_and_cache(tmp_path: Path, result_storag
 
     target = f(cpr_zarr.TiffSource(path))
     np.testing.assert_array_equal(target.to_numpy(), volume * 2)
-    ome = target.store._get_json(f"{target.group_path}/zarr.json")["attributes"]["ome"]
+    ome = target.store.storage.get_json(f"{target.group_path}/zarr.json")["attributes"]["ome"]
     scale = ome["multiscales"][0]["datasets"][0]["coordinateTransformations"][0]["scale"]
     assert scale == pytest.approx([2.0, 0.65, 0.65])
     state = f(cpr_zarr.TiffSource(path), return_state=True)

@@ -153,7 +153,7 @@ def test_saving_stored_content_again_writes_no_chunk(local_store: cpr_zarr.Resul
     assert first == again == renamed == streamed  # identical content is stored once
     assert after == before  # not a chunk nor a metadata document was rewritten
     # each save left its own provenance record
-    records = cpr_zarr.core.provenance.read_records(local_store, first.group_path)
+    records = cpr_zarr.core.provenance.read_records(local_store.storage, first.group_path)
     assert [r["output"] for r in records] == ["nuclei", "nuclei", "other-name", "nuclei"]
 
 
@@ -216,7 +216,7 @@ def test_a_missing_chunk_never_reads_as_zeros_even_unverified(
     np.testing.assert_array_equal(target.to_numpy(), data)
 
     # another process deletes the chunks while this one still holds the opened result
-    remove_prefix(store, f"{target.group_path}/0/c")
+    remove_prefix(store.storage, f"{target.group_path}/0/c")
     where = rf"chunk \(\d, \d, \d\) of result '{target.group_path}'.*not in the store"
     for verify in (False, True):
         with pytest.raises(ChunkVerificationError, match=where):
@@ -501,7 +501,9 @@ def test_a_concurrent_writer_with_another_compressor_never_mixes_codecs(
 
     # another writer of the same content starts first, with Zstd, and writes half its chunks
     other = ChunkCodec(
-        _create_array(store, f"{path}/0", data.shape, data.dtype, chunks, ZstdCodec(level=3))
+        _create_array(
+            store.storage, f"{path}/0", data.shape, data.dtype, chunks, ZstdCodec(level=3)
+        )
     )
     grid = list(chunk_grid(data.shape, chunks))
     for index, region in grid[::2]:
@@ -513,7 +515,7 @@ def test_a_concurrent_writer_with_another_compressor_never_mixes_codecs(
     for index, region in grid[1::2]:  # the other writer finishes after us
         other.write(index, data[region])
 
-    array = zarr.open_array(store._zstore, path=f"{path}/0", mode="r")
+    array = zarr.open_array(store.storage.zarr_store, path=f"{path}/0", mode="r")
     assert [type(c).__name__ for c in array.compressors] == ["ZstdCodec"]
     np.testing.assert_array_equal(array[...], data)
     np.testing.assert_array_equal(ours.to_numpy(verify=True), data)

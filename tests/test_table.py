@@ -73,9 +73,9 @@ def test_content_hash_changes_with_values_dtype_and_index(store: ResultStore) ->
 
 def test_damaged_table_fails_verification(local_store: ResultStore) -> None:
     target = cpr_zarr.save_table(local_store, measurements(), "m")
-    group = local_store._local_path / target.group_path  # type: ignore[operator]
+    group = local_store.storage.root / target.group_path  # type: ignore[operator]
     other = cpr_zarr.save_table(local_store, measurements().assign(area=7.0), "m")
-    src = local_store._local_path / other.group_path / "c0" / "values" / "c" / "0"  # type: ignore[operator]
+    src = local_store.storage.root / other.group_path / "c0" / "values" / "c" / "0"  # type: ignore[operator]
     (group / "c0" / "values" / "c" / "0").write_bytes(src.read_bytes())
     with pytest.raises(cpr_zarr.ChunkVerificationError, match="array 'c0/values'"):
         cpr_zarr.read_table(target)
@@ -161,7 +161,7 @@ def test_flow_carries_units_to_labels_and_measures_a_table(
     for key in ("raw", "smooth", "mask", "labels"):
         target = out[key]
         assert isinstance(target, cpr_zarr.ZarrTarget)
-        doc = store._get_json(f"{target.group_path}/zarr.json")["attributes"]
+        doc = store.storage.get_json(f"{target.group_path}/zarr.json")["attributes"]
         ome = doc["ome"]["multiscales"][0]
         assert [a.get("unit") for a in ome["axes"]] == ["micrometer"] * 3, key
         scale = ome["datasets"][0]["coordinateTransformations"][0]["scale"]
@@ -171,7 +171,7 @@ def test_flow_carries_units_to_labels_and_measures_a_table(
     raw = out["raw"]
     assert isinstance(raw, cpr_zarr.ZarrTarget)
     assert labels.group_path.startswith(f"{raw.group_path}/labels/label-")
-    listing = store._get_json(f"{raw.group_path}/labels/zarr.json")
+    listing = store.storage.get_json(f"{raw.group_path}/labels/zarr.json")
     assert json.dumps(listing["attributes"]["ome"]["labels"]) == json.dumps(
         [labels.group_path.rsplit("/", 1)[1]]
     )

@@ -260,7 +260,7 @@ def test_a_cached_reader_rechecks_after_another_process_resaves(
 
     # same content, another compressor and a z-anisotropic pyramid (level 1 halves y, x only)
     resave_elsewhere(local_store, target.group_path, "gzip", 4.0)
-    doc = zarr.open_array(local_store._zstore, path=f"{target.group_path}/0", mode="r")
+    doc = zarr.open_array(local_store.storage.zarr_store, path=f"{target.group_path}/0", mode="r")
     assert "gzip" in str(doc.compressors).lower()
 
     np.testing.assert_array_equal(target.to_numpy(), image)
@@ -351,7 +351,7 @@ def test_a_level_reached_by_other_steps_is_never_shared(local_store: cpr_zarr.Re
     local_store.delete(probe)
     # writer A (isotropic scale) wrote the base and its levels, and has not committed yet
     base = ChunkCodec(
-        _create_array(local_store, f"{path}/0", image.shape, image.dtype, chunks, None)
+        _create_array(local_store.storage, f"{path}/0", image.shape, image.dtype, chunks, None)
     )
     for index, region in chunk_grid(image.shape, chunks):
         base.write(index, image[region])
@@ -366,5 +366,5 @@ def test_a_level_reached_by_other_steps_is_never_shared(local_store: cpr_zarr.Re
     np.testing.assert_array_equal(cpr_zarr.read_level(ours, 2).compute(), b_level2)
     # A's level 2 still holds A's values, matching the digests A recorded
     np.testing.assert_array_equal(
-        zarr.open_array(local_store._zstore, path=f"{path}/2")[...], a_level2
+        zarr.open_array(local_store.storage.zarr_store, path=f"{path}/2")[...], a_level2
     )

@@ -22,17 +22,13 @@ Entries another process removed first are reported as already gone, never as err
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import shutil
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from zarr.core.sync import sync
-
+from cpr_zarr.core import catalog
 from cpr_zarr.core.integrity import RECORD_COPY
 from cpr_zarr.core.lease import (
     CLAIM_PREFIX,
@@ -43,13 +39,14 @@ from cpr_zarr.core.lease import (
     put_claim,
     remove,
 )
+from cpr_zarr.core.reader import forget_reader
 from cpr_zarr.errors import StoreError
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
     from cpr_zarr.core.inventory import Removal
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
 
 __all__ = ["Outcome", "collect", "delete_group", "snapshot"]
 
@@ -97,60 +94,37 @@ class Snapshot:
         return any(k == key for k, _, _ in self.entries)
 
 
+TRASH_PARENT = "_staging"  # where local removals rename a folder before removing it
+
+
 def _is_claim(rel: str) -> bool:
     return rel.startswith(f"{LEASE_DIR}/{CLAIM_PREFIX}")
 
 
-def snapshot(store: ResultStore, path: str) -> Snapshot:
+def snapshot(storage: Storage, path: str) -> Snapshot:
     """List folder ``path`` with sizes and modification times (one listing)."""
-    entries: set[tuple[str, int, float]] = set()
-    if store._local_path is not None:
-        root = store._local_path / path
-        try:
-            folder_mtime: float | None = os.stat(root).st_mtime
-        except FileNotFoundError:
-            return Snapshot(frozenset(), None)
-        for dirpath, dirnames, files in os.walk(root):
-            rel_dir = os.path.relpath(dirpath, root)
-            for name in [*files, *dirnames]:
-                rel = name if rel_dir == "." else f"{rel_dir}/{name}"
-                if _is_claim(rel) or rel == LEASE_DIR:  # claims come and go by design
-                    continue
-                try:
-                    st = os.stat(os.path.join(dirpath, name))
-                except FileNotFoundError:
-                    continue
-                is_dir = name in dirnames
-                entries.add((rel + "/" * is_dir, 0 if is_dir else st.st_size, st.st_mtime))
-        return Snapshot(frozenset(entries), folder_mtime)
-    zstore: Any = store._zstore
-    base = f"{zstore.path.rstrip('/')}/{path}"
-    found = sync(zstore.fs._find(base, detail=True))
-    for full, info in found.items():
-        rel = full[len(base) :].lstrip("/")
-        if not rel or _is_claim(rel):
-            continue
-        entries.add((rel, int(info.get("size") or 0), _mtime(info)))
-    return Snapshot(frozenset(entries), None)
+    entries = storage.walk(path, folders=True)
+    if not entries:
+        return Snapshot(frozenset(), None)
+    folder_mtime = next((e.mtime for e in entries if e.key == ""), None)
+    found = frozenset(
+        (e.key, e.size, e.mtime if e.mtime is not None else time.time())
+        for e in entries
+        if e.key and not _is_claim(e.key) and e.key.rstrip("/") != LEASE_DIR
+    )  # claims come and go by design
+    return Snapshot(found, folder_mtime)
 
 
-def _mtime(info: dict[str, Any]) -> float:
-    from cpr_zarr.core.inventory import info_time
-
-    value = info_time(info)
-    return value if value is not None else time.time()
-
-
-def _record_count(store: ResultStore, path: str) -> str:
+def _record_count(storage: Storage, path: str) -> str:
     from cpr_zarr.core.provenance import PROVENANCE, read_records
 
-    fresh_list_dir(store, f"{path}/{PROVENANCE}")  # drops a cached listing of the records
-    return str(len(read_records(store, path)))
+    fresh_list_dir(storage, f"{path}/{PROVENANCE}")  # drops a cached listing of the records
+    return str(len(read_records(storage, path)))
 
 
-def _not_writable(store: ResultStore, path: str, exc: BaseException) -> StoreError:
+def _not_writable(storage: Storage, path: str, exc: BaseException) -> StoreError:
     return StoreError(
-        f"Cannot remove {path!r} from store {store.url!r}: the store is not writable "
+        f"Cannot remove {path!r} from store {storage.url!r}: the store is not writable "
         f"({type(exc).__name__}: {exc}). Removing results and leftovers needs write access: "
         "1. run it where the store is mounted read-write, as a user allowed to write it; "
         "2. or, for S3, with credentials allowed to PUT and DELETE; "
@@ -158,9 +132,7 @@ def _not_writable(store: ResultStore, path: str, exc: BaseException) -> StoreErr
     )
 
 
-def collect(
-    store: ResultStore, plan: Iterable[Removal], *, leftover_age: float
-) -> Iterator[Outcome]:
+def collect(storage: Storage, plan: Iterable[Removal], *, leftover_age: float) -> Iterator[Outcome]:
     """Remove each entry of ``plan`` that is still what it was when planned (module doc).
 
     Raises
@@ -170,13 +142,13 @@ def collect(
         before it were handled, none after it.
     """
     for removal in plan:
-        yield Outcome(removal, _remove_one(store, removal, leftover_age=leftover_age))
+        yield Outcome(removal, _remove_one(storage, removal, leftover_age=leftover_age))
 
 
-def _remove_one(store: ResultStore, removal: Removal, *, leftover_age: float) -> str:
+def _remove_one(storage: Storage, removal: Removal, *, leftover_age: float) -> str:
     path = removal.path
     checkpoint("gc.start")
-    first = snapshot(store, path)
+    first = snapshot(storage, path)
     if not first.exists:
         return GONE
     if removal.content_hash is None:
@@ -189,72 +161,61 @@ def _remove_one(store: ResultStore, removal: Removal, *, leftover_age: float) ->
         if age < leftover_age:
             return f"skipped: written {age:.0f} s ago, a writer is using it"
     else:
-        if store._committed_attrs(path) is None:
+        if catalog.committed(storage, path) is None:
             return GONE
-        if removal.stamp is not None and _record_count(store, path) != removal.stamp:
+        if removal.stamp is not None and _record_count(storage, path) != removal.stamp:
             return "skipped: produced again since the plan was made"
     checkpoint("gc.checked")
     claim = f"{path}/{LEASE_DIR}/{CLAIM_PREFIX}{uuid.uuid4().hex}"
     try:
-        put_claim(store, path, claim)
+        put_claim(storage, path, claim)
     except FileNotFoundError:
         return GONE
     except OSError as exc:
-        raise _not_writable(store, path, exc) from exc
+        raise _not_writable(storage, path, exc) from exc
     try:
         checkpoint("gc.claimed")
-        if snapshot(store, path) != first:
+        if snapshot(storage, path) != first:
             return "skipped: it changed while being collected, a writer is using it"
         checkpoint("gc.verified")
-        status = _remove_claimed(store, path, claim)
+        status = _remove_claimed(storage, path, claim)
         checkpoint("gc.removed")
         return status
     finally:  # never leave a claim behind (interrupted, failed or done): writers wait on it
-        remove(store, claim)
+        remove(storage, claim)
 
 
-def _remove_claimed(store: ResultStore, path: str, claim: str) -> str:
+def _remove_claimed(storage: Storage, path: str, claim: str) -> str:
     """Remove folder ``path`` that holds our ``claim`` (step 4 of the module doc)."""
-    if store._local_path is not None:
-        trash = store._local_path / "_staging" / f".gc-{uuid.uuid4().hex}"
-        try:
-            trash.parent.mkdir(exist_ok=True)
-            os.rename(store._local_path / path, trash)
-        except FileNotFoundError:
-            return GONE
-        except OSError as exc:
-            raise _not_writable(store, path, exc) from exc
-        # from here the folder is out of every writer's way; a failure leaves a leftover
-        shutil.rmtree(trash, ignore_errors=True)
-        with contextlib.suppress(OSError):  # not empty (a save is staging), or gone
-            trash.parent.rmdir()  # an empty _staging/ makes plain zarr warn about the root
-    else:
-        zstore: Any = store._zstore
-        base = f"{zstore.path.rstrip('/')}/{path}"
-        try:
-            # the record copy, then the marker: readers stop seeing a result first, and a
-            # removal stopped halfway leaves a plain leftover, not a damaged result
-            sync(zstore.delete(f"{path}/{RECORD_COPY}"))
-            sync(zstore.delete(f"{path}/zarr.json"))
-            keys = [
-                k for k in sync(zstore.fs._find(base)) if not _is_claim(k[len(base) :].lstrip("/"))
-            ]
-            for start in range(0, len(keys), 1000):
-                with contextlib.suppress(FileNotFoundError):  # another gc was faster
-                    sync(zstore.fs._rm(keys[start : start + 1000]))
-                put(store, claim)  # refresh: waiting writers know we are alive
-        except OSError as exc:
-            raise _not_writable(store, path, exc) from exc
+    try:
+        # local disk: one rename into a trash folder takes it out of every writer's way,
+        # then it is removed (a failure leaves a leftover). Object stores: the record copy,
+        # then the marker, so that readers stop seeing a result first and a removal stopped
+        # halfway leaves a plain leftover, not a damaged result; then the rest, refreshing
+        # our claim after each batch so that waiting writers know we are alive.
+        present = storage.delete_tree(
+            path,
+            first=(RECORD_COPY, "zarr.json"),
+            keep=_is_claim,
+            trash=f"{TRASH_PARENT}/.gc-{uuid.uuid4().hex}",
+            on_batch=lambda: put(storage, claim),
+        )
+    except OSError as exc:
+        raise _not_writable(storage, path, exc) from exc
+    # an empty _staging/ makes plain zarr warn about the root (not empty: a save is staging)
+    storage.remove_empty_folder(TRASH_PARENT)
+    if not present:
+        return GONE
     if "/labels/" in path:  # keep the image's list of label images true
         from cpr_zarr.core.labels import update_labels_list
 
-        update_labels_list(store, path.split("/labels/")[0])
-    store._readers.pop(path, None)
+        update_labels_list(storage, path.split("/labels/")[0])
+    forget_reader(storage, path)
     return REMOVED
 
 
-def delete_group(store: ResultStore, path: str) -> None:
-    """Remove committed result ``path`` at once (``ResultStore.delete``): claim, then remove.
+def delete_group(storage: Storage, path: str) -> None:
+    """Remove committed result ``path`` at once (``Storage.delete``): claim, then remove.
 
     The claim makes a save that reuses this result at the same moment wait and save it again
     rather than return a target that is being deleted.
@@ -266,12 +227,12 @@ def delete_group(store: ResultStore, path: str) -> None:
     """
     claim = f"{path}/{LEASE_DIR}/{CLAIM_PREFIX}{uuid.uuid4().hex}"
     try:
-        put_claim(store, path, claim)
+        put_claim(storage, path, claim)
     except FileNotFoundError:
         return  # removed by another process meanwhile
     except OSError as exc:
-        raise _not_writable(store, path, exc) from exc
+        raise _not_writable(storage, path, exc) from exc
     try:
-        _remove_claimed(store, path, claim)
+        _remove_claimed(storage, path, claim)
     finally:
-        remove(store, claim)
+        remove(storage, claim)

@@ -14,6 +14,7 @@ import numpy as np
 
 from cpr_zarr.errors import StoreError, UnsupportedResultError
 from cpr_zarr.model.ngff import default_axes, meta_from_attrs
+from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
@@ -35,7 +36,10 @@ def _metadata(target: ZarrTarget) -> tuple[str, list[float], list[str | None], l
         raise UnsupportedResultError(
             f"{target.group_path!r} is a table; export it with cpr_zarr.to_csv(target, path)."
         )
-    doc = target.store._get_json(f"{target.group_path}/zarr.json") or {}
+    doc = (
+        open_storage(target.store_url, read_only=True).get_json(f"{target.group_path}/zarr.json")
+        or {}
+    )
     meta = meta_from_attrs(doc.get("attributes", {}))
     if meta is not None:
         return "".join(meta.axes), list(meta.scale), list(meta.units), list(meta.translation)
@@ -123,7 +127,10 @@ def to_ngff_v04(target: ZarrTarget, path: str | os.PathLike[str]) -> Path:
         raise StoreError(
             f"Export destination {str(out)!r} already exists; choose a new path or remove it."
         )
-    doc = target.store._get_json(f"{target.group_path}/zarr.json") or {}
+    doc = (
+        open_storage(target.store_url, read_only=True).get_json(f"{target.group_path}/zarr.json")
+        or {}
+    )
     multiscale = doc["attributes"]["ome"]["multiscales"][0]
     levels = [read_level(target, i) for i in range(level_count(target))]
     # the same axes and per-level transforms as the zarr v3 original (NGFF 0.4 has them too)

@@ -32,28 +32,31 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from zarr.core.buffer import default_buffer_prototype
 from zarr.core.metadata.v3 import ArrayV3Metadata
-from zarr.core.sync import sync
 
 from cpr_zarr.errors import IntegrityError, UnsupportedResultError
-from cpr_zarr.model.hashing import ALGORITHM, combine_digests
+from cpr_zarr.model.hashing import (
+    ALGORITHM,
+    TABLE_ALGORITHM,
+    TABLE_DTYPE,
+    combine_digests,
+    table_hash,
+)
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
 
 __all__ = [
     "RECORD_COPY",
     "Damage",
-    "VerifyReport",
     "array_record",
     "check_array_doc",
     "check_arrays",
@@ -61,9 +64,7 @@ __all__ = [
     "load_commit",
     "read_doc",
     "record_digest",
-    "repair",
     "seal",
-    "verify_store",
     "write_marker",
 ]
 
@@ -74,13 +75,13 @@ RECORD_COPY = "cpr_zarr_record/zarr.json"
 _COPY_ATTR = "cpr_zarr_record"
 
 
-def _wrap_copy(doc: dict[str, Any]) -> dict[str, Any]:
+def wrap_copy(doc: dict[str, Any]) -> dict[str, Any]:
     return {"zarr_format": 3, "node_type": "group", "attributes": {_COPY_ATTR: doc}}
 
 
-def _read_copy(store: ResultStore, path: str) -> Any:
+def read_copy(storage: Storage, path: str) -> Any:
     """The marker document kept in the record copy (as stored, if not wrapped: damage)."""
-    copy = read_doc(store, f"{path}/{RECORD_COPY}")
+    copy = read_doc(storage, f"{path}/{RECORD_COPY}")
     if isinstance(copy, dict) and isinstance(copy.get("attributes"), dict):
         inner = copy["attributes"].get(_COPY_ATTR)
         if isinstance(inner, dict):
@@ -93,7 +94,7 @@ ARRAY_PATH = "0"
 _HEX_RE = re.compile(rf"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
 _LEVEL_PATH_RE = re.compile(r"(?P<n>[1-9][0-9]*)(?:-(?P<factors>[1-9][0-9]*(?:x[1-9][0-9]*)*))?")
 _CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
-_ABSENT = object()
+ABSENT = object()
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,28 +113,22 @@ class Damage:
 # -- reading documents -------------------------------------------------------------------
 
 
-def read_doc(store: ResultStore, key: str) -> Any:
-    """The JSON document at ``key``; :data:`_ABSENT` if there is none.
+def read_doc(storage: Storage, key: str) -> Any:
+    """The JSON document at ``key``; :data:`ABSENT` if there is none.
 
     Raises ``ValueError`` if the key exists but does not hold JSON (never treated as absent).
     """
-    raw = read_raw(store, key)
-    return _ABSENT if raw is None else json.loads(raw)
+    raw = read_raw(storage, key)
+    return ABSENT if raw is None else json.loads(raw)
 
 
-def read_raw(store: ResultStore, key: str) -> bytes | None:
+def read_raw(storage: Storage, key: str) -> bytes | None:
     """The bytes at ``key``, or None if there is no such key."""
-    if store._local_path is not None:  # a plain file read: no round trip to zarr's loop
-        try:
-            return (store._local_path / key).read_bytes()
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-    buf = sync(store._zstore.get(key, default_buffer_prototype()))
-    return None if buf is None else bytes(buf.to_bytes())
+    return storage.get(key)
 
 
 def is_absent(doc: Any) -> bool:
-    return doc is _ABSENT
+    return doc is ABSENT
 
 
 # -- the record digest -------------------------------------------------------------------
@@ -181,21 +176,21 @@ def array_record(
     }
 
 
-def write_marker(store: ResultStore, path: str, doc: dict[str, Any]) -> None:
+def write_marker(storage: Storage, path: str, doc: dict[str, Any]) -> None:
     """Commit a result: seal its record, write the record copy, then the marker.
 
     The copy lets :func:`repair` rebuild a damaged marker; written before the marker, it
     never makes an uncommitted group look committed (only the marker does).
     """
     seal(doc)
-    store._set_json(f"{path}/{RECORD_COPY}", _wrap_copy(doc))
-    store._set_json(f"{path}/zarr.json", doc)
+    storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
+    storage.set_json(f"{path}/zarr.json", doc)
 
 
 # -- checking the record -----------------------------------------------------------------
 
 
-class _Checker:
+class Checker:
     def __init__(self, store_url: str, group_path: str, key: str = "zarr.json") -> None:
         self.store_url = store_url
         self.group_path = group_path
@@ -214,14 +209,14 @@ class _Checker:
         )
 
     def expect(self, mapping: dict[str, Any], key: str, wanted: Any, field: str) -> None:
-        value = mapping.get(key, _ABSENT)
-        if value is _ABSENT:
+        value = mapping.get(key, ABSENT)
+        if value is ABSENT:
             raise self.fail(field, f"is missing (expected {wanted!r})")
         if type(value) is not type(wanted) or value != wanted:
             raise self.fail(field, f"is {value!r}, expected {wanted!r}")
 
     def dict_field(self, mapping: dict[str, Any], key: str, field: str) -> dict[str, Any]:
-        value = mapping.get(key, _ABSENT)
+        value = mapping.get(key, ABSENT)
         if not isinstance(value, dict):
             raise self.fail(field, f"is {_show(value)}, expected a JSON object")
         return value
@@ -229,7 +224,7 @@ class _Checker:
     def ints(
         self, mapping: dict[str, Any], key: str, field: str, *, minimum: int, length: int | None
     ) -> list[int]:
-        value = mapping.get(key, _ABSENT)
+        value = mapping.get(key, ABSENT)
         if (
             not isinstance(value, list)
             or not all(type(v) is int and v >= minimum for v in value)
@@ -242,7 +237,7 @@ class _Checker:
         return value
 
     def digests(self, mapping: dict[str, Any], key: str, field: str, count: int) -> list[str]:
-        value = mapping.get(key, _ABSENT)
+        value = mapping.get(key, ABSENT)
         if (
             not isinstance(value, list)
             or len(value) != count
@@ -256,13 +251,13 @@ class _Checker:
 
 
 def _show(value: Any) -> str:
-    if value is _ABSENT:
+    if value is ABSENT:
         return "missing"
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-def _grid_count(shape: list[int], chunks: list[int]) -> int:
+def grid_count(shape: list[int], chunks: list[int]) -> int:
     return math.prod(math.ceil(s / c) if s else 0 for s, c in zip(shape, chunks, strict=True))
 
 
@@ -276,7 +271,7 @@ def check_record(
     IntegrityError
         Naming the first field that is damaged or does not hash to the content hash.
     """
-    c = _Checker(store_url, group_path, key)
+    c = Checker(store_url, group_path, key)
     parsed = parse_group_path(group_path.rsplit("/", 1)[-1])
     if parsed is None:  # pragma: no cover - callers only pass result paths
         raise c.fail("group path", "is not <name>-<content hash>")
@@ -290,7 +285,7 @@ def check_record(
     c.expect(attrs, "layout", LAYOUT_VERSION, "cpr_zarr.layout")
     c.expect(attrs, "content_hash", content_hash, "cpr_zarr.content_hash")
     c.expect(attrs, "name", name, "cpr_zarr.name")
-    kind = attrs.get("kind", _ABSENT)
+    kind = attrs.get("kind", ABSENT)
     if kind == "table":
         _check_table_record(c, attrs, attributes, content_hash)
     elif kind == "array":
@@ -316,14 +311,14 @@ def check_record(
 
 
 def _check_array_record(
-    c: _Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
+    c: Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
 ) -> None:
     c.expect(attrs, "algorithm", ALGORITHM, "cpr_zarr.algorithm")
     c.expect(attrs, "array", ARRAY_PATH, "cpr_zarr.array")
     shape = c.ints(attrs, "shape", "cpr_zarr.shape", minimum=0, length=None)
     if not 1 <= len(shape) <= 5:
         raise c.fail("cpr_zarr.shape", f"is {shape!r}, expected 1 to 5 axes")
-    dtype = attrs.get("dtype", _ABSENT)
+    dtype = attrs.get("dtype", ABSENT)
     try:
         ok = isinstance(dtype, str) and canonical_dtype(dtype).name == dtype
     except (TypeError, ValueError, UnsupportedResultError):
@@ -331,7 +326,7 @@ def _check_array_record(
     if not ok:
         raise c.fail("cpr_zarr.dtype", f"is {_show(dtype)}, expected a numpy dtype name")
     chunks = c.ints(attrs, "chunks", "cpr_zarr.chunks", minimum=1, length=len(shape))
-    count = _grid_count(shape, chunks)
+    count = grid_count(shape, chunks)
     digests = c.digests(attrs, "chunk_digests", "cpr_zarr.chunk_digests", count)
     actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
     if actual != content_hash:
@@ -347,7 +342,7 @@ def _check_array_record(
 
 
 def _check_levels(
-    c: _Checker, attrs: dict[str, Any], shape: list[int], chunks: list[int]
+    c: Checker, attrs: dict[str, Any], shape: list[int], chunks: list[int]
 ) -> list[tuple[str, tuple[int, ...]]]:
     """Each level's record follows from the base and its step; returns (path, factors)."""
     records = attrs.get("levels", [])
@@ -360,7 +355,7 @@ def _check_levels(
         where = f"cpr_zarr.levels[{number - 1}]"
         if not isinstance(record, dict):
             raise c.fail(where, f"is {_show(record)}, expected a JSON object")
-        path = record.get("path", _ABSENT)
+        path = record.get("path", ABSENT)
         match = _LEVEL_PATH_RE.fullmatch(path) if isinstance(path, str) else None
         step = c.ints(record, "step", f"{where}.step", minimum=1, length=len(shape))
         cumulative = [a * s for a, s in zip(cumulative, step, strict=True)]
@@ -390,7 +385,7 @@ def _check_levels(
             record,
             "chunk_digests",
             f"{where}.chunk_digests",
-            _grid_count(want_shape, want_chunks),
+            grid_count(want_shape, want_chunks),
         )
         out.append((path, tuple(cumulative)))
         prev = want_shape
@@ -400,7 +395,7 @@ def _check_levels(
 
 
 def _check_ome(
-    c: _Checker,
+    c: Checker,
     attrs: dict[str, Any],
     attributes: dict[str, Any],
     shape: list[int],
@@ -410,10 +405,10 @@ def _check_ome(
     """``cpr_zarr.image`` is valid and ``ome`` is exactly what it and the levels imply."""
     from cpr_zarr.model.ngff import ImageMeta, image_label_attrs, multiscales_attrs, parse_meta
 
-    image = attrs.get("image", _ABSENT)
-    ome = attributes.get("ome", _ABSENT)
-    if image is _ABSENT:
-        if ome is not _ABSENT:
+    image = attrs.get("image", ABSENT)
+    ome = attributes.get("ome", ABSENT)
+    if image is ABSENT:
+        if ome is not ABSENT:
             raise c.fail("attributes.ome", "is present but cpr_zarr.image is missing")
         if levels:
             raise c.fail("cpr_zarr.levels", "are present but cpr_zarr.image is missing")
@@ -455,10 +450,8 @@ def _check_ome(
 
 
 def _check_table_record(
-    c: _Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
+    c: Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
 ) -> None:
-    from cpr_zarr.core.table import TABLE_ALGORITHM, TABLE_DTYPE, table_hash
-
     c.expect(attrs, "algorithm", TABLE_ALGORITHM, "cpr_zarr.algorithm")
     c.expect(attrs, "dtype", TABLE_DTYPE, "cpr_zarr.dtype")
     schema = c.dict_field(attrs, "table", "cpr_zarr.table")
@@ -497,7 +490,7 @@ def _is_zero(value: Any) -> bool:
 
 
 def check_array_doc(
-    c: _Checker,
+    c: Checker,
     doc: Any,
     *,
     dtype: str,
@@ -539,7 +532,7 @@ def check_array_doc(
         )
     if not ok:
         raise c.fail("codecs", f"start with {_show(first)}, expected a little-endian 'bytes' codec")
-    fill = doc.get("fill_value", _ABSENT)
+    fill = doc.get("fill_value", ABSENT)
     if not (_is_zero(fill) if dtype != "string" else fill == ""):
         raise c.fail("fill_value", f"is {_show(fill)}, expected zero")
     try:  # everything else (codecs, names, attributes) as zarr itself will read it
@@ -548,28 +541,28 @@ def check_array_doc(
         raise c.fail("the document", f"is not valid zarr array metadata ({exc})") from exc
 
 
-def check_arrays(store: ResultStore, path: str, attrs: dict[str, Any]) -> None:
+def check_arrays(storage: Storage, path: str, attrs: dict[str, Any]) -> None:
     """Every stored array's metadata agrees with the (already checked) record."""
     if attrs.get("kind") == "table":
-        _check_table_arrays(store, path, attrs)
+        _check_table_arrays(storage, path, attrs)
         return
     dtype = attrs["dtype"]
     wanted = [(attrs["array"], attrs["shape"], attrs["chunks"])]
     wanted += [(r["path"], r["shape"], r["chunks"]) for r in attrs.get("levels", [])]
     for array, shape, chunks in wanted:
         key = f"{array}/zarr.json"
-        raw = read_raw(store, f"{path}/{key}")
+        raw = read_raw(storage, f"{path}/{key}")
         if raw is None:
-            raise _Checker(store.url, path, key).fail("the document", "is missing")
-        _checked_array(store.url, path, key, raw, dtype, tuple(shape), tuple(chunks))
+            raise Checker(storage.url, path, key).fail("the document", "is missing")
+        _checked_array(storage.url, path, key, raw, dtype, tuple(shape), tuple(chunks))
 
 
-def _read_checked(store: ResultStore, c: _Checker, key: str) -> Any:
+def read_checked(storage: Storage, c: Checker, key: str) -> Any:
     try:
-        doc = read_doc(store, key)
+        doc = read_doc(storage, key)
     except ValueError as exc:
         raise c.fail("the document", f"is not valid JSON ({exc})") from exc
-    if doc is _ABSENT:
+    if doc is ABSENT:
         raise c.fail("the document", "is missing")
     return doc
 
@@ -620,15 +613,15 @@ def _codes_dtype(categories: int) -> str:
     return str(codes.dtype.name)
 
 
-def _check_table_arrays(store: ResultStore, path: str, attrs: dict[str, Any]) -> None:
+def _check_table_arrays(storage: Storage, path: str, attrs: dict[str, Any]) -> None:
     schema = attrs["table"]
     types = _table_array_types(schema)
     docs: dict[str, Any] = {}
     for key in attrs["digests"]:
-        c = _Checker(store.url, path, f"{key}/zarr.json")
-        docs[key] = _read_checked(store, c, f"{path}/{key}/zarr.json")
+        c = Checker(storage.url, path, f"{key}/zarr.json")
+        docs[key] = read_checked(storage, c, f"{path}/{key}/zarr.json")
     for key, doc in docs.items():
-        c = _Checker(store.url, path, f"{key}/zarr.json")
+        c = Checker(storage.url, path, f"{key}/zarr.json")
         dtype = types.get(key)
         rows: list[int] | None = [schema["rows"]]
         if "/cat." in key or (
@@ -648,7 +641,7 @@ def _check_table_arrays(store: ResultStore, path: str, attrs: dict[str, Any]) ->
 # -- one result: present, absent, damaged ------------------------------------------------
 
 
-def load_commit(store: ResultStore, path: str, *, arrays: bool = True) -> dict[str, Any] | None:
+def load_commit(storage: Storage, path: str, *, arrays: bool = True) -> dict[str, Any] | None:
     """The checked record of result ``path``; ``None`` if it has no marker (not committed).
 
     Raises
@@ -657,18 +650,18 @@ def load_commit(store: ResultStore, path: str, *, arrays: bool = True) -> dict[s
         If the marker exists but is damaged, or (with ``arrays``) stored array metadata
         disagrees with it.
     """
-    raw = read_raw(store, f"{path}/zarr.json")
+    raw = read_raw(storage, f"{path}/zarr.json")
     if raw is None:
         return None
-    attrs = _checked_record(store.url, path, raw)
-    if DIGEST_FIELD not in attrs and read_raw(store, f"{path}/{RECORD_COPY}") is not None:
+    attrs = _checked_record(storage.url, path, raw)
+    if DIGEST_FIELD not in attrs and read_raw(storage, f"{path}/{RECORD_COPY}") is not None:
         # record copies came with record digests: a marker without one is not an older
         # record but a damaged one (else removing the digest would disable its checks)
-        raise _Checker(store.url, path).fail(
+        raise Checker(storage.url, path).fail(
             f"cpr_zarr.{DIGEST_FIELD}", "is missing, but the result has a record copy"
         )
     if arrays:
-        check_arrays(store, path, attrs)
+        check_arrays(storage, path, attrs)
     return attrs
 
 
@@ -679,7 +672,7 @@ def _checked_record(store_url: str, path: str, raw: bytes) -> dict[str, Any]:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
-        raise _Checker(store_url, path).fail("the document", f"is not valid JSON ({exc})") from exc
+        raise Checker(store_url, path).fail("the document", f"is not valid JSON ({exc})") from exc
     return check_record(store_url, path, doc)
 
 
@@ -693,7 +686,7 @@ def _checked_array(
     shape: tuple[int, ...] | None,
     chunks: tuple[int, ...] | None,
 ) -> None:
-    c = _Checker(store_url, path, key)
+    c = Checker(store_url, path, key)
     try:
         doc = json.loads(raw)
     except ValueError as exc:
@@ -707,300 +700,10 @@ def _checked_array(
     )
 
 
-def is_leftover(store: ResultStore, path: str) -> bool:
+def is_leftover(storage: Storage, path: str) -> bool:
     """A group that was never committed: no marker and no record copy (damage cannot fake it)."""
     keys = (f"{path}/zarr.json", f"{path}/{RECORD_COPY}")
-    if store._local_path is not None:
-        return not any((store._local_path / key).exists() for key in keys)
-    return not any(sync(store._zstore.exists(key)) for key in keys)
-
-
-# -- repair -------------------------------------------------------------------------------
-
-
-def repair(store: ResultStore, path: str) -> str:
-    """Rebuild the damaged commit marker of ``path`` if its data still verifies.
-
-    Tries the record copy written before the commit, then (arrays only) a record rebuilt
-    from the base array's metadata and chunks, accepted only if the chunks hash to the
-    content hash in the path. Every chunk (levels and tables included) is verified before
-    the marker is written.
-
-    Returns
-    -------
-    str
-        What was done.
-
-    Raises
-    ------
-    IntegrityError
-        If neither source gives a record that the content hash and the data vouch for.
-    """
-    c = _Checker(store.url, path)
-    reasons: list[str] = []
-    doc: dict[str, Any] | None = None
-    how = ""
-    try:
-        copy = _read_copy(store, path)
-        if copy is _ABSENT:
-            raise ValueError("there is none")
-        attrs = check_record(store.url, path, copy, key=RECORD_COPY)
-        if DIGEST_FIELD not in attrs:
-            raise ValueError("it has no record_digest")
-        check_arrays(store, path, attrs)
-        doc, how = copy, "from its record copy"
-    except (ValueError, IntegrityError) as exc:
-        reasons.append(f"record copy unusable ({exc})")
-    if doc is None:
-        try:
-            doc = _rebuild_from_chunks(store, path)
-            how = "from its chunks (NGFF metadata and pyramid levels not restored)"
-        except (ValueError, IntegrityError, OSError) as exc:
-            reasons.append(f"cannot rebuild from chunks ({exc})")
-    if doc is None:
-        raise c.fail("the commit record", "cannot be repaired: " + "; ".join(reasons))
-    attrs = doc["attributes"]["cpr_zarr"]
-    problems = _verify_data(store, path, attrs)
-    if problems:
-        raise c.fail("the data", "does not verify, not repaired: " + problems[0])
-    store._set_json(f"{path}/zarr.json", doc)
-    store._set_json(f"{path}/{RECORD_COPY}", _wrap_copy(doc))
-    if "/labels/" in path:
-        from cpr_zarr.core.labels import update_labels_list
-
-        update_labels_list(store, path.split("/labels/")[0])
-    store._readers.pop(path, None)
-    return f"rebuilt the commit record of {path!r} {how}"
-
-
-def _rebuild_from_chunks(store: ResultStore, path: str) -> dict[str, Any]:
-    import zarr
-
-    from cpr_zarr.core.codec import ChunkCodec
-    from cpr_zarr.model.hashing import chunk_digest
-    from cpr_zarr.model.layout import chunk_grid
-
-    name, content_hash = parse_group_path(path.rsplit("/", 1)[-1])  # type: ignore[misc]
-    c = _Checker(store.url, path, f"{ARRAY_PATH}/zarr.json")
-    meta = _read_checked(store, c, f"{path}/{ARRAY_PATH}/zarr.json")
-    shape = c.ints(meta, "shape", "shape", minimum=0, length=None)
-    grid = meta.get("chunk_grid", {}) if isinstance(meta, dict) else {}
-    chunks = c.ints(
-        grid.get("configuration", {}), "chunk_shape", "chunk_grid", minimum=1, length=len(shape)
-    )
-    dtype = canonical_dtype(meta.get("data_type")).name
-    check_array_doc(c, meta, dtype=dtype, shape=shape, chunks=chunks)
-    codec = ChunkCodec(zarr.open_array(store._zstore, path=f"{path}/{ARRAY_PATH}", mode="r"))
-    digests = [
-        chunk_digest(codec.read(index)) for index, _ in chunk_grid(tuple(shape), tuple(chunks))
-    ]
-    actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
-    if actual != content_hash:
-        raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
-    attrs = array_record(content_hash, name, shape, dtype, chunks, digests)
-    if "/labels/" in path:
-        attrs["labels_of"] = path.split("/labels/")[0]
-    return seal({"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}})
-
-
-# -- verifying a whole store -------------------------------------------------------------
-
-
-@dataclass
-class VerifyReport:
-    """What :func:`verify_store` found: counts, problems (one line each) and repairs."""
-
-    results: int = 0
-    chunks: int = 0
-    tables: int = 0
-    failed_chunks: int = 0
-    problems: list[str] = field(default_factory=list)
-    repaired: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
-
-
-def _level_readers(store: ResultStore, path: str, attrs: dict[str, Any]) -> list[Any]:
-    from cpr_zarr.core.reader import ChunkReader, level_attrs
-
-    levels = range(1, len(attrs.get("levels", [])) + 1)
-    return [ChunkReader(store, path, attrs)] + [
-        ChunkReader(store, path, level_attrs(attrs, number)) for number in levels
-    ]
-
-
-def _verify_data(
-    store: ResultStore, path: str, attrs: dict[str, Any], threads: int | None = None
-) -> list[str]:
-    """Re-hash every stored chunk (every level) or table array of one result."""
-    from cpr_zarr.core.codec import thread_map, worker_count
-    from cpr_zarr.errors import ChunkVerificationError
-    from cpr_zarr.model.layout import chunk_grid
-
-    if attrs.get("kind") == "table":
-        from cpr_zarr.core.table import read_checked_table
-
-        try:
-            read_checked_table(store, path, attrs)
-        except (ChunkVerificationError, IntegrityError) as exc:
-            return [str(exc)]
-        except Exception as exc:  # a damaged array zarr cannot decode
-            return [
-                f"Cannot read table {path!r} in store {store.url!r}: {type(exc).__name__}: "
-                f"{exc}. A stored array is damaged: delete the result and re-run its task."
-            ]
-        return []
-    jobs = [
-        (reader, index)
-        for reader in _level_readers(store, path, attrs)
-        for index, _ in chunk_grid(reader.shape, reader.chunks)
-    ]
-    problems: list[str] = []
-
-    def one(job: tuple[Any, tuple[int, ...]]) -> None:
-        reader, index = job
-        try:
-            reader.read_chunk(index)
-        except ChunkVerificationError as exc:
-            problems.append(str(exc))
-
-    list(thread_map(one, jobs, threads or worker_count(remote=store._local_path is None)))
-    return problems
-
-
-def verify_store(
-    store: ResultStore,
-    refs: tuple[str, ...] = (),
-    *,
-    repair_damaged: bool = False,
-    threads: int | None = None,
-) -> VerifyReport:
-    """Check every result of ``store`` (or ``refs``): records, array metadata, every chunk of
-    every level, tables, label indexes and provenance records. Nothing is changed unless
-    ``repair_damaged``, which rebuilds damaged commit markers whose data verifies."""
-    from cpr_zarr.core.provenance import read_records
-
-    report = VerifyReport()
-    if refs:
-        paths = []
-        for ref in refs:
-            try:
-                paths.append(store.open(ref).group_path)
-            except IntegrityError as exc:
-                paths.append(exc.group_path)
-    else:
-        paths = store._candidate_paths(nested=True)
-    for path in paths:
-        attrs = _load_or_repair(store, path, repair_damaged, report)
-        if attrs is None:
-            continue
-        report.results += 1
-        if attrs["kind"] == "table":
-            report.tables += 1
-        else:
-            report.chunks += sum(
-                _grid_count(list(r.shape), list(r.chunks))
-                for r in _level_readers(store, path, attrs)
-            )
-        failed = _verify_data(store, path, attrs, threads)
-        report.failed_chunks += len(failed) if attrs["kind"] == "array" else 0
-        report.problems.extend(failed)
-        report.problems.extend(_check_copy(store, path, repair_damaged, report))
-        damaged: list[Damage] = []
-        read_records(store, path, damaged=damaged)
-        report.problems.extend(d.message for d in damaged)
-        if "/labels/" not in path:
-            report.problems.extend(_check_labels_index(store, path, repair_damaged, report))
-    return report
-
-
-def _load_or_repair(
-    store: ResultStore, path: str, repair_damaged: bool, report: VerifyReport
-) -> dict[str, Any] | None:
-    """The checked record of ``path`` (repaired first if asked); None if not usable."""
-    try:
-        attrs = load_commit(store, path)
-    except IntegrityError as exc:
-        damage: IntegrityError | None = exc
-    else:
-        if attrs is not None or is_leftover(store, path):
-            return attrs
-        # a record copy but no marker: the marker was lost after the commit
-        c = _Checker(store.url, path)
-        damage = c.fail("the commit marker zarr.json", "is missing but its record copy exists")
-    if not repair_damaged:
-        report.problems.append(str(damage))
-        return None
-    try:
-        report.repaired.append(repair(store, path))
-        return load_commit(store, path)
-    except IntegrityError as failed:
-        report.problems.append(f"{damage} -- {failed}")
-        return None
-
-
-def _check_copy(
-    store: ResultStore, path: str, repair_damaged: bool, report: VerifyReport
-) -> list[str]:
-    """The record copy (what :func:`repair` rebuilds a marker from) is absent or intact."""
-    c = _Checker(store.url, path, RECORD_COPY)
-    try:
-        copy = _read_copy(store, path)
-        if copy is _ABSENT:
-            return []
-        check_record(store.url, path, copy, key=RECORD_COPY)
-        return []
-    except (ValueError, IntegrityError) as exc:
-        if repair_damaged:
-            store._set_json(
-                f"{path}/{RECORD_COPY}", _wrap_copy(read_doc(store, f"{path}/zarr.json"))
-            )
-            report.repaired.append(f"rewrote the record copy of {path!r} from its marker")
-            return []
-        return [str(c.fail("the record copy", f"is damaged ({exc}); --repair rewrites it"))]
-
-
-def _check_labels_index(
-    store: ResultStore, path: str, repair_damaged: bool, report: VerifyReport
-) -> list[str]:
-    """The image's ``labels/zarr.json`` (a viewer index) lists exactly its committed labels."""
-    from cpr_zarr.core.labels import update_labels_list
-    from cpr_zarr.model.ngff import labels_group_attrs
-
-    names = [
-        entry
-        for entry in sorted(store._list_dir(f"{path}/labels"))
-        if parse_group_path(entry) is not None and _committed(store, f"{path}/labels/{entry}")
-    ]
-    key = f"{path}/labels/zarr.json"
-    try:
-        doc = read_doc(store, key)
-    except ValueError:
-        doc = None
-    if not names and doc is _ABSENT:
-        return []
-    expected = {
-        "zarr_format": 3,
-        "node_type": "group",
-        "attributes": {"ome": labels_group_attrs(names)},
-    }
-    if doc == expected:
-        return []
-    if repair_damaged:
-        update_labels_list(store, path)
-        report.repaired.append(f"rewrote the label index {key!r}")
-        return []
-    c = _Checker(store.url, path, "labels/zarr.json")
-    return [str(c.fail("the label index", f"does not list the label images {names}"))]
-
-
-def _committed(store: ResultStore, path: str) -> bool:
-    try:
-        return load_commit(store, path, arrays=False) is not None
-    except IntegrityError:
-        return False
+    return not any(storage.exists(key) for key in keys)
 
 
 def check_created(value: Any) -> bool:

@@ -10,7 +10,6 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import re
 import time
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.core import catalog
 from cpr_zarr.core.integrity import is_leftover
 from cpr_zarr.core.provenance import read_records
 from cpr_zarr.model.layout import HASH_HEX_LENGTH
@@ -27,9 +27,11 @@ from cpr_zarr.model.layout import HASH_HEX_LENGTH
 logger = logging.getLogger("cpr_zarr")
 
 if TYPE_CHECKING:
+    import os
+
     import pandas as pd
 
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
 __all__ = [
@@ -53,65 +55,24 @@ def _parse_time(value: str | None) -> datetime | None:
     return datetime.fromisoformat(value) if value else None
 
 
-def stored_bytes(store: ResultStore, prefix: str) -> int:
+def stored_bytes(storage: Storage, prefix: str) -> int:
     """Bytes of every object under ``prefix`` (a group, a staging folder)."""
-    if store._local_path is not None:
-        total = 0
-        for dirpath, _, files in os.walk(store._local_path / prefix):
-            for f in files:
-                try:
-                    total += os.path.getsize(os.path.join(dirpath, f))
-                except OSError:  # removed meanwhile
-                    continue
-        return total
-    from zarr.core.sync import sync
-
-    zstore: Any = store._zstore
-    return int(sync(zstore.fs._du(f"{zstore.path.rstrip('/')}/{prefix}", total=True)))
+    return storage.size(prefix)
 
 
-def info_time(info: dict[str, Any]) -> float | None:
-    """Modification time (POSIX seconds) from an fsspec listing entry, if it has one."""
-    for field in ("LastModified", "last_modified", "mtime", "updated", "created"):
-        value = info.get(field)
-        if isinstance(value, datetime):
-            return value.timestamp()
-        if isinstance(value, int | float):
-            return float(value)
-    return None
-
-
-def _newest_mtime(store: ResultStore, prefix: str) -> float:
+def _newest_mtime(storage: Storage, prefix: str) -> float:
     """Newest modification time under ``prefix``; now if unknown (never collected by age)."""
-    if store._local_path is None:
-        from zarr.core.sync import sync
-
-        zstore: Any = store._zstore
-        try:
-            found = sync(zstore.fs._find(f"{zstore.path.rstrip('/')}/{prefix}", detail=True))
-        except Exception as exc:  # a listing failure must never make gc remove anything
-            logger.warning("Cannot list %s in %s to age it: %s", prefix, store.url, exc)
-            return time.time()
-        times = [t for t in (info_time(info) for info in found.values()) if t is not None]
-        return max(times) if times else time.time()
-    newest, newest_folder = 0.0, 0.0
-    for dirpath, _, files in os.walk(store._local_path / prefix):
-        with contextlib.suppress(OSError):
-            newest_folder = max(newest_folder, os.path.getmtime(dirpath))
-        for f in files:
-            try:
-                newest = max(newest, os.path.getmtime(os.path.join(dirpath, f)))
-            except OSError:
-                continue
-    # folders without a single file (a writer killed right after creating them) are aged by
-    # the folders' own modification times
-    return newest or newest_folder or time.time()
+    try:
+        return storage.newest_time(prefix)
+    except Exception as exc:  # a listing failure must never make gc remove anything
+        logger.warning("Cannot list %s in %s to age it: %s", prefix, storage.url, exc)
+        return time.time()
 
 
-def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
-    attrs = store._committed_attrs(target.group_path) or {}
-    records = read_records(store, target.group_path)
-    stored = stored_bytes(store, target.group_path)
+def result_row(storage: Storage, target: ZarrTarget) -> dict[str, Any]:
+    attrs = catalog.committed(storage, target.group_path) or {}
+    records = read_records(storage, target.group_path)
+    stored = stored_bytes(storage, target.group_path)
     raw: int | None = None  # tables: columns of mixed, partly variable-width types
     if target.dtype != "table":
         raw = int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
@@ -135,14 +96,14 @@ def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
     }
 
 
-def list_results(store: ResultStore) -> pd.DataFrame:
+def list_results(storage: Storage) -> pd.DataFrame:
     """One row per committed result (see ``COLUMNS``), oldest first."""
     import pandas as pd
 
-    found, damaged = store._scan()
+    found, damaged = catalog.scan(storage)
     for damage in damaged:
         logger.warning("Skipping a damaged result: %s", damage.message)
-    rows = [result_row(store, t) for t in found]
+    rows = [result_row(storage, t) for t in found]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
@@ -153,17 +114,16 @@ def list_results(store: ResultStore) -> pd.DataFrame:
     return frame
 
 
-def lineage(store: ResultStore, ref: str | ZarrTarget) -> dict[str, list[ZarrTarget]]:
+def lineage(storage: Storage, start: ZarrTarget) -> dict[str, list[ZarrTarget]]:
     """Results upstream (``inputs``) and downstream (``outputs``) of ``ref``, transitively.
 
     Edges come from provenance records: a record lists the content hashes of the inputs
     of the task run that produced the result.
     """
-    start = store.open(ref)
-    by_hash = {t.content_hash: t for t in store.targets()}
+    by_hash = {t.content_hash: t for t in catalog.scan(storage)[0]}
     parents = {h: set() for h in by_hash}  # type: dict[str, set[str]]
     for h, t in by_hash.items():
-        for record in read_records(store, t.group_path):
+        for record in read_records(storage, t.group_path):
             parents[h].update(i for i in record.get("inputs", []) if i in by_hash)
     children: dict[str, set[str]] = {h: set() for h in by_hash}
     for h, ps in parents.items():
@@ -198,26 +158,26 @@ class Removal:
     stamp: str | None = None
 
 
-def leftovers(store: ResultStore, min_age_seconds: float) -> list[Removal]:
+def leftovers(storage: Storage, min_age_seconds: float) -> list[Removal]:
     """Staging folders and uncommitted groups whose newest file is older than the limit."""
     now = time.time()
-    found = [(f"_staging/{entry}", "staging leftover") for entry in store._list_dir("_staging")]
+    found = [(f"_staging/{entry}", "staging leftover") for entry in storage.list_dir("_staging")]
     # never committed: no marker and no record copy. A damaged marker still exists, so a
     # damaged result is never taken for a leftover (it is reported, see store.damaged())
     found += [
         (path, "incomplete (never committed)")
-        for path in store._candidate_paths()
-        if is_leftover(store, path)
+        for path in catalog.candidate_paths(storage)
+        if is_leftover(storage, path)
     ]
-    found += label_leftovers(store, {path for path, _ in found})
+    found += label_leftovers(storage, {path for path, _ in found})
     return [
-        Removal(path, reason, stored_bytes(store, path))
+        Removal(path, reason, stored_bytes(storage, path))
         for path, reason in found
-        if now - _newest_mtime(store, path) >= min_age_seconds
+        if now - _newest_mtime(storage, path) >= min_age_seconds
     ]
 
 
-def label_leftovers(store: ResultStore, skip: set[str]) -> list[tuple[str, str]]:
+def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:
     """Label groups a killed label save left inside an image (no commit marker of their own).
 
     Images in ``skip`` (removed whole as leftovers) are not looked into.
@@ -226,13 +186,13 @@ def label_leftovers(store: ResultStore, skip: set[str]) -> list[tuple[str, str]]
     from cpr_zarr.model.layout import parse_group_path
 
     out = []
-    for image in store._candidate_paths():
+    for image in catalog.candidate_paths(storage):
         if image in skip:
             continue
-        for entry in sorted(store._list_dir(f"{image}/labels")):
+        for entry in sorted(storage.list_dir(f"{image}/labels")):
             path = f"{image}/labels/{entry}"
             # never committed: no marker and no record copy (a damaged marker is not a leftover)
-            if parse_group_path(path) is not None and is_leftover(store, path):
+            if parse_group_path(path) is not None and is_leftover(storage, path):
                 out.append((path, "incomplete label image (never committed)"))
     return out
 
@@ -271,7 +231,7 @@ def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
 
 
 def plan_gc(
-    store: ResultStore,
+    storage: Storage,
     *,
     older_than: float | None = None,
     max_size: int | None = None,
@@ -291,11 +251,11 @@ def plan_gc(
     """
     # leftovers always wait leftover_age: a running streaming save may not touch its staging
     # folder for a while, and removing it under the writer would corrupt its result
-    plan = leftovers(store, leftover_age)
-    frame = list_results(store)
+    plan = leftovers(storage, leftover_age)
+    frame = list_results(storage)
     protected: set[str] = set()
     if keep_referenced is not None:
-        protected = referenced_hashes(keep_referenced) | recent_hashes(store, frame, grace)
+        protected = referenced_hashes(keep_referenced) | recent_hashes(storage, frame, grace)
     # an image holding a protected label image is protected too (deleting it deletes them)
     paths = dict(zip(frame["hash"], frame["group_path"], strict=True))
     parent_of = {h: p.split("/labels/")[0] for h, p in paths.items() if "/labels/" in p}
@@ -343,14 +303,14 @@ def plan_gc(
     return plan
 
 
-def recent_hashes(store: ResultStore, frame: pd.DataFrame, grace: float) -> set[str]:
+def recent_hashes(storage: Storage, frame: pd.DataFrame, grace: float) -> set[str]:
     """Results last produced (or, without a record, last written) less than ``grace`` ago."""
     now = time.time()
     recent = set()
     for _, row in frame.iterrows():
         last = row["last_produced"]
         if last is None or last != last:  # no provenance record: the group's own age
-            when = _newest_mtime(store, row["group_path"])
+            when = _newest_mtime(storage, row["group_path"])
         else:
             when = last.timestamp()
         if now - when < grace:

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.core import catalog
+from cpr_zarr.core.reader import open_reader
 from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
 from cpr_zarr.model.ngff import (
     Image,
@@ -20,11 +22,12 @@ from cpr_zarr.model.ngff import (
     metadata_conflict,
     multiscales_attrs,
     parse_colors,
+    parse_levels,
     parse_meta,
 )
 
 if TYPE_CHECKING:
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
 __all__ = ["SaveSpec", "resolve_save", "update_labels_list"]
@@ -59,17 +62,17 @@ class SaveSpec:
         path = group_path(name, content_hash)
         return path if self.label_of is None else f"{self.label_of}/{_LABELS_DIR}/{path}"
 
-    def find(self, store: ResultStore, content_hash: str, path: str) -> ZarrTarget | None:
+    def find(self, storage: Storage, content_hash: str, path: str) -> ZarrTarget | None:
         """An existing committed result for this save, warning if its metadata differs."""
         if self.label_of is not None:
-            attrs = store._committed_attrs(path)
+            attrs = catalog.committed(storage, path)
             if attrs is None:
                 return None
-            update_labels_list(store, self.label_of)  # a crash may have left it unlisted
-            return store._target(path, attrs)
-        found = store._find(content_hash, preferred=path)
+            update_labels_list(storage, self.label_of)  # a crash may have left it unlisted
+            return catalog.target_for(storage, path, attrs)
+        found = catalog.find(storage, content_hash, preferred=path)
         if found is not None and self.explicit:
-            doc = store._get_json(f"{found.group_path}/zarr.json") or {}
+            doc = storage.get_json(f"{found.group_path}/zarr.json") or {}
             conflict = metadata_conflict(meta_from_attrs(doc.get("attributes", {})), self.meta)
             if conflict is not None:
                 logger.warning(
@@ -77,13 +80,13 @@ class SaveSpec:
                     "unchanged (metadata does not change the content hash: the first save "
                     "wins). To store it with the new metadata, delete it first.",
                     found.group_path,
-                    store.url,
+                    storage.url,
                     conflict,
                 )
         return found
 
     def group_attributes(
-        self, store: ResultStore, path: str, name: str, *, base: np.ndarray | None = None
+        self, storage: Storage, path: str, name: str, *, base: np.ndarray | None = None
     ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
         """Write the pyramid levels; return the ``ome`` attribute and extra ``cpr_zarr`` ones."""
         from cpr_zarr.core import pyramid
@@ -91,14 +94,16 @@ class SaveSpec:
         if self.meta is None:
             return None, {}
         label = self.label_of is not None
-        doc = store._get_json(f"{path}/0/zarr.json") or {}
+        doc = storage.get_json(f"{path}/0/zarr.json") or {}
         shape = tuple(doc.get("shape", ()))
         if self.steps is not None:
             steps = list(self.steps)
         else:
             steps = pyramid.plan_levels(shape, self.meta, self.levels)
         method = "nearest" if label or doc.get("data_type") == "bool" else "mean"
-        records = pyramid.write_levels(store, path, steps, method, list(self.meta.axes), base=base)
+        records = pyramid.write_levels(
+            storage, path, steps, method, list(self.meta.axes), base=base
+        )
         levels = [("0", (1,) * len(shape))]
         cumulative = (1,) * len(shape)
         for record in records:
@@ -113,12 +118,12 @@ class SaveSpec:
             extra["labels_of"] = self.label_of
         return ome, extra
 
-    def after_commit(self, store: ResultStore) -> None:
+    def after_commit(self, storage: Storage) -> None:
         if self.label_of is not None:
-            update_labels_list(store, self.label_of)
+            update_labels_list(storage, self.label_of)
 
 
-def update_labels_list(store: ResultStore, image_path: str) -> None:
+def update_labels_list(storage: Storage, image_path: str) -> None:
     """Make ``<image>/labels/zarr.json`` list every committed label group of the image.
 
     Each writer lists after committing its own label group, writes the sorted list, and
@@ -134,22 +139,22 @@ def update_labels_list(store: ResultStore, image_path: str) -> None:
     for _ in range(10):
         names = [
             entry
-            for entry in store._list_dir(f"{image_path}/{_LABELS_DIR}")
+            for entry in storage.list_dir(f"{image_path}/{_LABELS_DIR}")
             if parse_group_path(entry) is not None
-            and store._committed_attrs(f"{image_path}/{_LABELS_DIR}/{entry}") is not None
+            and catalog.committed(storage, f"{image_path}/{_LABELS_DIR}/{entry}") is not None
         ]
         doc = {
             "zarr_format": 3,
             "node_type": "group",
             "attributes": {"ome": labels_group_attrs(names)},
         }
-        if store._get_json(key) == doc:
+        if storage.get_json(key) == doc:
             return
-        store._set_json(key, doc)
+        storage.set_json(key, doc)
 
 
 def resolve_save(
-    store: ResultStore,
+    storage: Storage,
     data: Any,
     *,
     axes: object = None,
@@ -168,7 +173,6 @@ def resolve_save(
     """
     import dask.array as da
 
-    from cpr_zarr.core import pyramid
     from cpr_zarr.errors import UnsupportedResultError
     from cpr_zarr.target import ZarrTarget
 
@@ -197,10 +201,10 @@ def resolve_save(
                 f"{type(image).__name__}. Inside a cpr_zarr.task pass the input array the task "
                 "received for the image."
             )
-        if image.store_url != store.url:
+        if image.store_url != storage.url:
             raise InvalidArgumentError(
                 f"Labels are stored inside their image's group, but image {image.group_path!r} "
-                f"is in store {image.store_url!r}, not {store.url!r}. Save them to that store."
+                f"is in store {image.store_url!r}, not {storage.url!r}. Save them to that store."
             )
         array = data.data
         if not isinstance(array, (np.ndarray, da.Array)):
@@ -215,7 +219,7 @@ def resolve_save(
                 f"Label images must be integer arrays (OME-NGFF), got dtype {array.dtype}. "
                 "Convert it, e.g. labels.astype('uint32')."
             )
-        attrs = store.reader(image).attrs
+        attrs = open_reader(storage, image.group_path).attrs
         if tuple(array.shape) != image.shape:
             raise InvalidArgumentError(
                 f"Labels of shape {tuple(array.shape)} do not fit image {image.group_path!r} of "
@@ -245,7 +249,7 @@ def resolve_save(
     else:
         explicit = any(v is not None for v in (axes, scale, units, translation))
     ndim = len(getattr(data, "shape", ()))
-    parsed_levels = pyramid.parse_levels(levels)
+    parsed_levels = parse_levels(levels)
     if not explicit and default_axes(ndim) is None:
         return data, SaveSpec(None)
     meta = parse_meta(ndim, axes=axes, scale=scale, units=units, translation=translation)

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from collections.abc import Callable
 
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
 
 __all__ = [
     "CLAIM_PREFIX",
@@ -88,25 +88,23 @@ def _stamp() -> bytes:
     return json.dumps({"host": platform.node(), "pid": os.getpid(), "time": time.time()}).encode()
 
 
-def put(store: ResultStore, key: str) -> None:
+def put(storage: Storage, key: str) -> None:
     """Write a writer's lease (its modification time is what counts), creating its folder.
 
     On local disk a collection may remove an empty ``.lease`` folder between our creating
     it and writing into it: that is retried.
     """
-    from zarr.core.buffer import default_buffer_prototype
-    from zarr.core.sync import sync
 
     for attempt in range(5):
         try:
-            sync(store._zstore.set(key, default_buffer_prototype().buffer.from_bytes(_stamp())))
+            storage.set(key, _stamp())
             return
         except FileNotFoundError:
             if attempt == 4:
                 raise
 
 
-def put_claim(store: ResultStore, path: str, key: str) -> None:
+def put_claim(storage: Storage, path: str, key: str) -> None:
     """Write a collection's claim ``key`` into folder ``path``, never creating ``path``.
 
     Raises
@@ -114,43 +112,31 @@ def put_claim(store: ResultStore, path: str, key: str) -> None:
     FileNotFoundError
         If the folder is gone (another collection removed it first).
     """
-    if store._local_path is None:  # object stores have no folders to recreate
-        put(store, key)
-        return
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(store._local_path / path / LEASE_DIR)  # no parents: removed stays removed
-    with open(store._local_path / key, "xb") as f:
-        f.write(_stamp())
+    storage.set_in_folder(key, _stamp(), path)  # removed stays removed
 
 
-def remove(store: ResultStore, key: str) -> None:
+def remove(storage: Storage, key: str) -> None:
     """Delete a lease or claim object; a missing one is fine. On local disk the ``.lease``
     folder goes too once empty (a writer putting a lease there meanwhile retries)."""
-    from zarr.core.sync import sync
 
-    with contextlib.suppress(FileNotFoundError):
-        sync(store._zstore.delete(key))
-    if store._local_path is not None:
-        with contextlib.suppress(OSError):  # not empty (another lease or claim), or gone
-            os.rmdir((store._local_path / key).parent)
+    storage.delete(key)
+    # not empty (another lease or claim) or gone: stays
+    storage.remove_empty_folder(key.rsplit("/", 1)[0])
 
 
-def fresh_list_dir(store: ResultStore, prefix: str) -> list[str]:
+def fresh_list_dir(storage: Storage, prefix: str) -> list[str]:
     """``store._list_dir(prefix)`` as it is now: fsspec caches listings per process, and
     another process's lease, claim or record must be seen."""
-    if store._local_path is None:
-        zstore: Any = store._zstore
-        zstore.fs.invalidate_cache(f"{zstore.path.rstrip('/')}/{prefix}")
-    return store._list_dir(prefix)
+    return storage.list_dir(prefix, fresh=True)
 
 
-def claims(store: ResultStore, path: str) -> list[str]:
+def claims(storage: Storage, path: str) -> list[str]:
     """The collection claims present in folder ``path``."""
-    entries = fresh_list_dir(store, f"{path}/{LEASE_DIR}")
+    entries = fresh_list_dir(storage, f"{path}/{LEASE_DIR}")
     return sorted(entry for entry in entries if entry.startswith(CLAIM_PREFIX))
 
 
-def wait_unclaimed(store: ResultStore, path: str) -> bool:
+def wait_unclaimed(storage: Storage, path: str) -> bool:
     """Wait until folder ``path`` holds no claim; whether there was one.
 
     A claim that stays unchanged for ``CLAIM_STALE_SECONDS`` is left by a collection that
@@ -160,7 +146,7 @@ def wait_unclaimed(store: ResultStore, path: str) -> bool:
     since = time.monotonic()
     waited = False
     while True:
-        found = claims(store, path)
+        found = claims(storage, path)
         if not found:
             return waited
         waited = True
@@ -173,11 +159,11 @@ def wait_unclaimed(store: ResultStore, path: str) -> bool:
                 "for %.0f s: the collection that wrote them stopped).",
                 found,
                 path,
-                store.url,
+                storage.url,
                 CLAIM_STALE_SECONDS,
             )
             for entry in found:
-                remove(store, f"{path}/{LEASE_DIR}/{entry}")
+                remove(storage, f"{path}/{LEASE_DIR}/{entry}")
         time.sleep(POLL_SECONDS)
 
 
@@ -188,8 +174,8 @@ class Lease:
     daemon thread, so the folder never looks abandoned to a collection.
     """
 
-    def __init__(self, store: ResultStore, path: str) -> None:
-        self.store = store
+    def __init__(self, storage: Storage, path: str) -> None:
+        self.storage = storage
         self.path = path
         self.key = f"{path}/{LEASE_DIR}/{WRITER_PREFIX}{uuid.uuid4().hex}"
         self._stop = threading.Event()
@@ -198,8 +184,8 @@ class Lease:
     def acquire(self) -> None:
         """Write the lease, then wait out any collection claiming the folder (see module doc)."""
         while True:
-            put(self.store, self.key)
-            if not wait_unclaimed(self.store, self.path):
+            put(self.storage, self.key)
+            if not wait_unclaimed(self.storage, self.path):
                 break
             # a collection held the folder: it gave up or removed it (our lease with it)
         checkpoint("save.leased")
@@ -211,10 +197,10 @@ class Lease:
     def _refresh(self) -> None:
         while not self._stop.wait(REFRESH_SECONDS):
             try:
-                put(self.store, self.key)
+                put(self.storage, self.key)
             except Exception as exc:  # the save itself reports storage failures
                 logger.warning(
-                    "Could not refresh the lease %s in %s: %s", self.key, self.store.url, exc
+                    "Could not refresh the lease %s in %s: %s", self.key, self.storage.url, exc
                 )
 
     def release(self) -> None:
@@ -224,7 +210,7 @@ class Lease:
             self._thread.join()
             self._thread = None
         with contextlib.suppress(OSError):  # read-only now: a small object stays behind
-            remove(self.store, self.key)
+            remove(self.storage, self.key)
 
     def __enter__(self) -> Lease:
         self.acquire()

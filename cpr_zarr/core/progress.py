@@ -14,13 +14,15 @@ import os
 import sys
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpr_zarr.logs import LOGGER_NAME, in_prefect_run, run_logger
 
 if TYPE_CHECKING:
     from collections.abc import Callable
     from types import TracebackType
+
+    from cpr_zarr.storage import Storage
 
 __all__ = ["PROGRESS_SECONDS_ENV", "SaveProgress"]
 
@@ -94,24 +96,6 @@ class SaveProgress:
                 print(f"\r{message}", file=sys.stderr, flush=True)
 
 
-def count_keys(store: Any, prefix: str) -> Callable[[], int]:
+def count_keys(storage: Storage, prefix: str) -> Callable[[], int]:
     """A counter of the chunk keys under ``prefix`` (``<array>/c/...``)."""
-    if store._local_path is not None:
-        root = store._local_path / prefix / "c"
-
-        def count_local() -> int:
-            return sum(
-                1
-                for _, _, files in os.walk(root)
-                for f in files
-                if not f.startswith(".") and ".partial" not in f
-            )
-
-        return count_local
-
-    from zarr.core.sync import sync
-
-    async def _count() -> int:
-        return sum([1 async for _ in store._zstore.list_prefix(f"{prefix}/c/")])
-
-    return lambda: sync(_count())
+    return storage.key_counter(f"{prefix}/c")

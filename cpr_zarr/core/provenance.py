@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Mapping
 
     from cpr_zarr.core.integrity import Damage
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
 
 __all__ = ["PROVENANCE", "read_records", "record_for_task", "write_record"]
 
@@ -137,13 +137,9 @@ def _group_doc(attributes: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_record(
-    store: ResultStore, target: ZarrTarget, record: Mapping[str, Any] | None, output: str
+    storage: Storage, target: ZarrTarget, record: Mapping[str, Any] | None, output: str
 ) -> None:
     """Add one provenance record to a committed result (additive; no read-modify-write)."""
-    from zarr.core.sync import sync
-
-    from cpr_zarr.store import to_buffer
-
     now = datetime.now(UTC)
     full = {
         "created": now.isoformat(timespec="milliseconds"),
@@ -156,17 +152,13 @@ def write_record(
     # a record given to save(provenance=...) is stored as redacted as a task's
     full = redact_value(full)
     base = f"{target.group_path}/{PROVENANCE}"
-    sync(
-        store._zstore.set_if_not_exists(
-            f"{base}/zarr.json", to_buffer(_group_doc({ATTR: "records"}))
-        )
-    )
+    storage.set_json_if_not_exists(f"{base}/zarr.json", _group_doc({ATTR: "records"}))
     key = f"{base}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}/zarr.json"
-    store._set_json(key, _group_doc({ATTR: full}))
+    storage.set_json(key, _group_doc({ATTR: full}))
 
 
 def read_records(
-    store: ResultStore, group_path: str, *, damaged: list[Damage] | None = None
+    storage: Storage, group_path: str, *, damaged: list[Damage] | None = None
 ) -> list[dict[str, Any]]:
     """All provenance records of a result, oldest first.
 
@@ -177,12 +169,12 @@ def read_records(
 
     base = f"{group_path}/{PROVENANCE}"
     records = []
-    for entry in sorted(store._list_dir(base)):
+    for entry in sorted(storage.list_dir(base)):
         if entry == "zarr.json":
             continue
         key = f"{base}/{entry}/zarr.json"
         try:
-            doc = read_doc(store, key)
+            doc = read_doc(storage, key)
         except ValueError:
             doc = None
         if is_absent(doc):  # an empty folder (a writer stopped before writing the record)
@@ -193,7 +185,7 @@ def read_records(
             records.append(record)
             continue
         message = (
-            f"Provenance record {key!r} of result {group_path!r} in store {store.url!r} is "
+            f"Provenance record {key!r} of result {group_path!r} in store {storage.url!r} is "
             "damaged (not a JSON group document with a 'created' ISO time); it is skipped. "
             "The result itself is unaffected: delete the record's folder to silence this."
         )

@@ -23,16 +23,20 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import zarr
 
+from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.core.progress import SaveProgress, count_keys
-from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError, StoreError
+from cpr_zarr.core.reader import ChunkReader, level_attrs, open_reader
+from cpr_zarr.errors import InvalidArgumentTypeError, StoreError
 from cpr_zarr.model.layout import chunk_grid
+from cpr_zarr.model.ngff import MAX_LEVELS
+from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
     import dask.array as da
 
     from cpr_zarr.model.ngff import ImageMeta
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
 __all__ = [
@@ -46,19 +50,6 @@ __all__ = [
 ]
 
 AUTO_MIN_SIZE = 512
-MAX_LEVELS = 10
-
-
-def parse_levels(levels: object) -> int | None:
-    """``None`` (automatic) or a number of levels >= 1 including the base."""
-    if levels is None:
-        return None
-    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
-        raise InvalidArgumentError(
-            f"Invalid levels {levels!r}: give the number of multiscale levels including the base "
-            f"(1 = no pyramid, at most {MAX_LEVELS}), or None for automatic."
-        )
-    return levels
 
 
 def plan_levels(
@@ -222,7 +213,7 @@ def read_region(codec: ChunkCodec, region: tuple[slice, ...]) -> np.ndarray:
 
 
 def write_levels(
-    store: ResultStore,
+    storage: Storage,
     group: str,
     steps: list[tuple[int, ...]],
     method: str,
@@ -241,15 +232,13 @@ def write_levels(
     (or ``<n>-<step>_<step>...`` if that is taken too), decided after a create-if-absent
     write of the level's metadata, so racing writers never share a path by mistake.
     """
-    from cpr_zarr.core.writer import claim_array, store_chunk
-
     source_array: zarr.Array[Any] = zarr.open_array(
-        store._zstore, path=f"{group}/0", mode="r", zarr_format=3
+        storage.zarr_store, path=f"{group}/0", mode="r", zarr_format=3
     )
     dtype, base_chunks = np.dtype(source_array.dtype), source_array.chunks
     codecs = source_array.compressors
     source = ChunkCodec(source_array)
-    workers = worker_count(remote=store._local_path is None)
+    workers = worker_count(remote=storage.remote)
     records: list[dict[str, Any]] = []
     cumulative = (1,) * len(source.shape)
     for number, step in enumerate(steps, start=1):
@@ -269,7 +258,7 @@ def write_levels(
         attributes = {"cpr_zarr": {"level": number, "method": method, "steps": history}}
         for name in candidates:
             array = claim_array(
-                store,
+                storage,
                 f"{group}/{name}",
                 shape,
                 dtype,
@@ -283,7 +272,7 @@ def write_levels(
         else:
             raise StoreError(
                 f"Cannot write pyramid level {number} of result {group!r} in store "
-                f"{store.url!r}: arrays that cpr_zarr did not write for this level already "
+                f"{storage.url!r}: arrays that cpr_zarr did not write for this level already "
                 f"exist at {', '.join(repr(f'{group}/{c}') for c in candidates)}. Delete them "
                 "(they are not part of any committed result) and save again."
             )
@@ -308,7 +297,7 @@ def write_levels(
 
         grid = list(chunk_grid(shape, chunks))
         nbytes = math.prod(shape) * dtype.itemsize
-        with SaveProgress(f"{group} level {number}", len(grid), nbytes, count_keys(store, path)):
+        with SaveProgress(f"{group} level {number}", len(grid), nbytes, count_keys(storage, path)):
             digests = list(thread_map(one, grid, workers))
         records.append(
             {
@@ -349,19 +338,18 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
     level = int(level)
     if level == 0:
         return target.get_data(verify=verify)
-    from cpr_zarr.core.reader import ChunkReader, level_attrs
-
-    store = target.store
-    attrs = store.reader(target).attrs
+    storage = open_storage(target.store_url, read_only=True)
+    attrs = open_reader(storage, target.group_path).attrs
     records = attrs.get("levels", [])
     if not 0 <= level <= len(records):
         raise IndexError(
             f"Result {target.group_path!r} in store {target.store_url!r} has "
             f"{len(records) + 1} level(s) (0..{len(records)}); level {level} does not exist."
         )
-    return ChunkReader(store, target.group_path, level_attrs(attrs, level)).to_dask(verify=verify)
+    return ChunkReader(storage, target.group_path, level_attrs(attrs, level)).to_dask(verify=verify)
 
 
 def level_count(target: ZarrTarget) -> int:
     """Number of multiscale levels of a result, including the base."""
-    return 1 + len(target.store.reader(target).attrs.get("levels", []))
+    storage = open_storage(target.store_url, read_only=True)
+    return 1 + len(open_reader(storage, target.group_path).attrs.get("levels", []))

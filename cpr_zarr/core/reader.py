@@ -9,17 +9,58 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import numpy as np
 import zarr
-from zarr.core.sync import sync
 
+from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.integrity import load_commit
 from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
 from cpr_zarr.model.hashing import chunk_digest
-from cpr_zarr.model.layout import chunk_grid, parse_member_path
+from cpr_zarr.model.layout import chunk_grid, parse_group_path, parse_member_path
 
 if TYPE_CHECKING:
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
 
-__all__ = ["ChunkReader", "level_attrs"]
+__all__ = ["ChunkReader", "forget_reader", "level_attrs", "open_reader"]
+
+# verified readers by (store URL, group path): a result's record is checked once per process.
+# Content-hashed groups never change; a deleted or damaged one is forgotten (forget_reader)
+# and a reader re-checks the record when a chunk read fails (ChunkReader.refresh).
+_READERS: dict[tuple[str, str], ChunkReader] = {}
+_READERS_LOCK = threading.Lock()
+
+
+def open_reader(storage: Storage, group_path: str) -> ChunkReader:
+    """A verifying chunk reader for committed result ``group_path`` (cached per process).
+
+    Raises
+    ------
+    ResultNotFoundError
+        If the result is not (or no longer) committed, or ``group_path`` is not a result path.
+    IntegrityError
+        If its record does not hash to its content hash or its array metadata disagrees.
+    """
+    key = (storage.url, group_path)
+    with _READERS_LOCK:
+        reader = _READERS.get(key)
+    if reader is not None:
+        return reader
+    # a pointer naming a path outside its store is never followed; then record vs content
+    # hash, array metadata vs record (IntegrityError on damage)
+    attrs = load_commit(storage, group_path) if parse_group_path(group_path) else None
+    if attrs is None:
+        raise ResultNotFoundError(
+            f"Result {group_path!r} is not (or no longer) committed in store "
+            f"{storage.url!r}. Re-run the task that produced it."
+        )
+    reader = ChunkReader(storage, group_path, attrs)
+    with _READERS_LOCK:
+        return _READERS.setdefault(key, reader)
+
+
+def forget_reader(storage: Storage, group_path: str) -> None:
+    """Drop the cached reader of ``group_path`` (deleted, repaired or re-saved)."""
+    with _READERS_LOCK:
+        _READERS.pop((storage.url, group_path), None)
 
 
 def level_attrs(attrs: dict[str, Any], level: int) -> dict[str, Any]:
@@ -39,13 +80,13 @@ def level_attrs(attrs: dict[str, Any], level: int) -> dict[str, Any]:
 class ChunkReader:
     """Reads and verifies the chunks of one committed result group."""
 
-    def __init__(self, store: ResultStore, group_path: str, attrs: dict[str, Any]) -> None:
-        self.store = store
+    def __init__(self, storage: Storage, group_path: str, attrs: dict[str, Any]) -> None:
+        self.storage = storage
         self.group_path = group_path
         self.attrs = attrs
         # a record read from disk must not send reads outside its group
         self.array_path = parse_member_path(
-            attrs.get("array"), where=f"result {group_path!r} in store {store.url!r}"
+            attrs.get("array"), where=f"result {group_path!r} in store {storage.url!r}"
         )
         self.content_hash: str = attrs["content_hash"]
         self.shape = tuple(int(s) for s in attrs["shape"])
@@ -79,22 +120,22 @@ class ChunkReader:
                 pass
         got = f"{len(digests)} entries" if isinstance(digests, list) else repr(digests)[:80]
         raise ChunkVerificationError(
-            f"The commit record of result {self.group_path!r} in store {self.store.url!r} is "
+            f"The commit record of result {self.group_path!r} in store {self.storage.url!r} is "
             f"damaged: its chunk_digests ({got}) must list one 32-hex-digit digest for each of "
             f"the {expected} chunks of shape {self.shape} in chunks {self.chunks}, so no chunk "
             "can be verified. To resolve: delete the result (store.delete(ref)) and re-run the "
             "task that produced it.",
-            store_url=self.store.url,
+            store_url=self.storage.url,
             group_path=self.group_path,
             chunk_index=(),
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChunkReader, (self.store, self.group_path, self.attrs))
+        return (ChunkReader, (self.storage, self.group_path, self.attrs))
 
     def _open_array(self) -> zarr.Array[Any]:
         return zarr.open_array(
-            self.store._zstore,
+            self.storage.zarr_store,
             path=f"{self.group_path}/{self.array_path}",
             mode="r",
             zarr_format=3,
@@ -120,7 +161,7 @@ class ChunkReader:
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
                 "chunk is damaged or unreadable. To resolve: delete the result "
                 "(store.delete(ref)) and re-run the task that produced it.",
-                store_url=self.store.url,
+                store_url=self.storage.url,
                 group_path=self.group_path,
                 chunk_index=index,
             ) from exc
@@ -134,7 +175,7 @@ class ChunkReader:
                     f"Cannot read {self._where(index)}: the chunk is not in the store (was the "
                     "result deleted or garbage-collected?). To resolve: open the result again "
                     "(store.open(ref)); if it is gone, re-run the task that produced it.",
-                    store_url=self.store.url,
+                    store_url=self.storage.url,
                     group_path=self.group_path,
                     chunk_index=index,
                 )
@@ -146,7 +187,7 @@ class ChunkReader:
     def _where(self, index: tuple[int, ...]) -> str:
         array = self.attrs.get("array", "0")
         level = "" if array == "0" else f" (pyramid level array {array!r})"
-        return f"chunk {index}{level} of result {self.group_path!r} in store {self.store.url!r}"
+        return f"chunk {index}{level} of result {self.group_path!r} in store {self.storage.url!r}"
 
     def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
         expected = self._expected(index)
@@ -158,7 +199,7 @@ class ChunkReader:
                 "damaged or was changed outside cpr_zarr. Other chunks are unaffected. To "
                 "resolve: delete the result (store.delete(ref) or `cpr-zarr gc`) and re-run the "
                 "task that produced it.",
-                store_url=self.store.url,
+                store_url=self.storage.url,
                 group_path=self.group_path,
                 chunk_index=index,
             )
@@ -196,8 +237,8 @@ class ChunkReader:
         with self._lock:
             if since is not None and since != self._generation:
                 return True
-            attrs = self.store._committed_attrs(self.group_path)
-            if attrs is None and sync(self.store._zstore.exists(f"{self.group_path}/zarr.json")):
+            attrs = catalog.committed(self.storage, self.group_path)
+            if attrs is None and self.storage.exists(f"{self.group_path}/zarr.json"):
                 return False  # the marker is there but damaged: report the chunk as it failed
             level = self.attrs.get("level")
             if attrs is not None and level is not None:
@@ -209,7 +250,7 @@ class ChunkReader:
             ]:
                 what = "result" if level is None else f"level {level} of result"
                 raise ResultNotFoundError(
-                    f"The {what} {self.group_path!r} in store {self.store.url!r} read by this "
+                    f"The {what} {self.group_path!r} in store {self.storage.url!r} read by this "
                     "process is no longer committed as it was opened: another process deleted "
                     "it (or re-saved it with another pyramid plan). Open it again "
                     "(store.open(ref)); if it is gone, re-run the task that produced it."
@@ -223,7 +264,7 @@ class ChunkReader:
                 # levels (another pyramid plan) or image metadata changed with the re-save
                 self.array_path = parse_member_path(
                     attrs.get("array"),
-                    where=f"result {self.group_path!r} in store {self.store.url!r}",
+                    where=f"result {self.group_path!r} in store {self.storage.url!r}",
                 )
                 self.attrs, self.digests = attrs, attrs["chunk_digests"]
                 self._check_digest_list()
@@ -238,7 +279,7 @@ class ChunkReader:
             if changed:
                 self._generation += 1
                 if level is not None:  # the store's cached reader has stale level records
-                    self.store._readers.pop(self.group_path, None)
+                    forget_reader(self.storage, self.group_path)
             return changed
 
     def _expected(self, index: tuple[int, ...]) -> str:
@@ -282,7 +323,7 @@ class ChunkReader:
             out[region] = self.read_chunk(index, verify, writeable=False)
 
         grid = list(chunk_grid(self.shape, self.chunks))
-        list(thread_map(one, grid, worker_count(remote=self.store._local_path is None)))
+        list(thread_map(one, grid, worker_count(remote=self.storage.remote)))
         return out
 
 

@@ -17,7 +17,6 @@ into a DataFrame with the same dtypes, index and column names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -28,6 +27,7 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from cpr_zarr.core import catalog
 from cpr_zarr.core.integrity import load_commit, write_marker
 from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.errors import (
@@ -35,13 +35,14 @@ from cpr_zarr.errors import (
     InvalidArgumentTypeError,
     UnsupportedResultError,
 )
-from cpr_zarr.model.hashing import chunk_digest
+from cpr_zarr.model.hashing import TABLE_ALGORITHM, TABLE_DTYPE, chunk_digest, table_hash
 from cpr_zarr.model.layout import LAYOUT_VERSION, group_path, parse_name
+from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
     import os
 
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
 __all__ = [
@@ -55,8 +56,6 @@ __all__ = [
     "to_csv",
 ]
 
-TABLE_DTYPE = "table"
-TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
 _JSON_NAME = (str, int, float, bool, type(None))
 
 
@@ -277,16 +276,6 @@ def _index_schema(index: pd.Index) -> tuple[dict[str, Any], dict[str, np.ndarray
     return {"levels": levels, "names": names, "multi": isinstance(index, pd.MultiIndex)}, arrays
 
 
-def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
-    """The content hash of a table: its schema and the digest of every stored array."""
-    canonical = json.dumps(
-        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
-
-
 def encode_table(
     df: pd.DataFrame, name: str = "table"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -322,7 +311,7 @@ def encode_table(
     return schema, arrays
 
 
-def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
+def save_table(storage: Storage, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
     """Store a DataFrame as a content-hashed table group; the same table is stored once.
 
     Raises
@@ -331,16 +320,16 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
         For MultiIndex columns, duplicate column names or columns of unsupported dtypes.
     """
     name = parse_name(name)
-    store._check_writable()
+    storage.check_writable()
     schema, arrays = encode_table(df, name)
     digests = {key: _digest(arr) for key, arr in sorted(arrays.items())}
     content_hash = table_hash(schema, digests)
     path = group_path(name, content_hash)
-    found = store._find(content_hash, preferred=path)
+    found = catalog.find(storage, content_hash, preferred=path)
     if found is not None:
         return found
     checkpoint("save.hashed")
-    with Lease(store, path):  # keeps gc away while the table is written (cpr_zarr.core.lease)
+    with Lease(storage, path):  # keeps gc away while the table is written (cpr_zarr.core.lease)
         # build the arrays in memory, then copy their keys: zarr would otherwise write the
         # group document (our commit marker) before the data
         scratch = zarr.storage.MemoryStore()
@@ -358,7 +347,7 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
                     continue
                 buf = await scratch.get(key, default_buffer_prototype())
                 if buf is not None:
-                    await store._zstore.set(f"{path}/{key}", buf)
+                    await storage.zarr_store.set(f"{path}/{key}", buf)
 
         sync(_copy())
         attrs: dict[str, Any] = {
@@ -374,12 +363,12 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
             "digests": digests,
         }
         write_marker(
-            store,
+            storage,
             path,
             {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}},
         )
         checkpoint("save.committed")
-    return store._target(path, attrs)
+    return catalog.target_for(storage, path, attrs)
 
 
 def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
@@ -407,44 +396,46 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
             f"Result {target.group_path!r} is an array, not a table: read it with "
             "target.get_data() or target.to_numpy()."
         )
-    store = target.store
+    storage = open_storage(target.store_url, read_only=True)
     # the record must hash to the content hash and every array's metadata agree with it
-    attrs = load_commit(store, target.group_path)
+    attrs = load_commit(storage, target.group_path)
     if attrs is None:
         from cpr_zarr.errors import ResultNotFoundError
 
         raise ResultNotFoundError(
-            f"Table {target.group_path!r} is not (or no longer) committed in store {store.url!r}."
+            f"Table {target.group_path!r} is not (or no longer) committed in store {storage.url!r}."
         )
-    return read_checked_table(store, target.group_path, attrs, verify=verify)
+    return read_checked_table(storage, target.group_path, attrs, verify=verify)
 
 
 def read_checked_table(
-    store: ResultStore, path: str, attrs: dict[str, Any], *, verify: bool = True
+    storage: Storage, path: str, attrs: dict[str, Any], *, verify: bool = True
 ) -> pd.DataFrame:
     """The DataFrame of a table whose record and array metadata were checked already."""
     schema, digests = attrs["table"], attrs["digests"]
     arrays: dict[str, np.ndarray] = {}
     for key, expected in digests.items():
         try:
-            array = zarr.open_array(store._zstore, path=f"{path}/{key}", mode="r", zarr_format=3)
+            array = zarr.open_array(
+                storage.zarr_store, path=f"{path}/{key}", mode="r", zarr_format=3
+            )
             values = np.asarray(array[...]) if array.shape[0] else np.empty(0, dtype=array.dtype)
         except Exception as exc:  # damaged bytes can claim any decoded size (MemoryError)
             raise ChunkVerificationError(
                 f"Cannot read array {key!r} (chunk (0,)) of table {path!r} in store "
-                f"{store.url!r}: {type(exc).__name__}: {exc}. The stored array is damaged, "
+                f"{storage.url!r}: {type(exc).__name__}: {exc}. The stored array is damaged, "
                 "unreadable or missing. To resolve: delete the result (store.delete(ref)) and "
                 "re-run the task that produced it.",
-                store_url=store.url,
+                store_url=storage.url,
                 group_path=path,
                 chunk_index=(0,),
             ) from exc
         if verify and _digest(values) != expected:
             raise ChunkVerificationError(
                 f"Verification failed for array {key!r} of table {path!r} in store "
-                f"{store.url!r}: its values do not match the digest recorded when it was saved. "
+                f"{storage.url!r}: its values do not match the digest recorded when it was saved. "
                 "Delete the result and re-run the task that produced it.",
-                store_url=store.url,
+                store_url=storage.url,
                 group_path=path,
                 chunk_index=(0,),
             )

@@ -22,11 +22,7 @@ completes.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import shutil
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -34,18 +30,15 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import numpy as np
 import zarr
-from zarr.codecs import BloscCodec
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
-from cpr_zarr.core import labels
+from cpr_zarr.core import catalog, labels
+from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.core.compute import compute
 from cpr_zarr.core.integrity import array_record, write_marker
 from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.core.progress import SaveProgress, count_keys
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
-from cpr_zarr.model import ngff
 from cpr_zarr.model.hashing import chunk_digest, combine_digests
 from cpr_zarr.model.layout import (
     canonical_dtype,
@@ -55,24 +48,16 @@ from cpr_zarr.model.layout import (
 )
 
 if TYPE_CHECKING:
-    from cpr_zarr.store import ResultStore
+    from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
-__all__ = ["DEFAULT_COMPRESSOR", "save", "unmask"]
+__all__ = ["check_ndim", "save", "unmask"]
 
 logger = logging.getLogger("cpr_zarr")
 ARRAY_PATH = "0"
 MAX_NDIM = 5
 STAGING = "_staging"
 _ATTEMPTS = 3
-
-
-def default_compressor() -> BloscCodec:
-    """Blosc zstd level 1 with byte shuffle: same ratio as levels 3-5 on microscopy, 2-4x faster."""
-    return BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
-
-
-DEFAULT_COMPRESSOR = default_compressor()
 
 
 def check_ndim(shape: tuple[int, ...], what: str) -> None:
@@ -85,7 +70,7 @@ def check_ndim(shape: tuple[int, ...], what: str) -> None:
 
 
 def save(
-    store: ResultStore,
+    storage: Storage,
     data: Any,
     name: str,
     *,
@@ -106,19 +91,25 @@ def save(
     name = parse_name(name)
     try:
         data, spec = labels.resolve_save(
-            store, data, axes=axes, scale=scale, units=units, translation=translation, levels=levels
+            storage,
+            data,
+            axes=axes,
+            scale=scale,
+            units=units,
+            translation=translation,
+            levels=levels,
         )
     except InvalidArgumentError as exc:  # name the place: which save, which store
-        raise type(exc)(f"Cannot save result {name!r} to store {store.url!r}: {exc}") from exc
-    data = unmask(data, f"result {name!r} in store {store.url!r}")
-    compressor = parse_compressor(compressor, where=f"result {name!r} in store {store.url!r}")
+        raise type(exc)(f"Cannot save result {name!r} to store {storage.url!r}: {exc}") from exc
+    data = unmask(data, f"result {name!r} in store {storage.url!r}")
+    compressor = parse_compressor(compressor, where=f"result {name!r} in store {storage.url!r}")
     if isinstance(data, da.Array):
-        return _save_dask(store, data, name, chunks=chunks, compressor=compressor, spec=spec)
+        return _save_dask(storage, data, name, chunks=chunks, compressor=compressor, spec=spec)
     if isinstance(data, np.ndarray):
-        return _save_numpy(store, data, name, chunks=chunks, compressor=compressor, spec=spec)
+        return _save_numpy(storage, data, name, chunks=chunks, compressor=compressor, spec=spec)
     raise UnsupportedResultError(
         f"Cannot store {type(data).__module__}.{type(data).__qualname__} object {data!r:.80} "
-        f"as result {name!r}: ResultStore.save takes a numpy or Dask array. Convert it "
+        f"as result {name!r}: Storage.save takes a numpy or Dask array. Convert it "
         "(numpy.asarray(value)) or return it as a small JSON-able value."
     )
 
@@ -151,7 +142,7 @@ def unmask(data: Any, where: str) -> Any:
 
 
 def _save_numpy(
-    store: ResultStore,
+    storage: Storage,
     data: np.ndarray,
     name: str,
     *,
@@ -163,22 +154,22 @@ def _save_numpy(
     check_ndim(data.shape, f"result {name!r}")
     data = np.asarray(data, dtype=dtype)
     chunk_shape = parse_chunks(
-        chunks, data.shape, dtype, where=f"result {name!r} in store {store.url!r}"
+        chunks, data.shape, dtype, where=f"result {name!r} in store {storage.url!r}"
     )
-    workers = worker_count(remote=store._local_path is None)
+    workers = worker_count(remote=storage.remote)
     grid = list(chunk_grid(data.shape, chunk_shape))
     digests = digest_chunks(data, [s for _, s in grid], workers=worker_count())
     content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
     path = spec.path(name, content_hash)
     for _ in range(_ATTEMPTS):
-        found = spec.find(store, content_hash, path)
+        found = spec.find(storage, content_hash, path)
         if found is not None:
             return found
         checkpoint("save.hashed")
-        with Lease(store, path):
+        with Lease(storage, path):
             array_path = f"{path}/{ARRAY_PATH}"
             array = _create_array(
-                store,
+                storage,
                 array_path,
                 data.shape,
                 dtype,
@@ -186,13 +177,13 @@ def _save_numpy(
                 compressor,
                 dimension_names=spec.dimension_names,
             )
-            with SaveProgress(path, len(digests), data.nbytes, count_keys(store, array_path)):
+            with SaveProgress(path, len(digests), data.nbytes, count_keys(storage, array_path)):
                 write_chunks(ChunkCodec(array), data, grid, workers=workers)
             checkpoint("save.written")
-            if not _array_present(store, path):
+            if not _array_present(storage, path):
                 continue  # removed under us by something outside the protocol: write again
             return _commit(
-                store,
+                storage,
                 path,
                 name,
                 content_hash,
@@ -203,24 +194,24 @@ def _save_numpy(
                 spec=spec,
                 base=data,
             )
-    raise _gone_error(store, path)
+    raise _gone_error(storage, path)
 
 
-def _array_present(store: ResultStore, path: str) -> bool:
-    present = store._get_json(f"{path}/{ARRAY_PATH}/zarr.json") is not None
+def _array_present(storage: Storage, path: str) -> bool:
+    present = storage.get_json(f"{path}/{ARRAY_PATH}/zarr.json") is not None
     if not present:
         logger.warning(
             "The array of result %s in store %s was removed while it was being written "
             "(by hand, or by a cpr_zarr too old to respect write leases); writing it again.",
             path,
-            store.url,
+            storage.url,
         )
     return present
 
 
-def _gone_error(store: ResultStore, path: str) -> StoreError:
+def _gone_error(storage: Storage, path: str) -> StoreError:
     return StoreError(
-        f"Result {path!r} in store {store.url!r} was removed {_ATTEMPTS} times while it was "
+        f"Result {path!r} in store {storage.url!r} was removed {_ATTEMPTS} times while it was "
         "being written, so it was not committed. Something outside cpr_zarr (a script, a "
         "lifecycle rule, an old cpr_zarr's gc) is deleting folders of this store: stop it, "
         "then run the task again."
@@ -264,15 +255,8 @@ def write_chunks(
     list(thread_map(one, grid, workers))
 
 
-def store_chunk(codec: ChunkCodec, index: tuple[int, ...], block: np.ndarray) -> str:
-    """Store chunk ``index`` and return its digest, hashing the very copy that was encoded."""
-    block = np.ascontiguousarray(block)
-    codec.write(index, block)
-    return chunk_digest(block)
-
-
 def _save_dask(
-    store: ResultStore,
+    storage: Storage,
     data: da.Array,
     name: str,
     *,
@@ -289,9 +273,9 @@ def _save_dask(
     check_ndim(data.shape, f"result {name!r}")
     if data.size == 0:
         (small,) = compute(data)
-        return _save_numpy(store, small, name, chunks=chunks, compressor=compressor, spec=spec)
+        return _save_numpy(storage, small, name, chunks=chunks, compressor=compressor, spec=spec)
     chunk_shape = parse_chunks(
-        chunks, data.shape, dtype, where=f"result {name!r} in store {store.url!r}"
+        chunks, data.shape, dtype, where=f"result {name!r} in store {storage.url!r}"
     )
     if data.dtype != dtype:
         data = data.astype(dtype)
@@ -300,12 +284,12 @@ def _save_dask(
         data = data.rechunk(aligned)
     token = uuid.uuid4().hex
     staging = f"{STAGING}/{name}-{token}"
-    staging_lease = Lease(store, staging)  # keeps the staging folder live for gc
+    staging_lease = Lease(storage, staging)  # keeps the staging folder live for gc
     try:
-        _make_staging_dir(store, staging)
+        _make_staging_dir(storage, staging)
         staging_lease.acquire()
         array = _create_array(
-            store,
+            storage,
             f"{staging}/{ARRAY_PATH}",
             data.shape,
             dtype,
@@ -326,28 +310,38 @@ def _save_dask(
             f"{name} (streaming)",
             digest_blocks.npartitions,
             int(data.nbytes),
-            count_keys(store, f"{staging}/{ARRAY_PATH}"),
+            count_keys(storage, f"{staging}/{ARRAY_PATH}"),
         ):
             (digest_grid,) = compute(digest_blocks)
         digests = [str(d) for d in np.asarray(digest_grid).ravel(order="C")]
         content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
         path = spec.path(name, content_hash)
-        found = spec.find(store, content_hash, path)
+        found = spec.find(storage, content_hash, path)
         if found is not None:
             return found
         checkpoint("save.hashed")
-        with Lease(store, path):
-            _move(store, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
+        with Lease(storage, path):
+            _move(storage, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
             checkpoint("save.written")
             return _commit(
-                store, path, name, content_hash, data.shape, dtype, chunk_shape, digests, spec=spec
+                storage,
+                path,
+                name,
+                content_hash,
+                data.shape,
+                dtype,
+                chunk_shape,
+                digests,
+                spec=spec,
             )
     finally:
         staging_lease.release()
         try:
-            remove_prefix(store, staging)
+            remove_prefix(storage, staging)
         except Exception as exc:  # never hide the save's own error; gc removes leftovers
-            logger.warning("Could not remove staging folder %s of %s: %s", staging, store.url, exc)
+            logger.warning(
+                "Could not remove staging folder %s of %s: %s", staging, storage.url, exc
+            )
 
 
 def write_block(block: np.ndarray, *, codec: ChunkCodec, block_info: dict[Any, Any]) -> np.ndarray:
@@ -358,7 +352,7 @@ def write_block(block: np.ndarray, *, codec: ChunkCodec, block_info: dict[Any, A
 
 
 def _create_array(
-    store: ResultStore,
+    storage: Storage,
     path: str,
     shape: tuple[int, ...],
     dtype: np.dtype,
@@ -373,12 +367,12 @@ def _create_array(
     names the content hash, which fixes shape, dtype and chunks, so its chunks are ours too.
     """
     array = claim_array(
-        store, path, shape, dtype, chunks, compressor, dimension_names=dimension_names
+        storage, path, shape, dtype, chunks, compressor, dimension_names=dimension_names
     )
     if array is None:
-        found = zarr.open_array(store._zstore, path=path, mode="r", zarr_format=3)
+        found = zarr.open_array(storage.zarr_store, path=path, mode="r", zarr_format=3)
         raise StoreError(
-            f"Array metadata at {path!r} in store {store.url!r} (shape {found.shape}, dtype "
+            f"Array metadata at {path!r} in store {storage.url!r} (shape {found.shape}, dtype "
             f"{found.dtype}, chunks {found.chunks}) does not match the result being saved "
             f"(shape {shape}, dtype {dtype}, chunks {chunks}). Something other than cpr_zarr "
             f"wrote there: delete {path!r} and save again."
@@ -386,59 +380,8 @@ def _create_array(
     return array
 
 
-def claim_array(
-    store: ResultStore,
-    path: str,
-    shape: tuple[int, ...],
-    dtype: np.dtype,
-    chunks: tuple[int, ...],
-    compressor: Any,
-    *,
-    dimension_names: list[str] | None = None,
-    attributes: dict[str, Any] | None = None,
-) -> zarr.Array[Any] | None:
-    """Create-if-absent the array metadata at ``path`` and open the array for writing.
-
-    Returns ``None`` if metadata already there (written by a crashed or concurrent writer)
-    describes another array: other shape, dtype or chunks, or other ``attributes`` (pyramid
-    levels record the downsampling steps that produced them there). The decision is made
-    after the conditional write, on what the store holds, so two writers racing for one
-    path agree on who owns it.
-    """
-    key = f"{path}/zarr.json"
-    if store._get_json(key) is None:
-        # build the metadata document in memory: zarr.create_array would also write parent
-        # group documents, and the group document is our commit marker
-        scratch = zarr.storage.MemoryStore()
-        axes = dimension_names if dimension_names is not None else ngff.default_axes(len(shape))
-        zarr.create_array(
-            scratch,
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            compressors=compressor if compressor is not None else default_compressor(),
-            fill_value=0,
-            dimension_names=list(axes) if axes else None,
-            attributes=attributes,
-        )
-        doc = sync(scratch.get("zarr.json", default_buffer_prototype()))
-        if doc is None:  # pragma: no cover - zarr wrote it just above
-            raise StoreError(f"zarr did not produce array metadata for {path!r}")
-        # create-if-absent: a concurrent writer of the same content may have won, possibly
-        # with another compressor. Its metadata stays, and opening the array below makes us
-        # encode with its codecs, so the chunks of one array never mix codecs. (Atomic on
-        # local disk; object stores have no conditional write here, see the README.)
-        sync(store._zstore.set_if_not_exists(key, doc))
-    array = zarr.open_array(store._zstore, path=path, mode="r+", zarr_format=3)
-    if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
-        return None
-    if attributes is not None and any(array.attrs.get(k) != v for k, v in attributes.items()):
-        return None
-    return array
-
-
 def _commit(
-    store: ResultStore,
+    storage: Storage,
     path: str,
     name: str,
     content_hash: str,
@@ -456,9 +399,9 @@ def _commit(
     it rather than read back from the store.
     """
     # never commit a group whose base array is missing (removed under the writer)
-    if store._get_json(f"{path}/{ARRAY_PATH}/zarr.json") is None:
+    if storage.get_json(f"{path}/{ARRAY_PATH}/zarr.json") is None:
         raise StoreError(
-            f"Not committing result {path!r} in store {store.url!r}: its array metadata "
+            f"Not committing result {path!r} in store {storage.url!r}: its array metadata "
             f"{path}/{ARRAY_PATH}/zarr.json disappeared while the result was being written "
             "(deleted by something that ignores cpr_zarr's write leases, e.g. a script, a "
             "lifecycle rule or an old cpr_zarr's gc). Stop that, then run the task again."
@@ -467,21 +410,21 @@ def _commit(
     attributes: dict[str, Any] = {}
     # NGFF metadata and pyramid levels (written now, before the commit marker)
     ome, image_attrs = (spec or labels.SaveSpec(None)).group_attributes(
-        store, path, name, base=base
+        storage, path, name, base=base
     )
     attrs.update(image_attrs)
     if ome is not None:
         attributes["ome"] = ome
     attributes["cpr_zarr"] = attrs
     # seals the record (record_digest), writes its copy, then the marker
-    write_marker(store, path, {"zarr_format": 3, "node_type": "group", "attributes": attributes})
+    write_marker(storage, path, {"zarr_format": 3, "node_type": "group", "attributes": attributes})
     checkpoint("save.committed")
     if spec is not None:
-        spec.after_commit(store)  # label images: list it in the image's labels group
-    return store._target(path, attrs)
+        spec.after_commit(storage)  # label images: list it in the image's labels group
+    return catalog.target_for(storage, path, attrs)
 
 
-def _move(store: ResultStore, src: str, dst: str) -> None:
+def _move(storage: Storage, src: str, dst: str) -> None:
     """Move the staged array ``src`` to ``dst`` (an atomic rename on local disk).
 
     If a concurrent or crashed writer of the same content already created ``dst`` with
@@ -489,89 +432,43 @@ def _move(store: ResultStore, src: str, dst: str) -> None:
     are re-encoded with its codecs: replacing its ``zarr.json`` under a writer still
     storing chunks would leave chunks in two codecs.
     """
-    existing = store._get_json(f"{dst}/zarr.json")
-    if existing is not None and existing != store._get_json(f"{src}/zarr.json"):
-        _reencode(store, src, dst)
+    existing = storage.get_json(f"{dst}/zarr.json")
+    if existing is not None and existing != storage.get_json(f"{src}/zarr.json"):
+        _reencode(storage, src, dst)
         return
-    if store._local_path is not None:
-        src_dir, dst_dir = store._local_path / src, store._local_path / dst
-        dst_dir.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.rename(src_dir, dst_dir)  # fails if dst_dir exists and is not empty
-            return
-        except OSError:
-            pass
-        # a crashed or concurrent writer left the same content, same metadata there:
-        # replace its chunks file by file (each replace is atomic), never its metadata
-        for dirpath, _, filenames in os.walk(src_dir):
-            rel = os.path.relpath(dirpath, src_dir)
-            os.makedirs(dst_dir / rel, exist_ok=True)
-            for filename in filenames:
-                if rel == "." and filename == "zarr.json" and (dst_dir / filename).exists():
-                    continue
-                os.replace(os.path.join(dirpath, filename), dst_dir / rel / filename)
-        return
-
-    # object stores cannot rename: copy each key server-side (S3 CopyObject: one request
-    # per chunk, no data through this process), array metadata last
-    zstore: Any = store._zstore
-    fs, root = zstore.fs, zstore.path.rstrip("/")
-
-    async def _copy() -> None:
-        keys = [k async for k in zstore.list_prefix(f"{src}/")]
-        keys.sort(key=lambda k: k.endswith("zarr.json"))
-        data_keys = [k for k in keys if not k.endswith("zarr.json")]
-        for start in range(0, len(data_keys), 64):
-            await asyncio.gather(*(_copy_key(k) for k in data_keys[start : start + 64]))
-        for key in keys[len(data_keys) :]:  # metadata: create-if-absent, like _create_array
-            if not await zstore.exists(f"{dst}{key[len(src) :]}"):
-                await _copy_key(key)
-
-    async def _copy_key(key: str) -> None:
-        await fs._cp_file(f"{root}/{key}", f"{root}/{dst}{key[len(src) :]}")
-
-    sync(_copy())
+    storage.move_tree(src, dst)
 
 
-def _reencode(store: ResultStore, src: str, dst: str) -> None:
+def _reencode(storage: Storage, src: str, dst: str) -> None:
     """Copy every chunk of array ``src`` into the existing array ``dst``, in ``dst``'s codecs."""
-    source = ChunkCodec(zarr.open_array(store._zstore, path=src, mode="r", zarr_format=3))
-    target = _create_array(store, dst, source.shape, source.dtype, source.chunks, compressor=None)
+    source = ChunkCodec(zarr.open_array(storage.zarr_store, path=src, mode="r", zarr_format=3))
+    target = _create_array(storage, dst, source.shape, source.dtype, source.chunks, compressor=None)
     codec = ChunkCodec(target)
     logger.info(
         "Result array %s in store %s was created by another writer with other codecs; "
         "storing this save's chunks in its codecs.",
         dst,
-        store.url,
+        storage.url,
     )
 
     def one(index: tuple[int, ...]) -> None:
         codec.write(index, source.read(index, writeable=False))
 
     grid = [index for index, _ in chunk_grid(source.shape, source.chunks)]
-    list(thread_map(one, grid, worker_count(remote=store._local_path is None)))
+    list(thread_map(one, grid, worker_count(remote=storage.remote)))
 
 
-def _make_staging_dir(store: ResultStore, staging: str) -> None:
+def _make_staging_dir(storage: Storage, staging: str) -> None:
     """Create this save's own staging folder (local disk), so that ``_staging`` stays.
 
     Another process may remove ``_staging`` between creating it and creating our folder
     in it (see :func:`remove_prefix`): then create both again. Once our folder exists,
     ``_staging`` is not empty and nobody removes it until we remove our folder.
     """
-    if store._local_path is None:  # object stores and memory have no folders
-        return
-    path = store._local_path / staging / ARRAY_PATH
-    for _ in range(100):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            return
-        except FileNotFoundError:  # a parent was removed under us: again
-            continue
-    path.mkdir(parents=True, exist_ok=True)  # raises the error, if it still happens
+    storage.make_folder(f"{staging}/{ARRAY_PATH}")
 
 
-def remove_prefix(store: ResultStore, prefix: str) -> None:
+def remove_prefix(storage: Storage, prefix: str) -> None:
     """Remove everything under ``prefix``; an emptied ``_staging`` folder goes too.
 
     An empty ``_staging/`` folder at the store root would make plain zarr warn when it lists
@@ -579,10 +476,6 @@ def remove_prefix(store: ResultStore, prefix: str) -> None:
     removes it only while it is empty, so a save that is staging concurrently keeps its
     folder (it created that folder first, and recreates ``_staging`` if it vanished).
     """
-    if store._local_path is not None:
-        shutil.rmtree(store._local_path / prefix, ignore_errors=True)
-        if prefix.startswith(f"{STAGING}/"):
-            with contextlib.suppress(OSError):  # not empty, or already gone
-                os.rmdir(store._local_path / STAGING)
-        return
-    sync(store._zstore.delete_dir(prefix))
+    storage.delete_tree(prefix)
+    if prefix.startswith(f"{STAGING}/"):
+        storage.remove_empty_folder(STAGING)  # not empty (another save is staging): stays

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xxhash
@@ -22,7 +22,15 @@ from cpr_zarr.model.layout import LAYOUT_VERSION
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["ALGORITHM", "array_fingerprint", "chunk_digest", "combine_digests"]
+__all__ = [
+    "ALGORITHM",
+    "TABLE_ALGORITHM",
+    "TABLE_DTYPE",
+    "array_fingerprint",
+    "chunk_digest",
+    "combine_digests",
+    "table_hash",
+]
 
 ALGORITHM = "xxh3_128-per-chunk+blake2b-128"
 
@@ -64,3 +72,19 @@ def array_fingerprint(array: np.ndarray) -> str:
     h = xxhash.xxh3_128(header)
     h.update(_canonical_bytes(array))
     return h.hexdigest()
+
+
+# -- tables: the schema and one digest per stored array ---------------------------------
+
+TABLE_DTYPE = "table"  # the dtype a table result's pointer carries
+TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
+
+
+def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
+    """The content hash of a table: its schema and the digest of every stored array."""
+    canonical = json.dumps(
+        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()

@@ -22,6 +22,7 @@ import numpy as np
 from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
+    "MAX_LEVELS",
     "NGFF_VERSION",
     "SPACE_UNITS",
     "TIME_UNITS",
@@ -35,6 +36,7 @@ __all__ = [
     "metadata_conflict",
     "multiscales_attrs",
     "parse_colors",
+    "parse_levels",
     "parse_meta",
 ]
 
@@ -102,6 +104,21 @@ TIME_UNITS = frozenset(
         "zettasecond",
     ]
 )
+
+
+MAX_LEVELS = 10  # multiscale levels of a result, base included
+
+
+def parse_levels(levels: object) -> int | None:
+    """``None`` (automatic) or a number of levels >= 1 including the base."""
+    if levels is None:
+        return None
+    if isinstance(levels, bool) or not isinstance(levels, int) or not 1 <= levels <= MAX_LEVELS:
+        raise InvalidArgumentError(
+            f"Invalid levels {levels!r}: give the number of multiscale levels including the base "
+            f"(1 = no pyramid, at most {MAX_LEVELS}), or None for automatic."
+        )
+    return levels
 
 
 def default_axes(ndim: int) -> str | None:
@@ -459,8 +476,6 @@ class Image:
     levels: int | None = None
 
     def __post_init__(self) -> None:
-        from cpr_zarr.core.pyramid import parse_levels
-
         parse_levels(self.levels)  # bad arguments fail here, where they were written
         shape = getattr(self.data, "shape", None)
         if self.has_meta and isinstance(shape, tuple):

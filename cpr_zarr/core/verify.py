@@ -1,0 +1,313 @@
+"""Verifying and repairing a whole store: records, arrays, every chunk, record copies and
+label indexes (``cpr-zarr verify``); repair rebuilds a damaged commit marker from its copy
+or from the chunks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import zarr
+
+from cpr_zarr.core import catalog
+from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.integrity import (
+    ABSENT,
+    ARRAY_PATH,
+    DIGEST_FIELD,
+    RECORD_COPY,
+    Checker,
+    Damage,
+    array_record,
+    check_array_doc,
+    check_arrays,
+    check_record,
+    grid_count,
+    is_leftover,
+    load_commit,
+    read_checked,
+    read_copy,
+    read_doc,
+    seal,
+    wrap_copy,
+)
+from cpr_zarr.core.labels import update_labels_list
+from cpr_zarr.core.provenance import read_records
+from cpr_zarr.core.reader import ChunkReader, forget_reader, level_attrs
+from cpr_zarr.core.table import read_checked_table
+from cpr_zarr.errors import ChunkVerificationError, IntegrityError
+from cpr_zarr.model.hashing import chunk_digest, combine_digests
+from cpr_zarr.model.layout import canonical_dtype, chunk_grid, parse_group_path
+from cpr_zarr.model.ngff import labels_group_attrs
+
+if TYPE_CHECKING:
+    from cpr_zarr.storage import Storage
+
+__all__ = ["VerifyReport", "repair", "verify_store"]
+
+
+# -- repair -------------------------------------------------------------------------------
+
+
+def repair(storage: Storage, path: str) -> str:
+    """Rebuild the damaged commit marker of ``path`` if its data still verifies.
+
+    Tries the record copy written before the commit, then (arrays only) a record rebuilt
+    from the base array's metadata and chunks, accepted only if the chunks hash to the
+    content hash in the path. Every chunk (levels and tables included) is verified before
+    the marker is written.
+
+    Returns
+    -------
+    str
+        What was done.
+
+    Raises
+    ------
+    IntegrityError
+        If neither source gives a record that the content hash and the data vouch for.
+    """
+    c = Checker(storage.url, path)
+    reasons: list[str] = []
+    doc: dict[str, Any] | None = None
+    how = ""
+    try:
+        copy = read_copy(storage, path)
+        if copy is ABSENT:
+            raise ValueError("there is none")
+        attrs = check_record(storage.url, path, copy, key=RECORD_COPY)
+        if DIGEST_FIELD not in attrs:
+            raise ValueError("it has no record_digest")
+        check_arrays(storage, path, attrs)
+        doc, how = copy, "from its record copy"
+    except (ValueError, IntegrityError) as exc:
+        reasons.append(f"record copy unusable ({exc})")
+    if doc is None:
+        try:
+            doc = _rebuild_from_chunks(storage, path)
+            how = "from its chunks (NGFF metadata and pyramid levels not restored)"
+        except (ValueError, IntegrityError, OSError) as exc:
+            reasons.append(f"cannot rebuild from chunks ({exc})")
+    if doc is None:
+        raise c.fail("the commit record", "cannot be repaired: " + "; ".join(reasons))
+    attrs = doc["attributes"]["cpr_zarr"]
+    problems = _verify_data(storage, path, attrs)
+    if problems:
+        raise c.fail("the data", "does not verify, not repaired: " + problems[0])
+    storage.set_json(f"{path}/zarr.json", doc)
+    storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
+    if "/labels/" in path:
+        update_labels_list(storage, path.split("/labels/")[0])
+    forget_reader(storage, path)
+    return f"rebuilt the commit record of {path!r} {how}"
+
+
+def _rebuild_from_chunks(storage: Storage, path: str) -> dict[str, Any]:
+
+    name, content_hash = parse_group_path(path.rsplit("/", 1)[-1])  # type: ignore[misc]
+    c = Checker(storage.url, path, f"{ARRAY_PATH}/zarr.json")
+    meta = read_checked(storage, c, f"{path}/{ARRAY_PATH}/zarr.json")
+    shape = c.ints(meta, "shape", "shape", minimum=0, length=None)
+    grid = meta.get("chunk_grid", {}) if isinstance(meta, dict) else {}
+    chunks = c.ints(
+        grid.get("configuration", {}), "chunk_shape", "chunk_grid", minimum=1, length=len(shape)
+    )
+    dtype = canonical_dtype(meta.get("data_type")).name
+    check_array_doc(c, meta, dtype=dtype, shape=shape, chunks=chunks)
+    codec = ChunkCodec(zarr.open_array(storage.zarr_store, path=f"{path}/{ARRAY_PATH}", mode="r"))
+    digests = [
+        chunk_digest(codec.read(index)) for index, _ in chunk_grid(tuple(shape), tuple(chunks))
+    ]
+    actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
+    if actual != content_hash:
+        raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
+    attrs = array_record(content_hash, name, shape, dtype, chunks, digests)
+    if "/labels/" in path:
+        attrs["labels_of"] = path.split("/labels/")[0]
+    return seal({"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}})
+
+
+# -- verifying a whole store -------------------------------------------------------------
+
+
+@dataclass
+class VerifyReport:
+    """What :func:`verify_store` found: counts, problems (one line each) and repairs."""
+
+    results: int = 0
+    chunks: int = 0
+    tables: int = 0
+    failed_chunks: int = 0
+    problems: list[str] = field(default_factory=list)
+    repaired: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _level_readers(storage: Storage, path: str, attrs: dict[str, Any]) -> list[Any]:
+
+    levels = range(1, len(attrs.get("levels", [])) + 1)
+    return [ChunkReader(storage, path, attrs)] + [
+        ChunkReader(storage, path, level_attrs(attrs, number)) for number in levels
+    ]
+
+
+def _verify_data(
+    storage: Storage, path: str, attrs: dict[str, Any], threads: int | None = None
+) -> list[str]:
+    """Re-hash every stored chunk (every level) or table array of one result."""
+
+    if attrs.get("kind") == "table":
+        try:
+            read_checked_table(storage, path, attrs)
+        except (ChunkVerificationError, IntegrityError) as exc:
+            return [str(exc)]
+        except Exception as exc:  # a damaged array zarr cannot decode
+            return [
+                f"Cannot read table {path!r} in store {storage.url!r}: {type(exc).__name__}: "
+                f"{exc}. A stored array is damaged: delete the result and re-run its task."
+            ]
+        return []
+    jobs = [
+        (reader, index)
+        for reader in _level_readers(storage, path, attrs)
+        for index, _ in chunk_grid(reader.shape, reader.chunks)
+    ]
+    problems: list[str] = []
+
+    def one(job: tuple[Any, tuple[int, ...]]) -> None:
+        reader, index = job
+        try:
+            reader.read_chunk(index)
+        except ChunkVerificationError as exc:
+            problems.append(str(exc))
+
+    list(thread_map(one, jobs, threads or worker_count(remote=storage.remote)))
+    return problems
+
+
+def verify_store(
+    storage: Storage,
+    paths: list[str] | None = None,
+    *,
+    repair_damaged: bool = False,
+    threads: int | None = None,
+) -> VerifyReport:
+    """Check every result of ``storage`` (or the group ``paths``): records, array metadata, every chunk of
+    every level, tables, label indexes and provenance records. Nothing is changed unless
+    ``repair_damaged``, which rebuilds damaged commit markers whose data verifies."""
+
+    report = VerifyReport()
+    if paths is None:
+        paths = catalog.candidate_paths(storage, nested=True)
+    for path in paths:
+        attrs = _load_or_repair(storage, path, repair_damaged, report)
+        if attrs is None:
+            continue
+        report.results += 1
+        if attrs["kind"] == "table":
+            report.tables += 1
+        else:
+            report.chunks += sum(
+                grid_count(list(r.shape), list(r.chunks))
+                for r in _level_readers(storage, path, attrs)
+            )
+        failed = _verify_data(storage, path, attrs, threads)
+        report.failed_chunks += len(failed) if attrs["kind"] == "array" else 0
+        report.problems.extend(failed)
+        report.problems.extend(_check_copy(storage, path, repair_damaged, report))
+        damaged: list[Damage] = []
+        read_records(storage, path, damaged=damaged)
+        report.problems.extend(d.message for d in damaged)
+        if "/labels/" not in path:
+            report.problems.extend(_check_labels_index(storage, path, repair_damaged, report))
+    return report
+
+
+def _load_or_repair(
+    storage: Storage, path: str, repair_damaged: bool, report: VerifyReport
+) -> dict[str, Any] | None:
+    """The checked record of ``path`` (repaired first if asked); None if not usable."""
+    try:
+        attrs = load_commit(storage, path)
+    except IntegrityError as exc:
+        damage: IntegrityError | None = exc
+    else:
+        if attrs is not None or is_leftover(storage, path):
+            return attrs
+        # a record copy but no marker: the marker was lost after the commit
+        c = Checker(storage.url, path)
+        damage = c.fail("the commit marker zarr.json", "is missing but its record copy exists")
+    if not repair_damaged:
+        report.problems.append(str(damage))
+        return None
+    try:
+        report.repaired.append(repair(storage, path))
+        return load_commit(storage, path)
+    except IntegrityError as failed:
+        report.problems.append(f"{damage} -- {failed}")
+        return None
+
+
+def _check_copy(
+    storage: Storage, path: str, repair_damaged: bool, report: VerifyReport
+) -> list[str]:
+    """The record copy (what :func:`repair` rebuilds a marker from) is absent or intact."""
+    c = Checker(storage.url, path, RECORD_COPY)
+    try:
+        copy = read_copy(storage, path)
+        if copy is ABSENT:
+            return []
+        check_record(storage.url, path, copy, key=RECORD_COPY)
+        return []
+    except (ValueError, IntegrityError) as exc:
+        if repair_damaged:
+            storage.set_json(
+                f"{path}/{RECORD_COPY}", wrap_copy(read_doc(storage, f"{path}/zarr.json"))
+            )
+            report.repaired.append(f"rewrote the record copy of {path!r} from its marker")
+            return []
+        return [str(c.fail("the record copy", f"is damaged ({exc}); --repair rewrites it"))]
+
+
+def _check_labels_index(
+    storage: Storage, path: str, repair_damaged: bool, report: VerifyReport
+) -> list[str]:
+    """The image's ``labels/zarr.json`` (a viewer index) lists exactly its committed labels."""
+
+    names = [
+        entry
+        for entry in sorted(storage.list_dir(f"{path}/labels"))
+        if parse_group_path(entry) is not None and _committed(storage, f"{path}/labels/{entry}")
+    ]
+    key = f"{path}/labels/zarr.json"
+    try:
+        doc = read_doc(storage, key)
+    except ValueError:
+        doc = None
+    if not names and doc is ABSENT:
+        return []
+    expected = {
+        "zarr_format": 3,
+        "node_type": "group",
+        "attributes": {"ome": labels_group_attrs(names)},
+    }
+    if doc == expected:
+        return []
+    if repair_damaged:
+        update_labels_list(storage, path)
+        report.repaired.append(f"rewrote the label index {key!r}")
+        return []
+    c = Checker(storage.url, path, "labels/zarr.json")
+    return [str(c.fail("the label index", f"does not list the label images {names}"))]
+
+
+def _committed(storage: Storage, path: str) -> bool:
+    try:
+        return load_commit(storage, path, arrays=False) is not None
+    except IntegrityError:
+        return False
