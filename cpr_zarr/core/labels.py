@@ -145,7 +145,7 @@ def _max_label(store: ResultStore, path: str, base: np.ndarray | None) -> int:
         grid,
         worker_count(remote=store._local_path is None),
     )
-    return max(highest)
+    return int(max(highest))
 
 
 def update_labels_list(store: ResultStore, image_path: str) -> None:
