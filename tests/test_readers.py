@@ -287,3 +287,24 @@ def test_ngio_opens_every_kind(results: dict[str, Kind], kind: str) -> None:
             pyramid.read_level(case.target, case.levels - 1).compute(),
         )
         assert top.pixel_size.x == pytest.approx(case.scale[-1] * 2 ** (case.levels - 1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_napari_builtin_zarr_reader_opens_level_arrays_not_result_groups(
+    results: dict[str, Kind], kind: str
+) -> None:
+    """napari's own reader (no plugin): a level array opens; a result group does not yet.
+
+    It descends into the group's first subgroup (``cpr_zarr_record/``) and finds no arrays:
+    the README says so and points to napari-ome-zarr. When the layout changes, this test
+    fails and the README row is to be updated.
+    """
+    from napari_builtins.io import read_zarr_dataset
+
+    case = results[kind]
+    path = local_path(case.target)
+    data, shape = read_zarr_dataset(str(path / "0"))
+    assert shape == case.values.shape
+    np.testing.assert_array_equal(np.asarray(data), case.values)
+    with pytest.raises(ValueError, match="No arrays found in zarr group"):
+        read_zarr_dataset(str(path))
