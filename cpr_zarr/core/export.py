@@ -287,12 +287,12 @@ def _copy_image(
             dataset["path"],
             shape=level.shape,
             dtype=level.dtype,
-            chunks=tuple(c[0] for c in level.chunks),
+            chunks=tuple(max(1, c[0]) for c in level.chunks),
             compressors=compressor,
             chunk_key_encoding={"name": "v2", "separator": "/"},  # NGFF 0.4 asks for "/"
             fill_value=0,
         )
-        for region, values in _slabs(level, level.chunks[0][0]):
+        for region, values in _slabs(level, max(1, level.chunks[0][0])):
             array[region] = values
     attrs: dict[str, Any] = {
         "multiscales": [{"version": "0.4", **{**multiscale, "datasets": datasets}}]
