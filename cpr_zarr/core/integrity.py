@@ -836,6 +836,7 @@ def _verify_data(
 ) -> list[str]:
     """Re-hash every stored chunk (every level) or table array of one result."""
     from cpr_zarr.core.codec import thread_map, worker_count
+    from cpr_zarr.core.progress import Progress
     from cpr_zarr.errors import ChunkVerificationError
     from cpr_zarr.model.layout import chunk_grid
 
@@ -865,8 +866,12 @@ def _verify_data(
             reader.read_chunk(index)
         except ChunkVerificationError as exc:
             problems.append(str(exc))
+        bar.update()
 
-    list(thread_map(one, jobs, threads or worker_count(remote=store._local_path is None)))
+    with Progress(
+        path, len(jobs), verb="checked", doing_verb="verifying", done_verb="verified"
+    ) as bar:
+        list(thread_map(one, jobs, threads or worker_count(remote=store._local_path is None)))
     return problems
 
 
@@ -880,6 +885,7 @@ def verify_store(
     """Check every result of ``store`` (or ``refs``): records, array metadata, every chunk of
     every level, tables, label indexes and provenance records. Nothing is changed unless
     ``repair_damaged``, which rebuilds damaged commit markers whose data verifies."""
+    from cpr_zarr.core.progress import track
     from cpr_zarr.core.provenance import read_records
 
     report = VerifyReport()
@@ -892,7 +898,8 @@ def verify_store(
                 paths.append(exc.group_path)
     else:
         paths = store._candidate_paths(nested=True)
-    for path in paths:
+    what = f"store {store.url}"
+    for path in track(paths, what, doing="verifying", done="verified"):
         attrs = _load_or_repair(store, path, repair_damaged, report)
         if attrs is None:
             continue

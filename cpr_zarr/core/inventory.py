@@ -142,7 +142,10 @@ def list_results(store: ResultStore) -> pd.DataFrame:
     found, damaged = store._scan()
     for damage in damaged:
         logger.warning("Skipping a damaged result: %s", damage.message)
-    rows = [result_row(store, t) for t in found]
+    from cpr_zarr.core.progress import track
+
+    listing = track(found, f"store {store.url}", verb="listed", doing="listing", done="listed")
+    rows = [result_row(store, t) for t in listing]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
