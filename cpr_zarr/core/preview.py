@@ -102,7 +102,8 @@ def _stretch(plane: np.ndarray) -> np.ndarray:
     if high <= low:
         return np.full(plane.shape, 128 if high else 0, np.uint8)
     scaled = np.clip((np.nan_to_num(values, nan=low) - low) / (high - low), 0.0, 1.0)
-    return (scaled * 255).astype(np.uint8)
+    grey: np.ndarray = (scaled * 255).astype(np.uint8)
+    return grey
 
 
 def preview_rgb(target: ZarrTarget) -> np.ndarray | None:

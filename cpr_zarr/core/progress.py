@@ -112,7 +112,7 @@ def _bar_class() -> Any:
 def _line_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger] | None:
     """Where plain lines go: the run logger in a run, the ``cpr_zarr`` logger if logging is
     configured to show its INFO records, else None (stderr)."""
-    found = run_logger()
+    found: logging.LoggerAdapter[logging.Logger] | None = run_logger()
     if found is not None:
         return found
     log = logging.getLogger(LOGGER_NAME)
