@@ -465,8 +465,13 @@ def _run_web(store: str, host: str, port: int, refs: tuple[str, ...], index: boo
     if reason is not None:
         raise click.ClickException(reason)
     rs = _open(store)
-    for ref in refs:  # a bad reference fails here, not in the browser
-        _target(rs, ref)
+    if refs:  # a bad reference fails here, not in the browser
+        from cpr_zarr.web.view import plan_view
+
+        try:
+            plan_view(rs, list(refs))
+        except (CprZarrError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
     try:
         web = start_server(rs, host=host, port=port, default_refs=refs, index=index)
     except OSError as exc:
