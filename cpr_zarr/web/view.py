@@ -189,6 +189,15 @@ class Viewers:
                     names=names, units=units, scales=scales
                 )
                 state.display_dimensions = space[::-1]
+                # zoom so the first image fills a panel (~300 screen pixels): neuroglancer
+                # counts zoom in units of the dimensions' scales, here voxels of the base
+                shape = groups[0].image.shape
+                extent = max(
+                    (n for name, n in zip(names, shape, strict=False) if name in space[-2:]),
+                    default=1,
+                )
+                state.cross_section_scale = max(extent / 300.0, 1e-3)
+                state.projection_scale = max(shape[names.index(a)] for a in space) * 1.5
             if len(groups) > 1:  # several results side by side, one panel each
                 state.layout = neuroglancer.row_layout(panels)
             else:
