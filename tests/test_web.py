@@ -194,9 +194,7 @@ def save_screenshot(page: Page, name: str, **kwargs: Any) -> None:
     folder = Path(SCREENSHOTS)
     folder.mkdir(parents=True, exist_ok=True)
     shot = Image.open(io.BytesIO(page.screenshot(**kwargs))).convert("RGB")
-    shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(
-        folder / name, optimize=True
-    )
+    shot.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(folder / name, optimize=True)
 
 
 def wait_for_thumbnails(page: Page) -> None:
@@ -221,16 +219,19 @@ def test_serve_lists_the_flow_results_with_pictures(serve: Command, page: Page) 
     for i in range(thumbs.count()):
         src = thumbs.nth(i).get_attribute("src")
         response = page.request.get(serve.origin + str(src))
-        assert response.ok and response.headers["content-type"] == "image/png"
+        assert response.ok
+        assert response.headers["content-type"] == "image/png"
         pixels = png_pixels(response.body())
-        assert pixels.shape[0] >= 64 and pixels.std() > 10, src  # a picture, not a blank
+        assert pixels.shape[0] >= 64, src
+        assert pixels.std() > 10, src  # a picture, not a blank
     # the label image is drawn in colour over its image; the others are grey
     label_src = page.locator('.card[data-kind="labels"] img.thumb').get_attribute("src")
     label_rgb = png_pixels(page.request.get(serve.origin + str(label_src)).body())
     assert np.abs(label_rgb[..., 0] - label_rgb[..., 1]).mean() > 5
     # the table card previews its first rows
     table = page.locator('.card[data-kind="table"] table')
-    assert "nucleus" in table.inner_text() and "voxels" in table.inner_text()
+    assert "nucleus" in table.inner_text()
+    assert "voxels" in table.inner_text()
     assert table.locator("tr").count() > 3
     # nothing is loaded from elsewhere: every script, style, picture comes from this server
     html = page.content()
@@ -269,16 +270,19 @@ def test_result_page_shows_provenance_and_lineage(
     page.click('.card[data-name="denoise"]')
     page.wait_for_selector("#provenance")
     provenance = page.locator("#provenance").inner_text()
-    assert "denoise" in provenance and "nuclei-web" in provenance
+    assert "denoise" in provenance
+    assert "nuclei-web" in provenance
     assert '"sigma": 1.5' in provenance
     assert "load_nuclei" in provenance  # its input, by name
     metadata = page.locator("#metadata").inner_text()
     assert results["denoise"].content_hash in metadata
-    assert "z (micrometer)" in metadata and "[1.0, 0.5, 0.5]" in metadata
+    assert "z (micrometer)" in metadata
+    assert "[1.0, 0.5, 0.5]" in metadata
     upstream = page.locator("#lineage ul.inputs").inner_text()
     downstream = page.locator("#lineage ul.outputs").inner_text()
     assert "load_nuclei" in upstream
-    assert "label" in downstream and "measure" in downstream
+    assert "label" in downstream
+    assert "measure" in downstream
     save_screenshot(page, "serve-result.png", full_page=True)
     # lineage links lead to the other results' pages
     page.locator("#lineage ul.outputs a", has_text="measure").click()
@@ -348,9 +352,7 @@ def test_view_puts_several_results_side_by_side(
     results: dict[str, cpr_zarr.ZarrTarget], page: Page, tmp_path: Path
 ) -> None:
     raw, smooth = results["raw"], results["denoise"]
-    command = Command(
-        "view", raw.store_url, raw.group_path, smooth.group_path, cache=tmp_path
-    )
+    command = Command("view", raw.store_url, raw.group_path, smooth.group_path, cache=tmp_path)
     try:
         page.goto(command.url)
         layers = neuroglancer_layers(page, 3)
@@ -378,3 +380,29 @@ def test_view_refuses_a_table_and_a_missing_result(
         )  # fmt: skip
         assert proc.returncode != 0
         assert message in proc.stderr
+
+
+def test_store_objects_are_served_read_only_with_cors_and_nothing_outside(
+    serve: Command, results: dict[str, cpr_zarr.ZarrTarget]
+) -> None:
+    import http.client
+    import json
+
+    host = serve.origin.removeprefix("http://")
+
+    def get(path: str, method: str = "GET") -> tuple[int, bytes, dict[str, str]]:
+        conn = http.client.HTTPConnection(host, timeout=30)
+        conn.request(method, path)  # sent as written: no client-side ".." clean-up
+        response = conn.getresponse()
+        body = response.read()
+        conn.close()
+        return response.status, body, dict(response.getheaders())
+
+    status, body, headers = get(f"/store/{results['raw'].group_path}/zarr.json")
+    assert status == 200
+    assert headers["Access-Control-Allow-Origin"] == "*"
+    assert "multiscales" in json.loads(body)["attributes"]["ome"]
+    for path in ("/store/../../../etc/passwd", "/store/%2e%2e/%2e%2e/etc/passwd",
+                 "/store//etc/passwd", "/store/a\\..\\..\\x", "/store/no-such-key"):  # fmt: skip
+        assert get(path)[0] == 404, path
+    assert get(f"/store/{results['raw'].group_path}/zarr.json", "PUT")[0] == 405

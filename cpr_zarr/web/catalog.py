@@ -14,7 +14,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import date, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpr_zarr.errors import CprZarrError
 from cpr_zarr.web.thumbnail import parent_image_path
@@ -149,9 +149,7 @@ class Catalog:
                     if summary is not None:
                         fresh[summary.group_path] = summary
             with self._lock:
-                self._by_path = {
-                    p: s for p, s in {**known, **fresh}.items() if p in targets
-                }
+                self._by_path = {p: s for p, s in {**known, **fresh}.items() if p in targets}
             self.refreshed_at = time.monotonic()
             self.ready.set()
 

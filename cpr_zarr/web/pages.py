@@ -102,7 +102,7 @@ def _card(s: ResultSummary, previews: dict[str, dict[str, Any]]) -> str:
         )
     else:
         picture = f'<img class="thumb" src="/thumb/{escape(s.group_path)}" loading="lazy" alt="">'
-    shape = "×".join(str(n) for n in s.shape)
+    shape = "&times;".join(str(n) for n in s.shape)
     produced = (s.created or "")[:16].replace("T", " ")
     task = ", ".join(s.tasks) or "direct save"
     flow = f" · {escape(', '.join(s.flows))}" if s.flows else ""
@@ -120,7 +120,7 @@ def _card(s: ResultSummary, previews: dict[str, dict[str, Any]]) -> str:
 
 def _select(name: str, label: str, options: list[str], chosen: str) -> str:
     opts = '<option value="">any</option>' + "".join(
-        f'<option{" selected" if o == chosen else ""}>{escape(o)}</option>' for o in options
+        f"<option{' selected' if o == chosen else ''}>{escape(o)}</option>" for o in options
     )
     return f'<label>{label}<select name="{name}">{opts}</select></label>'
 
@@ -162,12 +162,21 @@ def index_page(
     )
     first = (page - 1) * PAGE_SIZE + 1 if shown else 0
     count = (
-        f'<span class="count">{first}–{first + len(shown) - 1 if shown else 0} of '
-        f"{len(items)} results" + (f" ({total} in the store)" if len(items) != total else "")
+        f'<span class="count">{first}&ndash;{first + len(shown) - 1 if shown else 0} of '
+        f"{len(items)} results"
+        + (f" ({total} in the store)" if len(items) != total else "")
         + "</span>"
     )
-    prev_link = f'<a href="{escape(_url("/", **query, page=page - 1))}">‹ previous</a>' if page > 1 else ""
-    next_link = f'<a href="{escape(_url("/", **query, page=page + 1))}">next ›</a>' if page < pages else ""
+    prev_link = (
+        f'<a href="{escape(_url("/", **query, page=page - 1))}">&lsaquo; previous</a>'
+        if page > 1
+        else ""
+    )
+    next_link = (
+        f'<a href="{escape(_url("/", **query, page=page + 1))}">next &rsaquo;</a>'
+        if page < pages
+        else ""
+    )
     pager = f'<div class="pager">{prev_link}{count} · page {page} of {pages}{next_link}</div>'
     cards = "".join(_card(s, previews) for s in shown)
     body = f'{notice}{form}{pager}<div class="grid">{cards}</div>{pager if len(shown) > 12 else ""}'
@@ -195,7 +204,7 @@ def result_page(
         ("group path", f"<code>{escape(s.group_path)}</code>"),
         ("content hash", f"<code>{s.content_hash}</code>"),
         ("kind", f'<span class="kind {s.kind}">{s.kind}</span>'),
-        ("shape", escape(" × ".join(str(n) for n in s.shape))),
+        ("shape", " &times; ".join(str(n) for n in s.shape)),
         ("dtype", escape(s.dtype)),
         ("created", escape(s.created or "-")),
         ("last produced", escape(s.last_produced or "-")),
@@ -207,7 +216,7 @@ def result_page(
         )
         rows.append(("axes", axes))
         for d in ms["datasets"]:
-            scale = next(
+            scale: list[float] = next(
                 (t["scale"] for t in d["coordinateTransformations"] if t["type"] == "scale"), []
             )
             rows.append((f"level {escape(d['path'])} scale", escape(str(scale))))
@@ -258,7 +267,7 @@ def result_page(
         f'<div class="result"><div>{picture}{open_button}</div><div>'
         f'<section id="metadata"><h2>{escape(s.name)}</h2>{_kv(rows)}</section>'
         f'<section id="provenance"><h2>Provenance ({len(records)} record'
-        f'{"s" * (len(records) != 1)})</h2>{provenance}</section>'
+        f"{'s' * (len(records) != 1)})</h2>{provenance}</section>"
         f'<section id="lineage">{lineage_html}</section>'
         "</div></div>"
     )
@@ -266,4 +275,6 @@ def result_page(
 
 
 def message_page(store_url: str, title: str, text: str) -> str:
-    return _layout(title, store_url, f"<section><h2>{escape(title)}</h2><p>{escape(text)}</p></section>")
+    return _layout(
+        title, store_url, f"<section><h2>{escape(title)}</h2><p>{escape(text)}</p></section>"
+    )

@@ -25,17 +25,17 @@ import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cpr_zarr.errors import CprZarrError
 from cpr_zarr.web import pages
 from cpr_zarr.web.catalog import Catalog, Filter
 from cpr_zarr.web.thumbnail import ThumbnailCache, default_cache_dir
-from cpr_zarr.web.view import Viewers
+from cpr_zarr.web.view import Viewers, group_attrs
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+    from pathlib import Path
 
     from cpr_zarr.store import ResultStore
 
@@ -122,13 +122,7 @@ class WebServer:
         return preview
 
     def ome(self, group_path: str) -> dict[str, Any] | None:
-        import zarr
-
-        try:
-            group = zarr.open_group(self.store.url, path=group_path, mode="r")
-        except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-            return None
-        ome = dict(group.attrs).get("ome")
+        ome = group_attrs(self.store, group_path).get("ome")
         return ome if isinstance(ome, dict) else None
 
 
@@ -183,7 +177,9 @@ def _handlers(web: WebServer) -> list[Any]:
                 page = 1
             items = web.catalog.search(flt)
             start = (max(page, 1) - 1) * pages.PAGE_SIZE
-            tables = [s.group_path for s in items[start : start + pages.PAGE_SIZE] if s.kind == "table"]
+            tables = [
+                s.group_path for s in items[start : start + pages.PAGE_SIZE] if s.kind == "table"
+            ]
 
             def load_previews() -> dict[str, dict[str, Any]]:
                 out = {}

@@ -49,14 +49,18 @@ def default_cache_dir() -> Path:
 def encode_png(pixels: np.ndarray) -> bytes:
     """A PNG of a ``(h, w)`` grey or ``(h, w, 3)`` RGB uint8 array (zlib, no dependency)."""
     if pixels.dtype != np.uint8 or pixels.ndim not in (2, 3):
-        raise ValueError(f"encode_png takes a 2-D or (h, w, 3) uint8 array, got {pixels.dtype}{pixels.shape}")
+        raise ValueError(
+            f"encode_png takes a 2-D or (h, w, 3) uint8 array, got {pixels.dtype}{pixels.shape}"
+        )
     height, width = pixels.shape[:2]
     color_type = 0 if pixels.ndim == 2 else 2
     rows = np.ascontiguousarray(pixels).reshape(height, -1)
     raw = np.hstack([np.zeros((height, 1), np.uint8), rows]).tobytes()  # filter 0 per row
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, color_type, 0, 0, 0)
     return (
@@ -116,19 +120,10 @@ def _grey(plane: np.ndarray) -> np.ndarray:
 def label_colors(ids: np.ndarray) -> np.ndarray:
     """A stable, well separated RGB colour per label id (golden-ratio hues), ``(..., 3)``."""
     hue = (ids.astype(np.float64) * 0.618033988749895) % 1.0
-    h6 = hue * 6.0
-    c, v = 0.85, 1.0
-    x = c * (1.0 - np.abs(h6 % 2.0 - 1.0))
-    sector = h6.astype(np.int64) % 6
-    zeros = np.zeros_like(hue)
-    table = [(c, x, zeros), (x, c, zeros), (zeros, c, x), (zeros, x, c), (x, zeros, c), (c, zeros, x)]
-    rgb = np.zeros((*ids.shape, 3))
-    for i, (r, g, b) in enumerate(table):
-        mask = sector == i
-        rgb[mask] = np.stack([np.broadcast_to(r, hue.shape)[mask],
-                              np.broadcast_to(g, hue.shape)[mask],
-                              np.broadcast_to(b, hue.shape)[mask]], axis=-1)  # fmt: skip
-    rgb += v - c
+    saturation, value = 0.85, 1.0
+    # HSV to RGB: channel n in (r, g, b) = V - V S clip(min(k, 4 - k), 0, 1), k = (n + 6 H) mod 6
+    k = (np.array([5.0, 3.0, 1.0]) + hue[..., None] * 6.0) % 6.0
+    rgb = value - value * saturation * np.clip(np.minimum(k, 4.0 - k), 0.0, 1.0)
     return (rgb * 255.0 + 0.5).astype(np.uint8)
 
 

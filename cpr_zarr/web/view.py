@@ -11,12 +11,12 @@ request, so the viewer works through any port forwarding (``ssh -L 9000:localhos
 from __future__ import annotations
 
 import threading
-import zarr
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import zarr
 
 from cpr_zarr.web.thumbnail import display_range, parent_image_path
 
@@ -38,13 +38,19 @@ class ViewGroup:
     labels: tuple[ZarrTarget, ...]
 
 
+def group_attrs(store: ResultStore, path: str) -> dict[str, Any]:
+    """A group's attributes, read with plain zarr; empty if there is no such group."""
+    try:
+        group = zarr.open_group(store.url, path=path, mode="r")
+    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
+        return {}
+    attrs: dict[str, Any] = dict(group.attrs)
+    return attrs
+
+
 def label_paths(store: ResultStore, image_path: str) -> list[str]:
     """The label images of an image, from its NGFF ``labels`` group (plain zarr read)."""
-    try:
-        group = zarr.open_group(store.url, path=f"{image_path}/labels", mode="r")
-    except (FileNotFoundError, zarr.errors.GroupNotFoundError):
-        return []
-    names = dict(group.attrs).get("ome", {}).get("labels", [])
+    names = group_attrs(store, f"{image_path}/labels").get("ome", {}).get("labels", [])
     return [f"{image_path}/labels/{name}" for name in names]
 
 
@@ -58,15 +64,16 @@ _UNITS = {
 }  # fmt: skip
 
 
-def coordinate_space(store: ResultStore, image_path: str) -> tuple[list[str], list[str], list[float], list[str]]:
+def coordinate_space(
+    store: ResultStore, image_path: str
+) -> tuple[list[str], list[str], list[float], list[str]]:
     """``(names, units, scales, space axis names)`` of an image's base level, in neuroglancer's
     terms, from its NGFF ``multiscales`` metadata (empty lists if it has none)."""
     try:
-        group = zarr.open_group(store.url, path=image_path, mode="r")
-        ms = dict(group.attrs)["ome"]["multiscales"][0]
+        ms = group_attrs(store, image_path)["ome"]["multiscales"][0]
         axes = ms["axes"]
         transforms = ms["datasets"][0]["coordinateTransformations"]
-    except (FileNotFoundError, KeyError, IndexError, TypeError, zarr.errors.GroupNotFoundError):
+    except (KeyError, IndexError, TypeError):
         return [], [], [], []
     scale = next((t["scale"] for t in transforms if t.get("type") == "scale"), [1.0] * len(axes))
     names, units, scales = [], [], []
@@ -154,8 +161,11 @@ class Viewers:
         import neuroglancer
 
         groups = plan_view(self.store, refs)
-        key = (origin, tuple(g.image.group_path for g in groups) + tuple(
-            t.group_path for g in groups for t in g.labels))
+        key = (
+            origin,
+            tuple(g.image.group_path for g in groups)
+            + tuple(t.group_path for g in groups for t in g.labels),
+        )
         with self._lock:
             viewer = self._viewers.get(key)
             if viewer is not None:
@@ -181,9 +191,7 @@ class Viewers:
                 panels.append(neuroglancer.LayerGroupViewer(layers=names, layout="xy"))
             # NGFF orders axes slowest first (z, y, x); neuroglancer shows its first display
             # dimension across the screen: x across, y down, z through the screen
-            names, units, scales, space = coordinate_space(
-                self.store, groups[0].image.group_path
-            )
+            names, units, scales, space = coordinate_space(self.store, groups[0].image.group_path)
             if names:
                 state.dimensions = neuroglancer.CoordinateSpace(
                     names=names, units=units, scales=scales
