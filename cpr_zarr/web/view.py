@@ -27,6 +27,11 @@ if TYPE_CHECKING:
 __all__ = ["ViewGroup", "Viewers", "label_paths", "plan_view"]
 
 MAX_VIEWERS = 64
+# what neuroglancer's zarr reader decodes; other types go through the viewer's own server
+NEUROGLANCER_DTYPES = frozenset(
+    {"uint8", "int8", "uint16", "int16", "uint32", "int32", "uint64", "float32"}
+)
+_CAST = {"bool": "uint8", "float64": "float32", "float16": "float32", "int64": "float32"}
 MAX_SEGMENTS = 5000
 
 
@@ -129,6 +134,20 @@ def _smallest_level(target: ZarrTarget) -> np.ndarray:
     return np.asarray(read_level(target, level_count(target) - 1))
 
 
+class _Blocks:
+    """A lazy array that hands neuroglancer numpy blocks (it takes a memoryview of what it
+    reads, which a Dask array does not give)."""
+
+    def __init__(self, data: Any) -> None:
+        self.data = data
+        self.shape = data.shape
+        self.dtype = data.dtype
+        self.ndim = data.ndim
+
+    def __getitem__(self, item: Any) -> np.ndarray:
+        return np.asarray(self.data[item])
+
+
 class Viewers:
     """neuroglancer viewers by (browser origin, results), the most recent ``MAX_VIEWERS``."""
 
@@ -138,6 +157,10 @@ class Viewers:
         self._ranges: dict[str, tuple[float, float]] = {}
         self._segments: dict[str, list[int]] = {}
         self._lock = threading.Lock()
+
+    def _space(self, target: ZarrTarget) -> tuple[list[str], list[str], list[float]]:
+        names, units, scales, _ = coordinate_space(self.store, target.group_path)
+        return names, units, scales
 
     def _range(self, target: ZarrTarget) -> tuple[float, float]:
         if target.content_hash not in self._ranges:
@@ -152,6 +175,30 @@ class Viewers:
             ids = np.unique(_smallest_level(target))
             self._segments[target.content_hash] = [int(i) for i in ids[ids != 0][:MAX_SEGMENTS]]
         return self._segments[target.content_hash]
+
+    def _source(
+        self,
+        origin: str,
+        target: ZarrTarget,
+        names: list[str],
+        units: list[str],
+        scales: list[float],
+    ) -> Any:
+        """A layer source: the stored group over HTTP, or, for types neuroglancer's zarr
+        reader cannot decode (bool masks, 64-bit numbers), the verified result cast to one
+        it can, served chunk by chunk by neuroglancer's Python server (``python://``)."""
+        import neuroglancer
+
+        if target.dtype in NEUROGLANCER_DTYPES:
+            return f"zarr3://{origin}/store/{target.group_path}/"
+        cast = _CAST.get(target.dtype, "float32")
+        data = target.get_data().astype(cast)
+        space = neuroglancer.CoordinateSpace(
+            names=names or [f"d{i}" for i in range(data.ndim)],
+            units=units or [""] * data.ndim,
+            scales=scales or [1.0] * data.ndim,
+        )
+        return neuroglancer.LocalVolume(data=_Blocks(data), dimensions=space)
 
     def viewer_path(self, origin: str, refs: list[str]) -> str:
         """The path (``/v/<token>/``) of a viewer showing ``refs``, created if needed.
@@ -178,14 +225,14 @@ class Viewers:
                 names = [group.image.name]
                 lo, hi = self._range(group.image)
                 state.layers[group.image.name] = neuroglancer.ImageLayer(
-                    source=f"zarr3://{origin}/store/{group.image.group_path}/",
+                    source=self._source(origin, group.image, *self._space(group.image)),
                     shader_controls={"normalized": {"range": [lo, hi]}},
                 )
                 for label in group.labels:
                     name = f"{label.name} ({group.image.name})" if len(groups) > 1 else label.name
                     names.append(name)
                     state.layers[name] = neuroglancer.SegmentationLayer(
-                        source=f"zarr3://{origin}/store/{label.group_path}/",
+                        source=self._source(origin, label, *self._space(label)),
                         segments=self._segment_ids(label),
                     )
                 panels.append(neuroglancer.LayerGroupViewer(layers=names, layout="xy"))
@@ -197,14 +244,14 @@ class Viewers:
                     names=names, units=units, scales=scales
                 )
                 state.display_dimensions = space[::-1]
-                # zoom so the first image fills a panel (~300 screen pixels): neuroglancer
+                # zoom so the first image fills a panel (~250 screen pixels): neuroglancer
                 # counts zoom in units of the dimensions' scales, here voxels of the base
                 shape = groups[0].image.shape
                 extent = max(
                     (n for name, n in zip(names, shape, strict=False) if name in space[-2:]),
                     default=1,
                 )
-                state.cross_section_scale = max(extent / 300.0, 1e-3)
+                state.cross_section_scale = max(extent / 250.0, 1e-3)
                 state.projection_scale = max(shape[names.index(a)] for a in space) * 1.5
             if len(groups) > 1:  # several results side by side, one panel each
                 state.layout = neuroglancer.row_layout(panels)
