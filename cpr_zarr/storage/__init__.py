@@ -9,7 +9,6 @@ that interface. Backends: :class:`LocalStorage` (plain file operations), ``Fsspe
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import urllib.parse
 from pathlib import Path
@@ -53,9 +52,17 @@ def default_backend(url: str) -> Backend:
     URL: fsspec, which serves more protocols and, for ``memory://``, shares one file system
     with other fsspec users of the process.
     """
-    if url.startswith(("s3://", "s3a://")) and importlib.util.find_spec("obstore") is not None:
+    if url.startswith(("s3://", "s3a://")) and _have_obstore():
         return "obstore"
     return "fsspec"
+
+
+def _have_obstore() -> bool:
+    try:
+        import obstore  # noqa: F401  (optional: the s3 extra installs it)
+    except ImportError:
+        return False
+    return True
 
 
 def normalize_url(url: object) -> tuple[str, Path | None]:
@@ -143,7 +150,7 @@ def open_storage(
         except OSError as exc:
             raise StoreError(f"Cannot open result store {clean!r}: {exc}") from exc
     elif (backend or default_backend(clean)) == "obstore":
-        if importlib.util.find_spec("obstore") is None:
+        if not _have_obstore():
             raise StoreError(
                 f"Cannot open result store {clean!r} with backend='obstore': obstore is not "
                 "installed. Install it (`pip install 'cpr-zarr[s3]'` or `pip install obstore`), "
