@@ -55,10 +55,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     import pandas as pd
-
-    from cpr_zarr.core.integrity import Damage
     from zarr.abc.store import Store
 
+    from cpr_zarr.core.integrity import Damage
     from cpr_zarr.storage import Backend, Storage
 
 __all__ = ["ResultStore", "normalize_url", "open_store", "save_table"]

@@ -22,10 +22,10 @@ from cpr_zarr.storage._local import LocalStorage
 from cpr_zarr.storage.base import Entry, Storage, register, registered, to_json_bytes
 
 __all__ = [
+    "Backend",
     "Entry",
     "LocalStorage",
     "Storage",
-    "Backend",
     "default_backend",
     "normalize_url",
     "open_storage",

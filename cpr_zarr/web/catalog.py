@@ -58,7 +58,7 @@ def summarize(store: ResultStore, target: ZarrTarget) -> ResultSummary:
     from cpr_zarr.core.provenance import read_records
 
     # the target comes from a scan that just checked its commit: no second open
-    records = read_records(store, target.group_path)
+    records = read_records(store.storage, target.group_path)
     kind = (
         "table"
         if target.dtype == "table"
