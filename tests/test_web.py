@@ -429,3 +429,19 @@ def test_view_shows_a_boolean_mask(page: Page, tmp_path: Path) -> None:
         assert (pixels.min(axis=-1) > 200).sum() > 1000, "the mask is not on the canvas"
     finally:
         command.stop()
+
+
+def test_serve_reads_an_object_store(s3_url: str, tmp_path: Path) -> None:
+    import urllib.request
+
+    store = cpr_zarr.ResultStore(s3_url)  # credentials and endpoint from the environment
+    target = store.save(np.arange(4 * 32 * 32, dtype=np.uint16).reshape(4, 32, 32), name="img")
+    command = Command("serve", s3_url, cache=tmp_path / "cache")
+    try:
+        for path in (f"/store/{target.group_path}/zarr.json", f"/thumb/{target.group_path}"):
+            with urllib.request.urlopen(command.origin + path, timeout=60) as response:
+                assert response.status == 200
+                body = response.read()
+        assert png_pixels(body).std() > 10
+    finally:
+        command.stop()
