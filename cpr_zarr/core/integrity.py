@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -61,6 +62,7 @@ __all__ = [
     "load_commit",
     "read_doc",
     "record_digest",
+    "remove_command",
     "repair",
     "seal",
     "verify_store",
@@ -192,6 +194,11 @@ def write_marker(store: ResultStore, path: str, doc: dict[str, Any]) -> None:
     store._set_json(f"{path}/zarr.json", doc)
 
 
+def remove_command(store_url: str, group_path: str) -> str:
+    """The ``cpr-zarr rm`` command line that removes one result, quoted for a POSIX shell."""
+    return f"cpr-zarr rm {shlex.quote(store_url)} {shlex.quote(group_path)} --yes"
+
+
 # -- checking the record -----------------------------------------------------------------
 
 
@@ -205,9 +212,10 @@ class _Checker:
         return IntegrityError(
             f"Result {self.group_path!r} in store {self.store_url!r} is damaged: {field} in "
             f"{self.group_path}/{self.key} {problem}. Nothing of it is served. To resolve: run "
-            f"`cpr-zarr verify {self.store_url} --repair` (rebuilds a damaged commit record "
-            "from its copy or from chunks that still hash to the content hash), or delete the "
-            "result (store.delete(ref)) and re-run the task that produced it.",
+            f"`cpr-zarr verify {shlex.quote(self.store_url)} --repair` (rebuilds a damaged "
+            "commit record from its copy or from chunks that still hash to the content hash), "
+            f"or remove the result (`{remove_command(self.store_url, self.group_path)}`, or "
+            "store.delete(ref)) and re-run the task that produced it.",
             store_url=self.store_url,
             group_path=self.group_path,
             field=field,
@@ -816,6 +824,10 @@ class VerifyReport:
     failed_chunks: int = 0
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    # group paths, for the remedy to print: data that fails (only removing the result and
+    # re-running its task helps), and records or label indexes that `repair` may rebuild
+    damaged_data: list[str] = field(default_factory=list)
+    damaged_records: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -849,7 +861,8 @@ def _verify_data(
         except Exception as exc:  # a damaged array zarr cannot decode
             return [
                 f"Cannot read table {path!r} in store {store.url!r}: {type(exc).__name__}: "
-                f"{exc}. A stored array is damaged: delete the result and re-run its task."
+                f"{exc}. A stored array is damaged: remove the result "
+                f"(`{remove_command(store.url, path)}`) and re-run its task."
             ]
         return []
     jobs = [
@@ -893,8 +906,11 @@ def verify_store(
     else:
         paths = store._candidate_paths(nested=True)
     for path in paths:
+        before = len(report.problems)
         attrs = _load_or_repair(store, path, repair_damaged, report)
         if attrs is None:
+            if len(report.problems) > before:
+                report.damaged_records.append(path)
             continue
         report.results += 1
         if attrs["kind"] == "table":
@@ -907,12 +923,19 @@ def verify_store(
         failed = _verify_data(store, path, attrs, threads)
         report.failed_chunks += len(failed) if attrs["kind"] == "array" else 0
         report.problems.extend(failed)
-        report.problems.extend(_check_copy(store, path, repair_damaged, report))
+        if failed:
+            report.damaged_data.append(path)
+        bad_copy = _check_copy(store, path, repair_damaged, report)
+        report.problems.extend(bad_copy)
         damaged: list[Damage] = []
         read_records(store, path, damaged=damaged)
         report.problems.extend(d.message for d in damaged)
-        if "/labels/" not in path:
-            report.problems.extend(_check_labels_index(store, path, repair_damaged, report))
+        index = (
+            [] if "/labels/" in path else _check_labels_index(store, path, repair_damaged, report)
+        )
+        report.problems.extend(index)
+        if bad_copy or index:
+            report.damaged_records.append(path)
     return report
 
 

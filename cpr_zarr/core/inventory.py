@@ -39,6 +39,7 @@ __all__ = [
     "list_results",
     "plan_gc",
     "referenced_hashes",
+    "result_rows",
     "stored_bytes",
 ]
 
@@ -135,21 +136,42 @@ def result_row(store: ResultStore, target: ZarrTarget) -> dict[str, Any]:
     }
 
 
+def result_rows(store: ResultStore) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per committed result (see ``COLUMNS``; plain dicts), oldest first, and the
+    messages of the damaged results left out.
+
+    Without pandas, whose import takes longer than listing a small store (``cpr-zarr ls``).
+    """
+    found, damaged = store._scan()
+    rows = [result_row(store, t) for t in found]
+    # as list_results sorts: no provenance record first, then by creation time and path
+    rows.sort(key=_created_order)
+    return rows, [d.message for d in damaged]
+
+
+def _created_order(row: dict[str, Any]) -> tuple[bool, float, str]:
+    created = row["created"]
+    if created is None:
+        return (False, 0.0, row["group_path"])
+    if created.tzinfo is None:  # read as UTC, as pandas.to_datetime(utc=True) does
+        created = created.replace(tzinfo=UTC)
+    return (True, created.timestamp(), row["group_path"])
+
+
 def list_results(store: ResultStore) -> pd.DataFrame:
     """One row per committed result (see ``COLUMNS``), oldest first."""
     import pandas as pd
 
-    found, damaged = store._scan()
-    for damage in damaged:
-        logger.warning("Skipping a damaged result: %s", damage.message)
-    rows = [result_row(store, t) for t in found]
+    rows, damaged = result_rows(store)
+    for message in damaged:
+        logger.warning("Skipping a damaged result: %s", message)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
     frame = frame.sort_values(["created", "group_path"], na_position="first")
     frame = frame.reset_index(drop=True)
     # damaged results are not rows: their records cannot be trusted (`cpr-zarr verify`)
-    frame.attrs["damaged"] = [d.message for d in damaged]
+    frame.attrs["damaged"] = damaged
     return frame
 
 
@@ -196,6 +218,9 @@ class Removal:
     # results: the number of provenance records when planned; the collector skips a result
     # that gained one since (it was produced again while gc ran)
     stamp: str | None = None
+    # images: the committed label images inside, removed with it (their bytes are counted
+    # in ``nbytes``), so that what goes is listed whole
+    labels: tuple[str, ...] = ()
 
 
 def leftovers(store: ResultStore, min_age_seconds: float) -> list[Removal]:
@@ -331,13 +356,15 @@ def plan_gc(
     for h in [h for h in chosen if h in parent_of and parent_of[h] in chosen_paths]:
         del chosen[h]  # removed with its image
     for h, reason in chosen.items():
+        path = str(rows.loc[h, "group_path"])
         plan.append(
             Removal(
-                str(rows.loc[h, "group_path"]),
+                path,
                 reason,
                 int(rows.loc[h, "stored_bytes"]),
                 h,
                 stamp=str(int(rows.loc[h, "records"])),
+                labels=tuple(sorted(paths[c] for c, p in parent_of.items() if p == path)),
             )
         )
     return plan

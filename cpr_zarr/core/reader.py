@@ -12,6 +12,7 @@ import zarr
 from zarr.core.sync import sync
 
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.integrity import remove_command
 from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
 from cpr_zarr.model.hashing import chunk_digest
 from cpr_zarr.model.layout import chunk_grid, parse_member_path
@@ -156,8 +157,9 @@ class ChunkReader:
                 f"Verification failed for {self._where(index)}: its decoded values hash to "
                 f"{actual}, but {expected} was recorded when it was saved. The stored chunk is "
                 "damaged or was changed outside cpr_zarr. Other chunks are unaffected. To "
-                "resolve: delete the result (store.delete(ref) or `cpr-zarr gc`) and re-run the "
-                "task that produced it.",
+                "resolve: remove the result (store.delete(ref), or "
+                f"`{remove_command(self.store.url, self.group_path)}`) and re-run the task "
+                "that produced it.",
                 store_url=self.store.url,
                 group_path=self.group_path,
                 chunk_index=index,
