@@ -334,7 +334,7 @@ def _print_remedies(
         click.echo(f"       cpr-zarr verify {shlex.quote(url)} --repair")
     if remove:
         step += 1
-        what = "data" if not repaired else "data or records"
+        what = "data or records" if repaired and damaged_records else "data"
         click.echo(f"  {step}. Remove the results whose {what} cannot be trusted (other results "
                    "are unaffected), then re-run the tasks that produced them:")  # fmt: skip
         paths = " ".join(shlex.quote(p) for p in remove)
@@ -618,21 +618,29 @@ def export_command(store: str, ref: str, dest: str, fmt: str | None) -> None:
     rs = _open(store)
     target = _target(rs, ref)
     is_table = target.dtype == "table"
+    name = f"Cannot export {target.group_path!r} as {_FORMATS[fmt]}: it is"
+    if not is_table and not 2 <= len(target.shape) <= 5:  # no file format fits it
+        code = (
+            f"import cpr_zarr; print(cpr_zarr.ResultStore({json.dumps(rs.url)}, "
+            f'mode="r").open({json.dumps(target.group_path)}).to_numpy())'
+        )
+        raise click.UsageError(
+            f"{name} a {len(target.shape)}-D array ({target.dtype}{list(target.shape)}), "
+            "neither a table (CSV) nor an image (2-D to 5-D: OME-TIFF, NGFF). Read it "
+            f"in Python instead: python -c {shlex.quote(code)}"
+        )
     if is_table != (fmt == "csv"):
         if is_table:
-            what, fix = f"a table ({plural(target.shape[0], 'row')})", "CSV (.csv)"
+            fix = f"a table ({plural(target.shape[0], 'row')}), which exports to CSV (.csv)"
             example = _replace_suffix(dest, ".csv")
         else:
-            what = f"an array ({target.dtype}{list(target.shape)}), not a table"
-            fix, example = (
-                "OME-TIFF (.ome.tif) or NGFF 0.4 (.zarr)",
-                _replace_suffix(dest, ".ome.tif"),
+            fix = (
+                f"an array ({target.dtype}{list(target.shape)}), not a table, which exports "
+                "to OME-TIFF (.ome.tif) or NGFF 0.4 (.zarr)"
             )
+            example = _replace_suffix(dest, ".ome.tif")
         command = shlex.join(["cpr-zarr", "export", rs.url, target.group_path, example])
-        raise click.UsageError(
-            f"Cannot export {target.group_path!r} as {_FORMATS[fmt]}: it is {what}, which "
-            f"exports to {fix}. For example: {command}"
-        )
+        raise click.UsageError(f"{name} {fix}. For example: {command}")
     from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
     from cpr_zarr.core.table import to_csv
 

@@ -206,7 +206,7 @@ def test_gc_size_budget_removes_least_recently_produced(made: tuple) -> None:  #
     out = cli("gc", str(store), "--max-size", str(budget), "--yes").stdout
     assert targets["raw"].group_path in out
     assert "least recently produced" in out
-    assert "removed 1 entries" in out
+    assert "removed 1 entry," in out
     calls.clear()
     assert pipeline() == targets
     assert calls == ["raw"]

@@ -7,7 +7,7 @@ chunk:
 
 * arrays: ``shape``, ``dtype``, ``chunks`` and ``chunk_digests`` must hash to the content
   hash (:func:`~cpr_zarr.model.hashing.combine_digests`); tables: the schema (column names,
-  dtypes, index) and the per-array digests (:func:`~cpr_zarr.core.table.table_hash`);
+  dtypes, index) and the per-array digests (:func:`~cpr_zarr.model.hashing.table_hash`);
 * pyramid levels are bound to the base: level ``n``'s path starts with ``n``, its shape
   and chunks follow from the base and its step, and the ``ome`` multiscales must be
   exactly what the record implies (so swapping two level records is detected);
@@ -43,7 +43,13 @@ from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
 
 from cpr_zarr.errors import IntegrityError, UnsupportedResultError
-from cpr_zarr.model.hashing import ALGORITHM, combine_digests
+from cpr_zarr.model.hashing import (
+    ALGORITHM,
+    TABLE_ALGORITHM,
+    TABLE_DTYPE,
+    combine_digests,
+    table_hash,
+)
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
 
 if TYPE_CHECKING:
@@ -465,8 +471,6 @@ def _check_ome(
 def _check_table_record(
     c: _Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
 ) -> None:
-    from cpr_zarr.core.table import TABLE_ALGORITHM, TABLE_DTYPE, table_hash
-
     c.expect(attrs, "algorithm", TABLE_ALGORITHM, "cpr_zarr.algorithm")
     c.expect(attrs, "dtype", TABLE_DTYPE, "cpr_zarr.dtype")
     schema = c.dict_field(attrs, "table", "cpr_zarr.table")
@@ -584,8 +588,6 @@ def _read_checked(store: ResultStore, c: _Checker, key: str) -> Any:
 
 def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
     """The stored data type of every array a table schema implies (None: not derivable)."""
-    import pandas as pd
-
     out: dict[str, str | None] = {}
 
     def spec_types(prefix: str, spec: Any) -> None:
@@ -600,6 +602,10 @@ def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
             elif kind == "string":
                 out[f"{prefix}values"] = "string"
             elif kind == "masked":
+                # pandas only here: listing a store checks every table's record, and most
+                # tables have no nullable columns (`cpr-zarr ls` then never imports pandas)
+                import pandas as pd
+
                 out[f"{prefix}values"] = pd.api.types.pandas_dtype(dtype).numpy_dtype.name
             elif kind == "category":
                 out[f"{prefix}values"] = None  # codes: int8..int64 by category count

@@ -17,7 +17,6 @@ into a DataFrame with the same dtypes, index and column names.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from typing import TYPE_CHECKING, Any
 
@@ -28,14 +27,14 @@ import zarr.storage
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from cpr_zarr.core.integrity import load_commit, write_marker
+from cpr_zarr.core.integrity import load_commit, remove_command, write_marker
 from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.errors import (
     ChunkVerificationError,
     InvalidArgumentTypeError,
     UnsupportedResultError,
 )
-from cpr_zarr.model.hashing import chunk_digest
+from cpr_zarr.model.hashing import TABLE_ALGORITHM, TABLE_DTYPE, chunk_digest, table_hash
 from cpr_zarr.model.layout import LAYOUT_VERSION, group_path, parse_name
 
 if TYPE_CHECKING:
@@ -55,8 +54,6 @@ __all__ = [
     "to_csv",
 ]
 
-TABLE_DTYPE = "table"
-TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
 _JSON_NAME = (str, int, float, bool, type(None))
 
 
@@ -277,16 +274,6 @@ def _index_schema(index: pd.Index) -> tuple[dict[str, Any], dict[str, np.ndarray
     return {"levels": levels, "names": names, "multi": isinstance(index, pd.MultiIndex)}, arrays
 
 
-def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
-    """The content hash of a table: its schema and the digest of every stored array."""
-    canonical = json.dumps(
-        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
-        sort_keys=True,
-        separators=(",", ":"),
-    )
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
-
-
 def encode_table(
     df: pd.DataFrame, name: str = "table"
 ) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
@@ -433,8 +420,8 @@ def read_checked_table(
             raise ChunkVerificationError(
                 f"Cannot read array {key!r} (chunk (0,)) of table {path!r} in store "
                 f"{store.url!r}: {type(exc).__name__}: {exc}. The stored array is damaged, "
-                "unreadable or missing. To resolve: delete the result (store.delete(ref)) and "
-                "re-run the task that produced it.",
+                "unreadable or missing. To resolve: remove the result (store.delete(ref), or "
+                f"`{remove_command(store.url, path)}`) and re-run the task that produced it.",
                 store_url=store.url,
                 group_path=path,
                 chunk_index=(0,),

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import xxhash
@@ -22,9 +22,20 @@ from cpr_zarr.model.layout import LAYOUT_VERSION
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
-__all__ = ["ALGORITHM", "array_fingerprint", "chunk_digest", "combine_digests"]
+__all__ = [
+    "ALGORITHM",
+    "TABLE_ALGORITHM",
+    "TABLE_DTYPE",
+    "array_fingerprint",
+    "chunk_digest",
+    "combine_digests",
+    "table_hash",
+]
 
 ALGORITHM = "xxh3_128-per-chunk+blake2b-128"
+# tables (cpr_zarr.core.table): the dtype their pointers carry, and their hash algorithm
+TABLE_DTYPE = "table"
+TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
 
 
 def _canonical_bytes(block: np.ndarray) -> memoryview:
@@ -64,3 +75,17 @@ def array_fingerprint(array: np.ndarray) -> str:
     h = xxhash.xxh3_128(header)
     h.update(_canonical_bytes(array))
     return h.hexdigest()
+
+
+def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
+    """The content hash of a table: its schema and the digest of every stored array.
+
+    Here, not beside the table code, so that checking a table's record (every listing does)
+    does not import pandas.
+    """
+    canonical = json.dumps(
+        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
