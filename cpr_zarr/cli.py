@@ -574,14 +574,18 @@ def _plan_removal(rs: ResultStore, refs: tuple[str, ...]) -> list[_Doomed]:
 
 
 def _echo_removal(item: _Doomed, verb: str) -> None:
-    damaged = f"  (damaged: {item.damaged})" if item.damaged else ""
-    click.echo(f"{verb}  {human_bytes(item.nbytes):>10}  {item.path}{damaged}")
+    note = f"  (damaged: {item.damaged})" if item.damaged else ""
+    if "/labels/" in item.path:
+        note += "  (a label image; its image stays)"
+    click.echo(f"{verb}  {human_bytes(item.nbytes):>10}  {item.path}{note}")
     _echo_labels(item.labels, verb)
     if item.downstream:
         click.echo(
             f"  downstream, kept: {', '.join(item.downstream)} (made from it: they stay, but "
             "their provenance will name an input the store no longer holds)"
         )
+    elif item.damaged:
+        click.echo("  downstream: not known (its damaged record cannot be trusted)")
     else:
         click.echo("  downstream, kept: none (no result in the store was made from it)")
 
