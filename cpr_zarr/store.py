@@ -586,9 +586,7 @@ class ResultStore:
 def _is_storage_error(exc: BaseException) -> bool:
     """Whether an exception comes from the storage layer (botocore, aiohttp, fsspec)."""
     module = type(exc).__module__
-    return module.startswith(
-        ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore")
-    )
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore"))
 
 
 def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
