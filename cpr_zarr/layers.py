@@ -68,8 +68,8 @@ def layer_data(target: ZarrTarget, *, layer_type: str | None = None) -> LayerDat
         },
     }
     image = attrs.get("image")
-    axes = list(image["axes"]) if image else None
     if image:
+        axes: list[str] = list(image["axes"])
         scale = [float(s) for s in image["scale"]]
         translate = [float(t) for t in image["translation"]]
         units = [u or "pixel" for u in image["units"]]

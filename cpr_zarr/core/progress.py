@@ -109,6 +109,13 @@ def _bar_class() -> Any:
     return std.tqdm
 
 
+def _stderr_columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # not a terminal, or no file descriptor
+        return 0
+
+
 def _line_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger] | None:
     """Where plain lines go: the run logger in a run, the ``cpr_zarr`` logger if logging is
     configured to show its INFO records, else None (stderr)."""
@@ -182,8 +189,9 @@ class Progress:
                 delay=self.interval,
                 mininterval=0.5,
                 leave=True,
-                dynamic_ncols=True,
                 file=sys.stderr,
+                # follow the terminal's size; one of unknown (0 x 0) size gets 80 x 24
+                **({"dynamic_ncols": True} if _stderr_columns() else {"ncols": 80, "nrows": 24}),
             )
         return self
 
