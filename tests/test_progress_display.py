@@ -11,15 +11,12 @@ import re
 import subprocess
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 import cpr_zarr
 from tests.conftest import microscopy_volume
-
-if TYPE_CHECKING:
-    import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -156,14 +153,3 @@ def test_verify_ls_and_gc_report_progress(tmp_path: Path) -> None:
         result = _cli(*command)
         assert result.exit_code == 0, result.output
         assert re.search(rf"listing store {url}: \d+/5 results listed", result.stderr)
-
-
-def test_short_operations_print_nothing(
-    tmp_path: Path, capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.delenv("CPR_ZARR_PROGRESS_SECONDS", raising=False)
-    store = cpr_zarr.ResultStore(tmp_path / "s.zarr")
-    target = store.save(np.zeros((40, 64, 64), np.uint16), name="quick", chunks=(8, 32, 32))
-    store.list()
-    cpr_zarr.ResultStore(store.url, mode="r").open(target.content_hash)
-    assert capfd.readouterr().err == ""
