@@ -143,6 +143,8 @@ def check_run(state: Any, *, cached: bool, n_images: int = N_IMAGES) -> list[dic
 def test_each_flow_run_gets_a_results_table_and_previews(
     tmp_path: Path, result_storage: Path
 ) -> None:
+    # created before the flow: 8 tasks creating a new store at once race (a store.py issue)
+    cpr_zarr.ResultStore(tmp_path / "s.zarr")
     pipeline = make_flow(str(tmp_path / "s.zarr"), result_storage, ThreadPoolTaskRunner(8))
     first = pipeline(return_state=True)
     check_run(first, cached=False)
@@ -192,7 +194,8 @@ def test_long_saves_update_a_progress_artifact(
         big()
 
     state = one(return_state=True)
-    progress = [a for a in run_artifacts(state.state_details.flow_run_id) if a.type == "progress"]
+    everything = run_artifacts(state.state_details.flow_run_id)
+    progress = [a for a in everything if a.type == "progress"]
     assert len(progress) == 1
     assert progress[0].data == 100.0
     assert re.match(r"saved big \(streaming\): \d+ chunks, ", progress[0].description)
