@@ -332,7 +332,6 @@ class ExampleArtifacts:
         example = str(Path(__file__).resolve().parents[1] / "examples" / "nuclei_flow.py")
         rounds = 1 if common.size_mode() == "tiny" else 2
         times: dict[str, list[float]] = {}
-        _run_script([example, "--help"], root, home)  # imports warm, database created
         for number in range(rounds):
             for mode in ("1", "0"):
                 folder = root / f"run-{mode}-{number}"

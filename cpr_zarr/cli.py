@@ -683,28 +683,36 @@ def _replace_suffix(dest: str, suffix: str) -> str:
 
 @main.command("open")
 @click.argument("store")
-@click.argument("ref")
-def open_command(store: str, ref: str) -> None:
-    """Open a result in napari if it is installed, else print how to view it."""
+@click.argument("refs", nargs=-1)
+def open_command(store: str, refs: tuple[str, ...]) -> None:
+    """Open REFS (default: the newest image of each result name) in napari, images with
+    their label images, if napari is installed; else print how to view them."""
+    from cpr_zarr.layers import recent_images, store_layers
+
     rs = _open(store)
-    target = _target(rs, ref)
-    location = f"{rs.url}/{target.group_path}"
+    targets = [_target(rs, ref) for ref in refs] or recent_images(rs)
+    if not targets:
+        raise click.ClickException(f"Store {rs.url!r} holds no image results to open.")
     reason = _napari_unavailable()
     if reason is None:
         import napari
 
         try:
             viewer: Any = napari.Viewer()
-            viewer.open(location, plugin="napari-ome-zarr")
-        except Exception as exc:  # no Qt, no plugin: say so and fall back to instructions
+            for data, kwargs, kind in store_layers(rs, targets):
+                getattr(viewer, f"add_{kind}")(data, **kwargs)
+        except Exception as exc:  # no Qt: say so and fall back to instructions
             reason = f"napari could not open a window ({type(exc).__name__}: {exc})"
         else:
             napari.run()
             return
-    click.echo(f"{reason}. To view this result:")
-    click.echo("  pip install 'napari[all]' napari-ome-zarr")
-    click.echo(f"  napari --plugin napari-ome-zarr {location}")
-    click.echo(f"  ome_zarr view {location}   # serves it for OME-Zarr web viewers")
+    what = "this store" if not refs else "this result" if len(refs) == 1 else "these results"
+    click.echo(f"{reason}. To view {what}:")
+    click.echo("  pip install 'napari[all]'   # cpr_zarr's reader plugin comes with cpr_zarr")
+    click.echo(f"  napari --plugin cpr-zarr {rs.url}   # the newest image of each result name")
+    for target in targets:
+        click.echo(f"  napari --plugin cpr-zarr {rs.url}/{target.group_path}")
+    target = targets[0]
     click.echo(
         f'  python -c "import cpr_zarr; print(cpr_zarr.ResultStore({rs.url!r}).open('
         f'{target.content_hash[:12]!r}).to_numpy())"'

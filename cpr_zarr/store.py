@@ -152,7 +152,9 @@ class ResultStore:
             not read_only
             and path.is_dir()
             and not (path / "zarr.json").exists()
-            and any(path.iterdir())
+            # another process creating the root at this moment leaves only its temporary
+            # file there (storage/_local.py writes the root document under a hidden name)
+            and any(not entry.name.endswith(".partial") for entry in path.iterdir())
         ):
             raise StoreError(
                 f"Cannot create a result store in {self.url!r}: the folder is not empty "

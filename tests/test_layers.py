@@ -73,7 +73,7 @@ LAYERS: dict[str, list[str]] = {
     "prefect": ["inputs", "cache", "serializer", "artifacts", "decorator"],
     "outer": [
         "testing",
-        "napari",
+        "layers",
         "web",
         "web.thumbnail",
         "web.catalog",

@@ -139,9 +139,10 @@ def preview_png(target: ZarrTarget, size: int = 256) -> bytes | None:
     factor = size / max(height, width)
     new = (max(1, math.floor(width * factor + 0.5)), max(1, math.floor(height * factor + 0.5)))
     labels = is_label_image(target)
-    image = Image.fromarray(rgb, mode="RGB").resize(
-        new, Image.Resampling.NEAREST if labels else Image.Resampling.BILINEAR
-    )
+    image = Image.fromarray(rgb, mode="RGB")
+    if not labels:  # grey: one channel, a third of the PNG's size
+        image = image.convert("L")
+    image = image.resize(new, Image.Resampling.NEAREST if labels else Image.Resampling.BILINEAR)
     out = io.BytesIO()
     image.save(out, format="PNG", optimize=False)
     return out.getvalue()

@@ -111,6 +111,13 @@ def _bar_class() -> Any:
     return std.tqdm
 
 
+def _stderr_columns() -> int:
+    try:
+        return os.get_terminal_size(sys.stderr.fileno()).columns
+    except (OSError, ValueError, AttributeError):  # not a terminal, or no file descriptor
+        return 0
+
+
 def _line_logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger] | None:
     """Where plain lines go: the run logger in a run, the ``cpr_zarr`` logger if logging is
     configured to show its INFO records, else None (stderr)."""
@@ -184,8 +191,9 @@ class Progress:
                 delay=self.interval,
                 mininterval=0.5,
                 leave=True,
-                dynamic_ncols=True,
                 file=sys.stderr,
+                # follow the terminal's size; one of unknown (0 x 0) size gets 80 x 24
+                **({"dynamic_ncols": True} if _stderr_columns() else {"ncols": 80, "nrows": 24}),
             )
         return self
 
@@ -197,11 +205,10 @@ class Progress:
         self._show(done)
 
     def set(self, done: int) -> None:
-        """``done`` steps done in all (from a count of what is written)."""
+        """``done`` steps done in all (from a count of what is written); reported even if
+        unchanged, so a long save that has written nothing yet still says it is running."""
         with self._lock:
-            if done <= self._done:
-                return
-            self._done = min(done, self.total)
+            self._done = max(self._done, min(done, self.total))
             done = self._done
         self._show(done)
 
@@ -210,7 +217,10 @@ class Progress:
             return
         if self._bar is not None:
             with self._lock:
-                self._bar.update(done - self._bar.n)
+                if done > self._bar.n:
+                    self._bar.update(done - self._bar.n)
+                elif time.perf_counter() - self._start >= self.interval:
+                    self._bar.refresh()  # shown once long, even before a first step
             return
         now = time.perf_counter()
         if now - self._start < self.interval or now - self._last_line < self.interval:
@@ -251,7 +261,20 @@ class Progress:
         else:
             print(message, file=sys.stderr, flush=True)
         if not self._sinks and self._factories:
-            self._sinks = [s for s in (f(self.what) for f in self._factories) if s is not None]
+            for factory in self._factories:
+                try:
+                    sink = factory(self.what)
+                except Exception as exc:  # a report must never break the operation
+                    logging.getLogger(LOGGER_NAME).warning(
+                        "Cannot report the progress of %s: %s: %s",
+                        self.what,
+                        type(exc).__name__,
+                        exc,
+                    )
+                    continue
+                if sink is not None:
+                    self._sinks.append(sink)
+            self._factories = ()  # tried once
         for sink in self._sinks:
             try:
                 sink.update(done / self.total if self.total else 1.0, message)
