@@ -19,7 +19,14 @@ import zarr.abc.store
 from cpr_zarr.errors import StoreError
 from cpr_zarr.redact import register_options, register_secret, split_userinfo
 from cpr_zarr.storage._local import LocalStorage
-from cpr_zarr.storage.base import Entry, Storage, register, registered, to_json_bytes
+from cpr_zarr.storage.base import (
+    Entry,
+    Storage,
+    describe_error,
+    register,
+    registered,
+    to_json_bytes,
+)
 
 __all__ = [
     "Entry",
@@ -27,6 +34,7 @@ __all__ = [
     "Storage",
     "Backend",
     "default_backend",
+    "describe_error",
     "normalize_url",
     "open_storage",
     "to_json_bytes",

@@ -180,9 +180,6 @@ class FsspecStorage(Storage):
 
         sync(copy())
 
-    def size(self, prefix: str) -> int:
-        return int(sync(self._fs._du(self._full(prefix), total=True)))
-
     def key_counter(self, prefix: str) -> Callable[[], int]:
         async def count() -> int:
             return sum([1 async for _ in self._zarr.list_prefix(f"{prefix}/")])

@@ -25,7 +25,7 @@ from obstore.exceptions import (
 from obstore.store import MemoryStore, from_url
 
 from cpr_zarr.errors import StoreError
-from cpr_zarr.storage.base import Entry, Storage, register, registered
+from cpr_zarr.storage.base import Entry, Storage, describe_error, register, registered
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -334,7 +334,7 @@ def open_object_storage(
         return ObjectStorage(url, read_only=read_only, storage_options=storage_options)
     except (BaseError, ValueError, TypeError) as exc:
         raise StoreError(
-            f"Cannot open result store {url!r} with obstore: {type(exc).__name__}: {exc}. "
+            f"Cannot open result store {url!r} with obstore: {describe_error(exc)}. "
             "Check the URL and storage options (s3fs-style key/secret/endpoint_url/anon or "
             "obstore's own config keys), or open it with backend='fsspec'."
         ) from exc

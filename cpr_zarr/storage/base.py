@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
     from zarr.abc.store import Store
 
-__all__ = ["Entry", "Storage", "register", "registered", "to_json_bytes"]
+__all__ = ["Entry", "Storage", "describe_error", "register", "registered", "to_json_bytes"]
 
 # the storages this process opened, by URL: unpickling a pointer, a reader or a storage in
 # the same process finds the instance (with its credentials) instead of opening another
@@ -57,6 +57,17 @@ class Entry:
     key: str  # relative to the walked prefix; folders end with "/"
     size: int
     mtime: float | None  # POSIX seconds; None where the backend does not say
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` of a storage error, for messages that quote it.
+
+    obstore appends a multi-line Rust debug dump ("Debug source: ...") to its messages; the
+    first paragraph already says what failed (method, URL, retries, status), so only that
+    is kept.
+    """
+    text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    return f"{type(exc).__name__}: {text}"
 
 
 def to_json_bytes(doc: Any) -> bytes:
