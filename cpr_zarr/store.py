@@ -55,10 +55,9 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     import pandas as pd
-
-    from cpr_zarr.core.integrity import Damage
     from zarr.abc.store import Store
 
+    from cpr_zarr.core.integrity import Damage
     from cpr_zarr.storage import Backend, Storage
 
 __all__ = ["ResultStore", "normalize_url", "open_store", "save_table"]
@@ -587,9 +586,7 @@ class ResultStore:
 def _is_storage_error(exc: BaseException) -> bool:
     """Whether an exception comes from the storage layer (botocore, aiohttp, fsspec)."""
     module = type(exc).__module__
-    return module.startswith(
-        ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore")
-    )
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore"))
 
 
 def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:

@@ -53,7 +53,7 @@ class _ComputeGuard(Callback):
     """
 
     def __init__(self, max_computes: int) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.max_computes = max_computes
         self.total_computes = 0
         self._lock = threading.Lock()

@@ -29,10 +29,10 @@ from cpr_zarr.storage.base import (
 )
 
 __all__ = [
+    "Backend",
     "Entry",
     "LocalStorage",
     "Storage",
-    "Backend",
     "default_backend",
     "describe_error",
     "normalize_url",
@@ -132,9 +132,9 @@ def open_storage(
     if isinstance(url, zarr.abc.store.Store):
         from cpr_zarr.storage._zarrstore import storage_for_store
 
-        storage = storage_for_store(url, read_only=read_only)
-        register(storage)
-        return storage
+        wrapped = storage_for_store(url, read_only=read_only)
+        register(wrapped)
+        return wrapped
     clean, path = normalize_url(url)
     if clean.startswith("zarrstore://"):
         from cpr_zarr.storage._zarrstore import reopen_named

@@ -10,6 +10,7 @@ other is told so by the server (s3fs checks with a HEAD, then PUTs: both can pas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -202,10 +203,9 @@ class ObjectStorage(Storage):
         self.set(key, data)  # no folders to recreate
 
     def delete(self, key: str) -> None:
-        try:
+        # a missing key: S3 says nothing, local/GCS/Azure raise
+        with contextlib.suppress(NotFoundError, FileNotFoundError):
             obstore.delete(self._ob, key)
-        except (NotFoundError, FileNotFoundError):  # S3 says nothing; local/GCS/Azure do
-            pass
 
     def exists(self, key: str) -> bool:
         try:
@@ -251,15 +251,12 @@ class ObjectStorage(Storage):
             self.delete(f"{base}/{key}")
         skip = {f"{base}/{key}" for key in first}
         rest = [
-            path
-            for path in listed
-            if path not in skip and (keep is None or not keep(path[start:]))
+            path for path in listed if path not in skip and (keep is None or not keep(path[start:]))
         ]
         for begin in range(0, len(rest), _BATCH):
-            try:  # one DeleteObjects request per batch on S3
+            # one DeleteObjects request per batch on S3; another remover may be faster
+            with contextlib.suppress(NotFoundError, FileNotFoundError):
                 obstore.delete(self._ob, rest[begin : begin + _BATCH])
-            except (NotFoundError, FileNotFoundError):  # another remover was faster
-                pass
             if on_batch is not None:
                 on_batch()
         return bool(listed)
