@@ -262,22 +262,24 @@ class ObjectStorage(Storage):
         return bool(listed)
 
     def move_tree(self, src: str, dst: str) -> None:
-        # object stores cannot rename: copy each object server-side (S3 CopyObject, no data
-        # through this process), then the metadata, create-if-absent
+        # object stores cannot rename. Metadata first: S3 has no copy-if-absent (obstore
+        # refuses copy(overwrite=False) there), so each small document is read and created
+        # with one conditional PUT; if another writer's (other codecs) is there, this raises
+        # before any chunk is copied. Then each object is copied server-side (S3 CopyObject,
+        # no data through this process).
         src = src.strip("/")
         dst = dst.strip("/")
         keys = [meta["path"] for meta in self._list(src)]
+        metadata = {}
+        for key in (k for k in keys if k.endswith("zarr.json")):
+            raw = self.get(key)
+            if raw is not None:
+                metadata[f"{dst}{key[len(src) :]}"] = raw
+        self.claim_metadata(metadata)
         data_keys = [k for k in keys if not k.endswith("zarr.json")]
-        meta_keys = [k for k in keys if k.endswith("zarr.json")]
         for begin in range(0, len(data_keys), _COPY_WINDOW):
             window = data_keys[begin : begin + _COPY_WINDOW]
             _run_all(obstore.copy_async(self._ob, k, f"{dst}{k[len(src) :]}") for k in window)
-        for key in meta_keys:
-            # S3 has no copy-if-absent (obstore refuses copy(overwrite=False) there): read the
-            # small document and create it with one conditional PUT instead
-            raw = self.get(key)
-            if raw is not None:
-                self.set_if_not_exists(f"{dst}{key[len(src) :]}", raw)
 
     def size(self, prefix: str) -> int:
         return sum(int(meta["size"]) for meta in self._list(prefix))

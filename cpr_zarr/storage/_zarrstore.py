@@ -139,14 +139,16 @@ class ZarrStoreStorage(Storage):
     def move_tree(self, src: str, dst: str) -> None:
         src, dst = src.strip("/"), dst.strip("/")
         keys = self._keys(src)
+        metadata = {}
+        for key in [k for k in keys if k.endswith("zarr.json")]:
+            data = self.get(key)
+            if data is not None:
+                metadata[f"{dst}{key[len(src) :]}"] = data
+        self.claim_metadata(metadata)  # first: raises if another writer's is there
         for key in [k for k in keys if not k.endswith("zarr.json")]:
             data = self.get(key)
             if data is not None:
                 self.set(f"{dst}{key[len(src) :]}", data)
-        for key in [k for k in keys if k.endswith("zarr.json")]:
-            data = self.get(key)
-            if data is not None:
-                self.set_if_not_exists(f"{dst}{key[len(src) :]}", data)
 
 
 def storage_for_store(store: Store, *, read_only: bool = False) -> Storage:

@@ -182,11 +182,34 @@ class Storage(abc.ABC):
     def move_tree(self, src: str, dst: str) -> None:
         """Make every object under ``src`` an object under ``dst``.
 
-        Objects named ``zarr.json`` that already exist under ``dst`` are kept (metadata is
-        create-if-absent); every other object is replaced. Local disk renames (the whole
-        folder when ``dst`` is absent); object stores copy server-side and leave ``src``
-        for the caller to delete.
+        Metadata (objects named ``zarr.json``) goes first and is create-if-absent (see
+        :meth:`claim_metadata`): one already under ``dst`` with the same bytes is kept, one
+        with other bytes (a concurrent writer of the same content with other codecs won)
+        raises ``FileExistsError`` before any other object is copied, so the chunks of one
+        array never mix codecs. Every other object is replaced. Local disk renames (the
+        whole folder when ``dst`` is absent); object stores copy server-side and leave
+        ``src`` for the caller to delete.
+
+        Raises
+        ------
+        FileExistsError
+            If metadata under ``dst`` differs from ``src``'s; nothing else was copied.
         """
+
+    def claim_metadata(self, documents: dict[str, bytes]) -> None:
+        """Create-if-absent each metadata document (key -> bytes), in order.
+
+        Raises
+        ------
+        FileExistsError
+            Naming the first key that already holds other bytes.
+        """
+        for key, data in documents.items():
+            if not self.set_if_not_exists(key, data) and self.get(key) != data:
+                raise FileExistsError(
+                    f"Metadata {key!r} in store {self.url!r} was created by another writer "
+                    "with other content (e.g. other codecs); it is kept."
+                )
 
     def make_folder(self, prefix: str) -> None:  # noqa: B027  (no folders: nothing to do)
         """Create folder ``prefix`` and its parents where the backend has folders."""
