@@ -7,7 +7,7 @@ chunk:
 
 * arrays: ``shape``, ``dtype``, ``chunks`` and ``chunk_digests`` must hash to the content
   hash (:func:`~cpr_zarr.model.hashing.combine_digests`); tables: the schema (column names,
-  dtypes, index) and the per-array digests (:func:`~cpr_zarr.core.table.table_hash`);
+  dtypes, index) and the per-array digests (:func:`~cpr_zarr.model.hashing.table_hash`);
 * pyramid levels are bound to the base: level ``n``'s path starts with ``n``, its shape
   and chunks follow from the base and its step, and the ``ome`` multiscales must be
   exactly what the record implies (so swapping two level records is detected);
@@ -32,6 +32,7 @@ import hashlib
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,7 @@ __all__ = [
     "load_commit",
     "read_doc",
     "record_digest",
+    "remove_command",
     "seal",
     "write_marker",
 ]
@@ -187,6 +189,11 @@ def write_marker(storage: Storage, path: str, doc: dict[str, Any]) -> None:
     storage.set_json(f"{path}/zarr.json", doc)
 
 
+def remove_command(store_url: str, group_path: str) -> str:
+    """The ``cpr-zarr rm`` command line that removes one result, quoted for a POSIX shell."""
+    return f"cpr-zarr rm {shlex.quote(store_url)} {shlex.quote(group_path)} --yes"
+
+
 # -- checking the record -----------------------------------------------------------------
 
 
@@ -200,9 +207,10 @@ class Checker:
         return IntegrityError(
             f"Result {self.group_path!r} in store {self.store_url!r} is damaged: {field} in "
             f"{self.group_path}/{self.key} {problem}. Nothing of it is served. To resolve: run "
-            f"`cpr-zarr verify {self.store_url} --repair` (rebuilds a damaged commit record "
-            "from its copy or from chunks that still hash to the content hash), or delete the "
-            "result (store.delete(ref)) and re-run the task that produced it.",
+            f"`cpr-zarr verify {shlex.quote(self.store_url)} --repair` (rebuilds a damaged "
+            "commit record from its copy or from chunks that still hash to the content hash), "
+            f"or remove the result (`{remove_command(self.store_url, self.group_path)}`, or "
+            "store.delete(ref)) and re-run the task that produced it.",
             store_url=self.store_url,
             group_path=self.group_path,
             field=field,
@@ -432,16 +440,22 @@ def _check_ome(
         raise c.fail("attributes.ome", f"is {_show(ome)}, expected the OME-NGFF attributes")
     label = "labels_of" in attrs
     centered = not (label or dtype == "bool")
-    expected = multiscales_attrs(
-        attrs["name"], meta, [(ARRAY_PATH, (1,) * len(shape)), *levels], centered=centered
-    )
+    all_levels = [(ARRAY_PATH, (1,) * len(shape)), *levels]
+    # the current form, and the one written before multiscales carried `metadata` (and
+    # single-level images `type`): results saved then stay valid
+    forms = [
+        multiscales_attrs(attrs["name"], meta, all_levels, centered=centered, complete=complete)
+        for complete in (True, False)
+    ]
     if label:
         stored = ome.get("image-label")
         colors = stored.get("colors") if isinstance(stored, dict) else None
-        expected["image-label"] = image_label_attrs(None)
-        if colors is not None:
-            expected["image-label"]["colors"] = colors  # viewer colours: free-form, unchecked
-    if ome != expected:
+        for form in forms:
+            form["image-label"] = image_label_attrs(None)
+            if colors is not None:
+                form["image-label"]["colors"] = colors  # viewer colours: free-form, unchecked
+    expected = forms[0]
+    if ome not in forms:
         diff = sorted(k for k in set(ome) | set(expected) if ome.get(k) != expected.get(k))
         raise c.fail(
             "attributes.ome",
@@ -569,8 +583,6 @@ def read_checked(storage: Storage, c: Checker, key: str) -> Any:
 
 def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
     """The stored data type of every array a table schema implies (None: not derivable)."""
-    import pandas as pd
-
     out: dict[str, str | None] = {}
 
     def spec_types(prefix: str, spec: Any) -> None:
@@ -585,6 +597,10 @@ def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
             elif kind == "string":
                 out[f"{prefix}values"] = "string"
             elif kind == "masked":
+                # pandas only here: listing a store checks every table's record, and most
+                # tables have no nullable columns (`cpr-zarr ls` then never imports pandas)
+                import pandas as pd
+
                 out[f"{prefix}values"] = pd.api.types.pandas_dtype(dtype).numpy_dtype.name
             elif kind == "category":
                 out[f"{prefix}values"] = None  # codes: int8..int64 by category count
