@@ -25,6 +25,7 @@ from cpr_zarr.storage.base import (
     describe_error,
     register,
     registered,
+    reopen_named,
     to_json_bytes,
 )
 
@@ -137,8 +138,6 @@ def open_storage(
         return wrapped
     clean, path = normalize_url(url)
     if clean.startswith("zarrstore://"):
-        from cpr_zarr.storage._zarrstore import reopen_named
-
         return reopen_named(clean, read_only)
     if reuse and storage_options is None and backend is None:
         found = registered(clean, read_only=read_only)

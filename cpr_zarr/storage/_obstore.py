@@ -26,7 +26,14 @@ from obstore.exceptions import (
 from obstore.store import MemoryStore, from_url
 
 from cpr_zarr.errors import StoreError
-from cpr_zarr.storage.base import Entry, Storage, describe_error, register, registered
+from cpr_zarr.storage.base import (
+    Entry,
+    Storage,
+    describe_error,
+    register,
+    registered,
+    reopen_named,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -345,8 +352,6 @@ def _reopen(url: str, read_only: bool) -> Storage:
     if found is not None:
         return found
     if url.startswith("zarrstore://"):  # a store instance of another process: says so
-        from cpr_zarr.storage._zarrstore import reopen_named
-
         return reopen_named(url, read_only)
     storage = ObjectStorage(url, read_only=read_only)
     register(storage)

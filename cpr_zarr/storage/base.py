@@ -26,7 +26,15 @@ if TYPE_CHECKING:
 
     from zarr.abc.store import Store
 
-__all__ = ["Entry", "Storage", "describe_error", "register", "registered", "to_json_bytes"]
+__all__ = [
+    "Entry",
+    "Storage",
+    "describe_error",
+    "register",
+    "registered",
+    "reopen_named",
+    "to_json_bytes",
+]
 
 # the storages this process opened, by URL: unpickling a pointer, a reader or a storage in
 # the same process finds the instance (with its credentials) instead of opening another
@@ -48,6 +56,28 @@ def register(storage: Storage) -> None:
     with _OPENED_LOCK:
         if not storage.read_only or storage.url not in _OPENED:
             _OPENED[storage.url] = storage
+
+
+def reopen_named(url: str, read_only: bool) -> Storage:
+    """The storage a ``zarrstore://`` name stands for, in the process that opened it
+    (:mod:`cpr_zarr.storage._zarrstore` names zarr ``Store`` instances without a URL).
+
+    Raises
+    ------
+    StoreError
+        In any other process: the name stands for a Python object there is no way to
+        re-open elsewhere.
+    """
+    found = registered(url, read_only=read_only)
+    if found is not None:
+        return found
+    raise StoreError(
+        f"Result store {url!r} is a zarr Store instance that was passed to ResultStore in "
+        "another process (or one that has ended); it cannot be re-opened here. To resolve: "
+        "1. give ResultStore a URL or folder path instead (e.g. 's3://bucket/results.zarr'), "
+        "or a zarr LocalStore, FsspecStore or ObjectStore over S3/GCS, which are named by "
+        "their URL; 2. or read the result in the process that opened the store."
+    )
 
 
 @dataclass(frozen=True, slots=True)
