@@ -39,7 +39,7 @@ from cpr_zarr.errors import (
     StoreError,
 )
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
-from cpr_zarr.storage import normalize_url, open_storage, to_json_bytes
+from cpr_zarr.storage import describe_error, normalize_url, open_storage, to_json_bytes
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
@@ -490,8 +490,8 @@ class ResultStore:
             if not (isinstance(exc, OSError) or _is_storage_error(exc)):
                 raise
             raise StoreError(
-                f"Saving result {name!r} to store {self.url!r} failed: {type(exc).__name__}: "
-                f"{exc}. Nothing was committed (a later save of the same data completes or "
+                f"Saving result {name!r} to store {self.url!r} failed: {describe_error(exc)}"
+                ". Nothing was committed (a later save of the same data completes or "
                 "replaces what was written). Check that the store is reachable and writable, "
                 "then run the task again."
             ) from exc

@@ -134,10 +134,21 @@ def check_s3(ns: dict[str, Any], code: str) -> None:
     assert "cpr-zarr-test-secret" not in target.to_json()
 
 
+def check_backends(ns: dict[str, Any], code: str) -> None:
+    from cpr_zarr.storage._fsspec import FsspecStorage
+    from cpr_zarr.storage._obstore import ObjectStorage
+
+    assert isinstance(ns["s3_default"].storage, ObjectStorage)
+    assert isinstance(ns["s3_fsspec"].storage, FsspecStorage)
+    assert ns["in_memory"].url.startswith("zarrstore://")
+    np.testing.assert_array_equal(ns["tiny"].to_numpy(), np.arange(6))
+
+
 CHECKS = {
     "Using it": [check_using_it, check_without_decorator],
     "Viewers: OME-NGFF images, pyramids, labels and tables": [check_viewers],
     "Object storage (S3)": [check_s3],
+    "Storage backends": [check_backends],
 }
 
 
@@ -160,7 +171,7 @@ def test_every_python_block_runs_and_does_what_the_readme_says(
     ns: dict[str, Any] = {"__name__": "__main__"}
     pending = {heading: list(checks) for heading, checks in CHECKS.items()}
     for heading, code in blocks("python"):
-        if heading == "Object storage (S3)":
+        if heading in ("Object storage (S3)", "Storage backends"):
             code = code.replace("s3://bucket/", bucket).replace(
                 "http://127.0.0.1:9000", s3_server.proxy.url
             )

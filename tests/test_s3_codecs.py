@@ -12,6 +12,7 @@ from __future__ import annotations
 import threading
 from typing import TYPE_CHECKING, Any
 
+import dask.array as da
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec, GzipCodec, ZstdCodec
@@ -22,7 +23,7 @@ from tests.conftest import microscopy_volume
 if TYPE_CHECKING:
     from tests.s3_server import S3Server
 
-COMPRESSORS: list[Any] = [
+COMPRESSORS: list[Any] = [  # writer i: COMPRESSORS[i % 4]; even writers numpy, odd Dask
     BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"),
     GzipCodec(level=1),
     ZstdCodec(level=3),
@@ -46,10 +47,13 @@ def _race(url: str, data: np.ndarray) -> list[cpr_zarr.ZarrTarget]:
     results: list[Any] = [None] * WRITERS
 
     def one(i: int) -> None:
+        # half numpy (array metadata claimed before the chunks are written), half Dask
+        # (chunks staged, then moved: metadata claimed before the copies)
+        value = data if i % 2 == 0 else da.from_array(data, chunks=(10, 48, 40))
         barrier.wait()
         try:
             results[i] = stores[i].save(
-                data, name="img", chunks=CHUNKS, compressor=COMPRESSORS[i % 4], levels=1
+                value, name="img", chunks=CHUNKS, compressor=COMPRESSORS[i % 4], levels=1
             )
         except Exception as exc:  # reported below with the writer's number
             results[i] = exc

@@ -476,7 +476,10 @@ def _move(storage: Storage, src: str, dst: str) -> None:
     if existing is not None and existing != storage.get_json(f"{src}/zarr.json"):
         _reencode(storage, src, dst)
         return
-    storage.move_tree(src, dst)
+    try:
+        storage.move_tree(src, dst)
+    except FileExistsError:  # another writer's metadata won after the check above
+        _reencode(storage, src, dst)
 
 
 def _reencode(storage: Storage, src: str, dst: str) -> None:

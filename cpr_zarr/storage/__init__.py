@@ -19,7 +19,15 @@ import zarr.abc.store
 from cpr_zarr.errors import StoreError
 from cpr_zarr.redact import register_options, register_secret, split_userinfo
 from cpr_zarr.storage._local import LocalStorage
-from cpr_zarr.storage.base import Entry, Storage, register, registered, to_json_bytes
+from cpr_zarr.storage.base import (
+    Entry,
+    Storage,
+    describe_error,
+    register,
+    registered,
+    reopen_named,
+    to_json_bytes,
+)
 
 __all__ = [
     "Backend",
@@ -27,6 +35,7 @@ __all__ = [
     "LocalStorage",
     "Storage",
     "default_backend",
+    "describe_error",
     "normalize_url",
     "open_storage",
     "to_json_bytes",
@@ -124,13 +133,11 @@ def open_storage(
     if isinstance(url, zarr.abc.store.Store):
         from cpr_zarr.storage._zarrstore import storage_for_store
 
-        storage = storage_for_store(url, read_only=read_only)
-        register(storage)
-        return storage
+        wrapped = storage_for_store(url, read_only=read_only)
+        register(wrapped)
+        return wrapped
     clean, path = normalize_url(url)
     if clean.startswith("zarrstore://"):
-        from cpr_zarr.storage._zarrstore import reopen_named
-
         return reopen_named(clean, read_only)
     if reuse and storage_options is None and backend is None:
         found = registered(clean, read_only=read_only)

@@ -163,25 +163,29 @@ class FsspecStorage(Storage):
         return bool(keys or first)
 
     def move_tree(self, src: str, dst: str) -> None:
-        # object stores cannot rename: copy each key server-side (S3 CopyObject: one request
-        # per object, no data through this process), metadata last and create-if-absent
+        # object stores cannot rename: metadata first, create-if-absent (raises if another
+        # writer's is there), then copy each key server-side (S3 CopyObject: one request per
+        # object, no data through this process)
+        async def keys() -> list[str]:
+            return [k async for k in self._zarr.list_prefix(f"{src}/")]
+
+        found = sync(keys())
+        metadata = {}
+        for key in (k for k in found if k.endswith("zarr.json")):
+            data = self.get(key)
+            if data is not None:
+                metadata[f"{dst}{key[len(src) :]}"] = data
+        self.claim_metadata(metadata)
+        data_keys = [k for k in found if not k.endswith("zarr.json")]
+
         async def copy() -> None:
-            keys = [k async for k in self._zarr.list_prefix(f"{src}/")]
-            data_keys = [k for k in keys if not k.endswith("zarr.json")]
-            meta_keys = [k for k in keys if k.endswith("zarr.json")]
             for start in range(0, len(data_keys), 64):
                 await asyncio.gather(*(copy_key(k) for k in data_keys[start : start + 64]))
-            for key in meta_keys:
-                if not await self._zarr.exists(f"{dst}{key[len(src) :]}"):
-                    await copy_key(key)
 
         async def copy_key(key: str) -> None:
             await self._fs._cp_file(self._full(key), self._full(f"{dst}{key[len(src) :]}"))
 
         sync(copy())
-
-    def size(self, prefix: str) -> int:
-        return int(sync(self._fs._du(self._full(prefix), total=True)))
 
     def key_counter(self, prefix: str) -> Callable[[], int]:
         async def count() -> int:

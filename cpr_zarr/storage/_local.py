@@ -143,15 +143,21 @@ class LocalStorage(Storage):
             return
         except OSError:
             pass
-        # dst exists (a crashed or concurrent writer of the same content): replace its
-        # objects file by file (each replace is atomic), never its metadata
-        for dirpath, _, filenames in os.walk(src_dir):
-            rel = os.path.relpath(dirpath, src_dir)
-            os.makedirs(dst_dir / rel, exist_ok=True)
-            for filename in filenames:
-                if filename == "zarr.json" and (dst_dir / rel / filename).exists():
-                    continue
-                os.replace(os.path.join(dirpath, filename), dst_dir / rel / filename)
+        # dst exists (a crashed or concurrent writer of the same content): its metadata
+        # first, create-if-absent (raises if another writer's, with other codecs, is there),
+        # then replace its objects file by file (each replace is atomic)
+        files = [
+            (Path(dirpath) / name, os.path.relpath(Path(dirpath) / name, src_dir))
+            for dirpath, _, names in os.walk(src_dir)
+            for name in names
+        ]
+        self.claim_metadata(
+            {f"{dst}/{rel}": path.read_bytes() for path, rel in files if path.name == "zarr.json"}
+        )
+        for path, rel in files:
+            if path.name != "zarr.json":
+                (dst_dir / rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(path, dst_dir / rel)
 
     def make_folder(self, prefix: str) -> None:
         path = self.root / prefix

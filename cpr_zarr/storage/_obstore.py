@@ -10,6 +10,7 @@ other is told so by the server (s3fs checks with a HEAD, then PUTs: both can pas
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 from typing import TYPE_CHECKING, Any
@@ -25,7 +26,14 @@ from obstore.exceptions import (
 from obstore.store import MemoryStore, from_url
 
 from cpr_zarr.errors import StoreError
-from cpr_zarr.storage.base import Entry, Storage, register, registered
+from cpr_zarr.storage.base import (
+    Entry,
+    Storage,
+    describe_error,
+    register,
+    registered,
+    reopen_named,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable
@@ -202,10 +210,9 @@ class ObjectStorage(Storage):
         self.set(key, data)  # no folders to recreate
 
     def delete(self, key: str) -> None:
-        try:
+        # a missing key: S3 says nothing, local/GCS/Azure raise
+        with contextlib.suppress(NotFoundError, FileNotFoundError):
             obstore.delete(self._ob, key)
-        except (NotFoundError, FileNotFoundError):  # S3 says nothing; local/GCS/Azure do
-            pass
 
     def exists(self, key: str) -> bool:
         try:
@@ -254,31 +261,32 @@ class ObjectStorage(Storage):
             path for path in listed if path not in skip and (keep is None or not keep(path[start:]))
         ]
         for begin in range(0, len(rest), _BATCH):
-            try:  # one DeleteObjects request per batch on S3
+            # one DeleteObjects request per batch on S3; another remover may be faster
+            with contextlib.suppress(NotFoundError, FileNotFoundError):
                 obstore.delete(self._ob, rest[begin : begin + _BATCH])
-            except (NotFoundError, FileNotFoundError):  # another remover was faster
-                pass
             if on_batch is not None:
                 on_batch()
         return bool(listed)
 
     def move_tree(self, src: str, dst: str) -> None:
-        # object stores cannot rename: copy each object server-side (S3 CopyObject, no data
-        # through this process), then the metadata, create-if-absent
+        # object stores cannot rename. Metadata first: S3 has no copy-if-absent (obstore
+        # refuses copy(overwrite=False) there), so each small document is read and created
+        # with one conditional PUT; if another writer's (other codecs) is there, this raises
+        # before any chunk is copied. Then each object is copied server-side (S3 CopyObject,
+        # no data through this process).
         src = src.strip("/")
         dst = dst.strip("/")
         keys = [meta["path"] for meta in self._list(src)]
+        metadata = {}
+        for key in (k for k in keys if k.endswith("zarr.json")):
+            raw = self.get(key)
+            if raw is not None:
+                metadata[f"{dst}{key[len(src) :]}"] = raw
+        self.claim_metadata(metadata)
         data_keys = [k for k in keys if not k.endswith("zarr.json")]
-        meta_keys = [k for k in keys if k.endswith("zarr.json")]
         for begin in range(0, len(data_keys), _COPY_WINDOW):
             window = data_keys[begin : begin + _COPY_WINDOW]
             _run_all(obstore.copy_async(self._ob, k, f"{dst}{k[len(src) :]}") for k in window)
-        for key in meta_keys:
-            # S3 has no copy-if-absent (obstore refuses copy(overwrite=False) there): read the
-            # small document and create it with one conditional PUT instead
-            raw = self.get(key)
-            if raw is not None:
-                self.set_if_not_exists(f"{dst}{key[len(src) :]}", raw)
 
     def size(self, prefix: str) -> int:
         return sum(int(meta["size"]) for meta in self._list(prefix))
@@ -332,7 +340,7 @@ def open_object_storage(
         return ObjectStorage(url, read_only=read_only, storage_options=storage_options)
     except (BaseError, ValueError, TypeError) as exc:
         raise StoreError(
-            f"Cannot open result store {url!r} with obstore: {type(exc).__name__}: {exc}. "
+            f"Cannot open result store {url!r} with obstore: {describe_error(exc)}. "
             "Check the URL and storage options (s3fs-style key/secret/endpoint_url/anon or "
             "obstore's own config keys), or open it with backend='fsspec'."
         ) from exc
@@ -344,8 +352,6 @@ def _reopen(url: str, read_only: bool) -> Storage:
     if found is not None:
         return found
     if url.startswith("zarrstore://"):  # a store instance of another process: says so
-        from cpr_zarr.storage._zarrstore import reopen_named
-
         return reopen_named(url, read_only)
     storage = ObjectStorage(url, read_only=read_only)
     register(storage)

@@ -20,16 +20,15 @@ import zarr
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
-from cpr_zarr.errors import StoreError
 from cpr_zarr.storage._local import LocalStorage
-from cpr_zarr.storage.base import Entry, Storage, registered
+from cpr_zarr.storage.base import Entry, Storage, reopen_named
 
 if TYPE_CHECKING:
     from collections.abc import Callable
 
     from zarr.abc.store import Store
 
-__all__ = ["SCHEME", "ZarrStoreStorage", "reopen_named", "storage_for_store"]
+__all__ = ["SCHEME", "ZarrStoreStorage", "storage_for_store"]
 
 #: the URL scheme of stores known only by their instance in one process
 SCHEME = "zarrstore://"
@@ -139,14 +138,16 @@ class ZarrStoreStorage(Storage):
     def move_tree(self, src: str, dst: str) -> None:
         src, dst = src.strip("/"), dst.strip("/")
         keys = self._keys(src)
+        metadata = {}
+        for key in [k for k in keys if k.endswith("zarr.json")]:
+            data = self.get(key)
+            if data is not None:
+                metadata[f"{dst}{key[len(src) :]}"] = data
+        self.claim_metadata(metadata)  # first: raises if another writer's is there
         for key in [k for k in keys if not k.endswith("zarr.json")]:
             data = self.get(key)
             if data is not None:
                 self.set(f"{dst}{key[len(src) :]}", data)
-        for key in [k for k in keys if k.endswith("zarr.json")]:
-            data = self.get(key)
-            if data is not None:
-                self.set_if_not_exists(f"{dst}{key[len(src) :]}", data)
 
 
 def storage_for_store(store: Store, *, read_only: bool = False) -> Storage:
@@ -170,24 +171,3 @@ def storage_for_store(store: Store, *, read_only: bool = False) -> Storage:
         inner: Any = store.store
         return ObjectStorage(obstore_url(inner) or _new_name(), read_only=read_only, store=inner)
     return ZarrStoreStorage(store, _new_name(), read_only=read_only)
-
-
-def reopen_named(url: str, read_only: bool) -> Storage:
-    """The storage a ``zarrstore://`` name stands for, in the process that opened it.
-
-    Raises
-    ------
-    StoreError
-        In any other process: the name stands for a Python object there is no way to
-        re-open elsewhere.
-    """
-    found = registered(url, read_only=read_only)
-    if found is not None:
-        return found
-    raise StoreError(
-        f"Result store {url!r} is a zarr Store instance that was passed to ResultStore in "
-        "another process (or one that has ended); it cannot be re-opened here. To resolve: "
-        "1. give ResultStore a URL or folder path instead (e.g. 's3://bucket/results.zarr'), "
-        "or a zarr LocalStore, FsspecStore or ObjectStore over S3/GCS, which are named by "
-        "their URL; 2. or read the result in the process that opened the store."
-    )

@@ -26,7 +26,15 @@ if TYPE_CHECKING:
 
     from zarr.abc.store import Store
 
-__all__ = ["Entry", "Storage", "register", "registered", "to_json_bytes"]
+__all__ = [
+    "Entry",
+    "Storage",
+    "describe_error",
+    "register",
+    "registered",
+    "reopen_named",
+    "to_json_bytes",
+]
 
 # the storages this process opened, by URL: unpickling a pointer, a reader or a storage in
 # the same process finds the instance (with its credentials) instead of opening another
@@ -50,6 +58,28 @@ def register(storage: Storage) -> None:
             _OPENED[storage.url] = storage
 
 
+def reopen_named(url: str, read_only: bool) -> Storage:
+    """The storage a ``zarrstore://`` name stands for, in the process that opened it
+    (:mod:`cpr_zarr.storage._zarrstore` names zarr ``Store`` instances without a URL).
+
+    Raises
+    ------
+    StoreError
+        In any other process: the name stands for a Python object there is no way to
+        re-open elsewhere.
+    """
+    found = registered(url, read_only=read_only)
+    if found is not None:
+        return found
+    raise StoreError(
+        f"Result store {url!r} is a zarr Store instance that was passed to ResultStore in "
+        "another process (or one that has ended); it cannot be re-opened here. To resolve: "
+        "1. give ResultStore a URL or folder path instead (e.g. 's3://bucket/results.zarr'), "
+        "or a zarr LocalStore, FsspecStore or ObjectStore over S3/GCS, which are named by "
+        "their URL; 2. or read the result in the process that opened the store."
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Entry:
     """One object (or, on local disk, one folder) under a prefix, from :meth:`Storage.walk`."""
@@ -57,6 +87,17 @@ class Entry:
     key: str  # relative to the walked prefix; folders end with "/"
     size: int
     mtime: float | None  # POSIX seconds; None where the backend does not say
+
+
+def describe_error(exc: BaseException) -> str:
+    """``"TypeName: message"`` of a storage error, for messages that quote it.
+
+    obstore appends a multi-line Rust debug dump ("Debug source: ...") to its messages; the
+    first paragraph already says what failed (method, URL, retries, status), so only that
+    is kept.
+    """
+    text = str(exc).split("\n\nDebug source:", 1)[0].strip()
+    return f"{type(exc).__name__}: {text}"
 
 
 def to_json_bytes(doc: Any) -> bytes:
@@ -171,11 +212,34 @@ class Storage(abc.ABC):
     def move_tree(self, src: str, dst: str) -> None:
         """Make every object under ``src`` an object under ``dst``.
 
-        Objects named ``zarr.json`` that already exist under ``dst`` are kept (metadata is
-        create-if-absent); every other object is replaced. Local disk renames (the whole
-        folder when ``dst`` is absent); object stores copy server-side and leave ``src``
-        for the caller to delete.
+        Metadata (objects named ``zarr.json``) goes first and is create-if-absent (see
+        :meth:`claim_metadata`): one already under ``dst`` with the same bytes is kept, one
+        with other bytes (a concurrent writer of the same content with other codecs won)
+        raises ``FileExistsError`` before any other object is copied, so the chunks of one
+        array never mix codecs. Every other object is replaced. Local disk renames (the
+        whole folder when ``dst`` is absent); object stores copy server-side and leave
+        ``src`` for the caller to delete.
+
+        Raises
+        ------
+        FileExistsError
+            If metadata under ``dst`` differs from ``src``'s; nothing else was copied.
         """
+
+    def claim_metadata(self, documents: dict[str, bytes]) -> None:
+        """Create-if-absent each metadata document (key -> bytes), in order.
+
+        Raises
+        ------
+        FileExistsError
+            Naming the first key that already holds other bytes.
+        """
+        for key, data in documents.items():
+            if not self.set_if_not_exists(key, data) and self.get(key) != data:
+                raise FileExistsError(
+                    f"Metadata {key!r} in store {self.url!r} was created by another writer "
+                    "with other content (e.g. other codecs); it is kept."
+                )
 
     def make_folder(self, prefix: str) -> None:  # noqa: B027  (no folders: nothing to do)
         """Create folder ``prefix`` and its parents where the backend has folders."""
