@@ -140,44 +140,45 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
 def info_command(store: str, ref: str, as_json: bool) -> None:
     """Show a result: metadata, provenance, lineage and its OME-NGFF summary."""
+    from cpr_zarr.core.integrity import load_document
     from cpr_zarr.core.inventory import result_row
 
     rs = _open(store)
     target = _target(rs, ref)
-    doc = rs.storage.get_json(f"{target.group_path}/zarr.json")["attributes"]
+    # the checked, typed commit marker: every kind of result has these fields
+    document = load_document(rs.storage, target.group_path, arrays=False)
+    if document is None:
+        raise click.ClickException(f"Result {target.group_path!r} was removed meanwhile.")
+    cpr, ome = document.record, document.ome
     row = result_row(rs.storage, target)
     records = rs.provenance(target)
     lineage = rs.lineage(target)
-    ome = doc.get("ome")
     if as_json:
         out = {
             "target": target.to_dict(),
             "stored_bytes": row["stored_bytes"],
             "raw_bytes": row["raw_bytes"],
-            "algorithm": doc["cpr_zarr"]["algorithm"],
-            "kind": doc["cpr_zarr"].get("kind", "image"),
+            "algorithm": cpr.algorithm,
+            "kind": cpr.kind,
             # arrays: one digest per chunk; tables: one per stored column/index array
-            "chunk_count": len(doc["cpr_zarr"].get("chunk_digests") or doc["cpr_zarr"]["digests"]),
+            "chunk_count": cpr.digest_count,
             "ome": ome,
             "provenance": records,
             "lineage": {k: [t.group_path for t in v] for k, v in lineage.items()},
         }
         click.echo(json.dumps(out, indent=2, default=str))
         return
-    cpr = doc["cpr_zarr"]
     click.echo(f"{target.group_path}")
     click.echo(f"  store         {rs.url}")
-    click.echo(
-        f"  content hash  {target.content_hash} ({cpr['algorithm']}, layout {cpr['layout']})"
-    )
-    is_table = cpr.get("kind") == "table"
+    click.echo(f"  content hash  {target.content_hash} ({cpr.algorithm}, layout {cpr.layout})")
+    is_table = cpr.kind == "table"
     if is_table:
         rows, columns = target.shape
         click.echo(f"  table         {rows} row{'s' * (rows != 1)} x {columns} column"
-                   f"{'s' * (columns != 1)}, {len(cpr['digests'])} stored arrays")  # fmt: skip
+                   f"{'s' * (columns != 1)}, {cpr.digest_count} stored arrays")  # fmt: skip
     else:
         click.echo(f"  array         {target.dtype}{list(target.shape)}, chunks {list(target.chunks)}, "
-                   f"{len(cpr['chunk_digests'])} chunks")  # fmt: skip
+                   f"{cpr.digest_count} chunks")  # fmt: skip
     ratio = row["ratio"]
     ratio_text = f" (ratio {ratio:.2f})" if isinstance(ratio, float) and ratio == ratio else ""
     raw = "" if row["raw_bytes"] is None else f"{human_bytes(row['raw_bytes'])} raw, "

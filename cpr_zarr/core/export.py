@@ -12,8 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.core.integrity import load_document
+from cpr_zarr.core.reader import open_reader
 from cpr_zarr.errors import StoreError, UnsupportedResultError
-from cpr_zarr.model.ngff import default_axes, meta_from_attrs
+from cpr_zarr.model.ngff import default_axes
 from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
@@ -36,11 +38,9 @@ def _metadata(target: ZarrTarget) -> tuple[str, list[float], list[str | None], l
         raise UnsupportedResultError(
             f"{target.group_path!r} is a table; export it with cpr_zarr.to_csv(target, path)."
         )
-    doc = (
-        open_storage(target.store_url, read_only=True).get_json(f"{target.group_path}/zarr.json")
-        or {}
-    )
-    meta = meta_from_attrs(doc.get("attributes", {}))
+    # the checked record of the result (an exported image says what the content hash vouches for)
+    storage = open_storage(target.store_url, read_only=True)
+    meta = open_reader(storage, target.group_path).record.image
     if meta is not None:
         return "".join(meta.axes), list(meta.scale), list(meta.units), list(meta.translation)
     ndim = len(target.shape)
@@ -127,11 +127,14 @@ def to_ngff_v04(target: ZarrTarget, path: str | os.PathLike[str]) -> Path:
         raise StoreError(
             f"Export destination {str(out)!r} already exists; choose a new path or remove it."
         )
-    doc = (
-        open_storage(target.store_url, read_only=True).get_json(f"{target.group_path}/zarr.json")
-        or {}
-    )
-    multiscale = doc["attributes"]["ome"]["multiscales"][0]
+    storage = open_storage(target.store_url, read_only=True)
+    document = load_document(storage, target.group_path, arrays=False)
+    if document is None or document.ome is None:
+        raise UnsupportedResultError(
+            f"{target.group_path!r} in store {target.store_url!r} has no OME-NGFF metadata "
+            "(or was removed): nothing to export as NGFF."
+        )
+    multiscale = document.ome["multiscales"][0]
     levels = [read_level(target, i) for i in range(level_count(target))]
     # the same axes and per-level transforms as the zarr v3 original (NGFF 0.4 has them too)
     transforms = [d["coordinateTransformations"] for d in multiscale["datasets"]][: len(levels)]
