@@ -204,6 +204,16 @@ def test_prefect_records_load_as_working_targets(old_store: cpr_zarr.ResultStore
     assert np.asarray(picture)[3, 4].tolist() == [80, 200, 0]
 
 
+def test_gc_finds_what_old_prefect_records_reference() -> None:
+    """``gc --keep-referenced`` reads old JSON and pickled records without unpickling."""
+    from cpr_zarr.core.inventory import referenced_hashes
+
+    found = referenced_hashes(DATA / "records")
+    assert EXPECTED["smooth"]["content_hash"] in found
+    assert EXPECTED["thumbnail"][0]["content_hash"] in found
+    assert EXPECTED["plain_pointer"]["content_hash"] in referenced_hashes(DATA / "pickled-records")
+
+
 def test_a_pickled_prefect_record_and_pickles_load_unchanged(
     old_store: cpr_zarr.ResultStore,
 ) -> None:

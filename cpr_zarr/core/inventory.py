@@ -219,10 +219,10 @@ def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
         except (ValueError, AttributeError):
             continue
         if isinstance(payload, str):
+            # Prefect's pickle records hold base64 with a line break every 76 characters
             with contextlib.suppress(ValueError):
-                found.update(
-                    m.decode() for m in _HASH_RE.findall(base64.b64decode(payload, validate=True))
-                )
+                decoded = base64.b64decode("".join(payload.split()), validate=True)
+                found.update(m.decode() for m in _HASH_RE.findall(decoded))
     return found
 
 
