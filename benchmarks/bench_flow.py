@@ -192,7 +192,9 @@ class CachedFlowRerun:
 # -- the example, end to end -----------------------------------------------------------------
 
 
-def _run_script(args: list[str], cwd: Path, home: Path) -> tuple[float, str]:
+def _run_script(
+    args: list[str], cwd: Path, home: Path, extra_env: dict[str, str] | None = None
+) -> tuple[float, str]:
     """Wall time and output of ``python ARGS`` in ``cwd``, as a user runs it from a shell."""
     import subprocess
     import sys
@@ -206,6 +208,7 @@ def _run_script(args: list[str], cwd: Path, home: Path) -> tuple[float, str]:
     env["PREFECT_HOME"] = str(home)  # one Prefect database for every run
     env["PREFECT_RESULTS_LOCAL_STORAGE_PATH"] = str(cwd / "records")  # records per folder
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.update(extra_env or {})
     started = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=900
@@ -303,3 +306,61 @@ class ExampleRun:
         return runs["first"] / (runs["empty"] + runs["task_seconds"])
 
     track_first_over_empty_plus_tasks.unit = "ratio"
+
+
+class ExampleArtifacts:
+    """Cost of the Prefect UI artifacts (``cpr_zarr.artifacts``) on ``examples/nuclei_flow.py``.
+
+    The example as a user runs it (a new process, its temporary Prefect server, 2 Dask worker
+    processes), with artifacts on (the default) and off (``CPR_ZARR_ARTIFACTS=0``), each in a
+    fresh folder (first run, 5 tasks Completed) and again there (5 tasks Cached); on and off
+    interleaved, ``rounds`` times, keeping each one's fastest. The ``track_`` methods report
+    the difference per task: the artifacts' overhead that a flow run's wall time shows.
+    """
+
+    number = 1
+    repeat = 1
+    rounds = 1
+    warmup_time = 0.0
+    timeout = 3600
+    tasks = 5
+
+    def setup_cache(self):
+        root = Path(os.getcwd()) / "example-artifacts"
+        root.mkdir(exist_ok=True)
+        home = root / "prefect-home"
+        example = str(Path(__file__).resolve().parents[1] / "examples" / "nuclei_flow.py")
+        rounds = 1 if common.size_mode() == "tiny" else 2
+        times: dict[str, list[float]] = {}
+        _run_script([example, "--help"], root, home)  # imports warm, database created
+        for number in range(rounds):
+            for mode in ("1", "0"):
+                folder = root / f"run-{mode}-{number}"
+                folder.mkdir()
+                env = {"CPR_ZARR_ARTIFACTS": mode}
+                for run, expect in (("first", "5 Completed"), ("cached", "5 Cached")):
+                    seconds, out = _run_script([example], folder, home, env)
+                    if f"5 tasks ({expect})" not in out:
+                        raise RuntimeError(f"{run} run of the example:\n{out}")
+                    times.setdefault(f"{run}-{mode}", []).append(seconds)
+        return {key: min(values) for key, values in times.items()}
+
+    def track_first_run_artifacts_seconds_per_task(self, runs):
+        return (runs["first-1"] - runs["first-0"]) / self.tasks
+
+    track_first_run_artifacts_seconds_per_task.unit = "seconds"
+
+    def track_cached_run_artifacts_seconds_per_task(self, runs):
+        return (runs["cached-1"] - runs["cached-0"]) / self.tasks
+
+    track_cached_run_artifacts_seconds_per_task.unit = "seconds"
+
+    def track_cached_run_seconds_without_artifacts(self, runs):
+        return runs["cached-0"]
+
+    track_cached_run_seconds_without_artifacts.unit = "seconds"
+
+    def track_cached_run_seconds_with_artifacts(self, runs):
+        return runs["cached-1"]
+
+    track_cached_run_seconds_with_artifacts.unit = "seconds"

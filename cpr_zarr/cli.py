@@ -439,5 +439,91 @@ def _napari_unavailable() -> str | None:
     return None
 
 
+_WEB_OPTIONS = [
+    click.option("--host", default="127.0.0.1", show_default=True,
+                 help="Address to listen on; 0.0.0.0 for every interface (no login: trusted "
+                 "networks only)."),
+    click.option("--port", type=int, default=8765, show_default=True,
+                 help="Port to listen on (0: any free port)."),
+]  # fmt: skip
+
+
+def _web_options(fn: Any) -> Any:
+    for option in reversed(_WEB_OPTIONS):
+        fn = option(fn)
+    return fn
+
+
+def _run_web(store: str, host: str, port: int, refs: tuple[str, ...], index: bool) -> None:
+    """Start the web server (``cpr_zarr.web``) and serve until Ctrl-C."""
+    import time
+
+    from cpr_zarr.web.server import missing_extra, start_server, view_url
+
+    reason = missing_extra()
+    if reason is not None:
+        raise click.ClickException(reason)
+    rs = _open(store)
+    if refs:  # a bad reference fails here, not in the browser
+        from cpr_zarr.web.view import plan_view
+
+        try:
+            plan_view(rs, list(refs))
+        except (CprZarrError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from exc
+    try:
+        web = start_server(rs, host=host, port=port, default_refs=refs, index=index)
+    except OSError as exc:
+        raise click.ClickException(
+            f"Cannot listen on {host}:{port} ({exc}). Choose another port with --port "
+            "(0 picks a free one)."
+        ) from exc
+    url = web.url.rstrip("/") + (view_url(refs) if refs else "/")
+    bound_port = web.url.rstrip("/").rsplit(":", 1)[-1]
+    click.echo(f"Serving {rs.url} at {url}")
+    click.echo(
+        f"From another machine: ssh -N -L {bound_port}:localhost:{bound_port} <this host>, "
+        f"then open http://localhost:{bound_port}/{view_url(refs) if refs else ''}"
+    )
+    click.echo("Press Ctrl-C to stop.")
+    sys.stdout.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
+@main.command("view")
+@click.argument("store")
+@click.argument("refs", nargs=-1, required=True)
+@_web_options
+def view_command(store: str, refs: tuple[str, ...], host: str, port: int) -> None:
+    """Open results in neuroglancer, served from this machine (no internet needed).
+
+    Images are image layers, their label images segmentation layers, at their physical
+    scale; several REFs are shown side by side. Prints a URL to open in a browser. On a
+    remote machine, forward the port over SSH first, e.g. `ssh -N -L 8765:localhost:8765
+    user@host`, then open the printed URL on your computer. Needs `pip install
+    'cpr_zarr[web]'`.
+    """
+    _run_web(store, host, port, refs, index=False)
+
+
+@main.command("serve")
+@click.argument("store")
+@_web_options
+def serve_command(store: str, host: str, port: int) -> None:
+    """A web page of the whole store: thumbnails, filters, provenance, lineage.
+
+    Each result is a card (images and label images as thumbnails, tables as their first
+    rows); a result's page shows its metadata, provenance and lineage, and opens it in
+    neuroglancer. Thumbnails are made on first view and cached in $CPR_ZARR_CACHE (default
+    ~/.cache/cpr_zarr). On a remote machine, forward the port over SSH first, e.g. `ssh -N
+    -L 8765:localhost:8765 user@host`. Needs `pip install 'cpr_zarr[web]'`.
+    """
+    _run_web(store, host, port, (), index=True)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -15,6 +15,7 @@ Plain arrays in, plain arrays out. The wrapper
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import inspect
 import logging
@@ -29,9 +30,11 @@ import pandas as pd
 import prefect
 from prefect.cache_policies import TASK_SOURCE
 
+from cpr_zarr.artifacts import cpr_zarr_artifacts, progress_artifacts
 from cpr_zarr.cache import CONTENT_INPUTS
 from cpr_zarr.core import table
 from cpr_zarr.core.compute import install_safe_scheduler
+from cpr_zarr.core.progress import reporting_to
 from cpr_zarr.core.provenance import record_for_task
 from cpr_zarr.core.source import TiffSource, ZarrSource, to_array
 from cpr_zarr.core.writer import check_ndim, unmask
@@ -235,7 +238,10 @@ class _Call:
         name = _result_name(self.task.name)
         where = f"The return value of {self.fn.__qualname__}"
         _walk(result, name, where, None)
-        out = _walk(result, name, where, _Saver(self.task.get_store(), self.record), self.inputs)
+        sink = progress_artifacts(self.task)  # long saves update a Prefect progress artifact
+        with reporting_to(sink) if sink is not None else contextlib.nullcontext():
+            saver = _Saver(self.task.get_store(), self.record)
+            out = _walk(result, name, where, saver, self.inputs)
         _remember_in_transaction(out, self.record.get("task_run_id"))
         return out
 
@@ -401,6 +407,7 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         fn: Callable[..., Any],
         *,
         store: str | os.PathLike[str] | ResultStore | None = None,
+        artifacts: bool = True,
         **task_kwargs: Any,
     ) -> None:
         user_fn = getattr(fn, "__cpr_zarr_fn__", fn)
@@ -411,6 +418,8 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
                 "works), or use @prefect.task and save with ResultStore.save yourself."
             )
         super().__init__(_make_body(user_fn), **_default_options(task_kwargs))
+        self.artifacts = artifacts
+        _add_artifacts_hook(self)
         self.user_fn = user_fn
         self.store = store
         self.get_store = _store_getter(store)
@@ -422,8 +431,11 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         """What a run of this task calls: the user's function with loading and saving."""
         return self.fn
 
-    def with_options(self, *, store: Any = None, **options: Any) -> ZarrTask:
-        """:meth:`prefect.Task.with_options`, plus ``store=``; the stored name follows ``name``."""
+    def with_options(
+        self, *, store: Any = None, artifacts: bool | None = None, **options: Any
+    ) -> ZarrTask:
+        """:meth:`prefect.Task.with_options`, plus ``store=`` and ``artifacts=``; the stored
+        name follows ``name``."""
         plain = super().with_options(**options)  # a prefect.Task holding every option
         new = object.__new__(type(self))
         # same options as Prefect computed them, plus ours; fn is this task's body, which
@@ -433,6 +445,8 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
             setattr(new, attr, getattr(self, attr))
         new.store = self.store if store is None else store
         new.get_store = self.get_store if store is None else _store_getter(store)
+        new.artifacts = self.artifacts if artifacts is None else artifacts
+        _add_artifacts_hook(new)
         return new
 
     def apply_async(
@@ -459,13 +473,22 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         return super().apply_async(args, kwargs, wait_for, dependencies)
 
 
+def _add_artifacts_hook(task: ZarrTask) -> None:
+    """Prefect UI artifacts of each completed run, computed or cached (cpr_zarr.artifacts)."""
+    hooks = [h for h in task.on_completion_hooks if h is not cpr_zarr_artifacts]
+    task.on_completion_hooks = [*hooks, cpr_zarr_artifacts] if task.artifacts else hooks
+
+
 @overload
 def task(fn: Callable[..., R], /) -> ZarrTask: ...
 
 
 @overload
 def task(
-    *, store: str | os.PathLike[str] | ResultStore | None = None, **task_kwargs: Any
+    *,
+    store: str | os.PathLike[str] | ResultStore | None = None,
+    artifacts: bool = True,
+    **task_kwargs: Any,
 ) -> Callable[[Callable[..., R]], ZarrTask]: ...
 
 
@@ -474,6 +497,7 @@ def task(
     /,
     *,
     store: str | os.PathLike[str] | ResultStore | None = None,
+    artifacts: bool = True,
     **task_kwargs: Any,
 ) -> Any:
     """Make a Prefect task whose array results are stored in a :class:`ResultStore`.
@@ -483,6 +507,10 @@ def task(
     store
         The result store (path, URL or ``ResultStore``); default ``$CPR_ZARR_STORE`` or
         ``results.zarr`` in the working directory.
+    artifacts
+        Show each run's results in the Prefect UI: a table, a preview per array result, a
+        progress artifact for long saves (:mod:`cpr_zarr.artifacts`). ``False`` (or
+        ``CPR_ZARR_ARTIFACTS=0``) creates none.
     **task_kwargs
         Any option of :func:`prefect.task` (``retries``, ``name``, ``cache_policy``...).
         Where none of ``cache_policy``, ``cache_key_fn``, ``persist_result=False`` or
@@ -496,5 +524,5 @@ def task(
     ...     return scipy.ndimage.gaussian_filter(image, sigma)
     """
     if fn is None:
-        return functools.partial(task, store=store, **task_kwargs)
-    return ZarrTask(fn, store=store, **task_kwargs)
+        return functools.partial(task, store=store, artifacts=artifacts, **task_kwargs)
+    return ZarrTask(fn, store=store, artifacts=artifacts, **task_kwargs)

@@ -39,7 +39,7 @@ class InputImages:
             for k, o in original.items():
                 self.add(o, loaded.get(k))
 
-    def _meta(self, target: Any) -> ImageMeta:
+    def _meta_of(self, target: Any) -> ImageMeta:
         if hasattr(target, "image_meta"):  # TiffSource, ZarrSource
             meta: ImageMeta = target.image_meta()
             return meta
@@ -50,11 +50,11 @@ class InputImages:
         """The metadata an output of this shape inherits, or None."""
         for target in self._targets:
             if tuple(target.shape) == shape and default_axes(len(shape)):
-                return self._meta(target)
+                return self._meta_of(target)
         for target in self._targets:
             n = len(target.shape) - len(shape)
             if n > 0 and tuple(target.shape[n:]) == shape:
-                meta = self._meta(target)
+                meta = self._meta_of(target)
                 if all(t != "space" for t in meta.types[:n]) and default_axes(len(shape)):
                     try:
                         return meta.drop_leading(n)

@@ -21,7 +21,11 @@ import contextlib
 import json
 import logging
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
+
+import zarr.abc.store
+import zarr.storage
 
 from cpr_zarr.core import catalog, lease
 from cpr_zarr.core.collector import delete_group
@@ -53,9 +57,10 @@ if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping
 
     import pandas as pd
+    from zarr.abc.store import Store
 
     from cpr_zarr.core.integrity import Damage
-    from cpr_zarr.storage import Storage
+    from cpr_zarr.storage import Backend, Storage
 
 __all__ = ["ResultStore", "normalize_url", "open_store", "save_table"]
 
@@ -73,12 +78,20 @@ class ResultStore:
     Parameters
     ----------
     url
-        A folder path, ``file://`` URL, ``memory://`` URL or any fsspec URL (``s3://...``).
+        A folder path, ``file://`` URL, ``memory://`` URL, any fsspec URL (``s3://...``),
+        or a zarr ``Store`` instance (``LocalStore``, ``FsspecStore``, ``ObjectStore``,
+        ``MemoryStore``, ...).
     mode
         ``"a"`` (default) creates the store root if it is absent; ``"r"`` only reads and
         fails if the store does not exist.
     storage_options
-        Passed to fsspec for remote stores (credentials, endpoint). Never written anywhere.
+        Credentials, endpoint and other options of remote stores (s3fs names such as
+        ``key``, ``secret``, ``endpoint_url``, ``anon`` work with either backend). Never
+        written anywhere.
+    backend
+        ``"obstore"`` or ``"fsspec"``: the library that serves a remote URL; ``None`` picks
+        obstore for ``s3://`` when it is installed, fsspec otherwise (see the README's
+        "Storage backends"). Local folders always use plain file operations.
 
     Raises
     ------
@@ -88,10 +101,11 @@ class ResultStore:
 
     def __init__(
         self,
-        url: str | os.PathLike[str],
+        url: str | os.PathLike[str] | Store,
         *,
         mode: Literal["r", "a"] = "a",
         storage_options: dict[str, Any] | None = None,
+        backend: Backend | None = None,
         **more_storage_options: Any,
     ) -> None:
         if mode not in ("r", "a"):
@@ -100,15 +114,28 @@ class ResultStore:
                 "creating the store if absent) or 'r' (read only). Stores are never "
                 "overwritten: to start afresh, use a new folder."
             )
-        self.url, local_path = normalize_url(url)
         self.mode = mode
         options = {**(storage_options or {}), **more_storage_options}
-        if local_path is not None:
-            self._check_folder(local_path)
+        if isinstance(url, zarr.abc.store.Store):
+            # a zarr Store instance: its own backend, named by a URL that re-opens it (or a
+            # process-local zarrstore:// name); see cpr_zarr.storage._zarrstore
+            storage = open_storage(url, read_only=mode == "r")
+            self.url, local_path = storage.url, None
+        else:
+            self.url, local_path = normalize_url(url)
+            if local_path is not None:
+                self._check_folder(local_path)
+            storage = open_storage(
+                self.url,
+                read_only=mode == "r",
+                storage_options=options,
+                reuse=self.url.startswith("zarrstore://"),
+                backend=backend,
+            )
+        if local_path is None and isinstance(storage.zarr_store, zarr.storage.LocalStore):
+            self._check_folder(Path(storage.url))
         #: the storage layer under this store (see :mod:`cpr_zarr.storage`)
-        self.storage: Storage = open_storage(
-            self.url, read_only=mode == "r", storage_options=options, reuse=False
-        )
+        self.storage: Storage = storage
         self._ensure_root()
         with _STORES_LOCK:
             if mode == "a" or self.url not in _STORES:
@@ -562,7 +589,9 @@ class ResultStore:
 def _is_storage_error(exc: BaseException) -> bool:
     """Whether an exception comes from the storage layer (botocore, aiohttp, fsspec)."""
     module = type(exc).__module__
-    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec"))
+    return module.startswith(
+        ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore")
+    )
 
 
 def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:

@@ -76,13 +76,16 @@ def s3_url(s3_server: S3Server) -> str:
     return f"s3://cpr-zarr-tests/{uuid.uuid4().hex}/results.zarr"
 
 
-@pytest.fixture(params=["local", "memory", "s3"])
+@pytest.fixture(params=["local", "memory", "s3", "s3-obstore"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> cpr_zarr.ResultStore:
-    """The same store tests run on every store kind: a folder, memory, S3 on loopback."""
+    """The same store tests run on every store kind: a folder, memory, S3 on loopback through
+    fsspec (s3fs) and through obstore."""
     if request.param == "local":
         return cpr_zarr.ResultStore(tmp_path / "results.zarr")
     if request.param == "s3":
-        return cpr_zarr.ResultStore(request.getfixturevalue("s3_url"))
+        return cpr_zarr.ResultStore(request.getfixturevalue("s3_url"), backend="fsspec")
+    if request.param == "s3-obstore":
+        return cpr_zarr.ResultStore(request.getfixturevalue("s3_url"), backend="obstore")
     return cpr_zarr.ResultStore(f"memory://cpr-zarr-tests/{uuid.uuid4().hex}/results.zarr")
 
 

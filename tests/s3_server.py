@@ -32,6 +32,7 @@ class FaultyProxy(ThreadingHTTPServer):
         self.upstream = upstream
         self.lock = threading.Lock()
         self.requests: Counter[tuple[str, str]] = Counter()
+        self.statuses: Counter[tuple[str, str, int]] = Counter()  # (method, path, status)
         self.faults: list[str] = []  # consumed one per matching request: "503" or "reset"
         self.fault_filter = ""  # only requests whose "METHOD path" contains this
         self.always_fail = ""  # like fault_filter, but never consumed
@@ -48,10 +49,20 @@ class FaultyProxy(ThreadingHTTPServer):
     def reset_counts(self) -> None:
         with self.lock:
             self.requests.clear()
+            self.statuses.clear()
 
     def count(self, method: str, contains: str = "") -> int:
         with self.lock:
             return sum(n for (m, p), n in self.requests.items() if m == method and contains in p)
+
+    def status_counts(self, method: str, path_suffix: str) -> Counter[int]:
+        """Response statuses to ``method`` requests whose path ends with ``path_suffix``."""
+        with self.lock:
+            out: Counter[int] = Counter()
+            for (m, p, status), n in self.statuses.items():
+                if m == method and p.endswith(path_suffix):
+                    out[status] += n
+            return out
 
     def keys(self, method: str, contains: str = "") -> list[str]:
         with self.lock:
@@ -111,6 +122,8 @@ class _Handler(BaseHTTPRequestHandler):
             data = resp.read()
         finally:
             conn.close()
+        with self.server.lock:
+            self.server.statuses[(self.command, path, resp.status)] += 1
         self.send_response(resp.status)
         for key, value in resp.getheaders():
             if key.lower() not in (

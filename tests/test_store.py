@@ -10,6 +10,7 @@ from pathlib import Path
 
 import dask
 import dask.array as da
+import dask.callbacks
 import numpy as np
 import pytest
 import zarr
@@ -241,6 +242,42 @@ def test_lazy_array_is_named_after_content_hash(store: cpr_zarr.ResultStore) -> 
     assert target.get_data().name == f"cpr-zarr-{target.content_hash}"
     assert target.get_data().name == target.get_data().name
     assert dask.base.tokenize(target) == dask.base.tokenize(store.open(target.content_hash))
+
+
+class _CountTasks(dask.callbacks.Callback):
+    """Counts the Dask tasks executed while it is active (reads of stored chunks included)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def _pretask(self, key: object, dsk: object, state: object) -> None:
+        self.count += 1
+
+
+def test_saving_a_lazy_read_again_computes_nothing(tmp_path: Path) -> None:
+    store = cpr_zarr.ResultStore(tmp_path / "r.zarr")
+    volume = microscopy_volume((16, 64, 64))
+    first = store.save(da.from_array(volume, chunks=(8, 32, 32)), "raw", chunks=(8, 32, 32))
+    lazy = first.get_data()
+    with _CountTasks() as counted:
+        assert store.save(lazy, "raw", chunks=(8, 32, 32)) == first
+        assert store.save(lazy, "copy", chunks=(8, 32, 32)) == first  # any name: same content
+    assert counted.count == 0
+    # anything else is computed: a changed graph, another chunk shape, another store
+    with _CountTasks() as counted:
+        again = store.save(lazy + 0, "raw", chunks=(8, 32, 32))
+    assert counted.count > 0
+    assert again == first
+    with _CountTasks() as counted:
+        rechunked = store.save(lazy, "raw", chunks=(16, 64, 64))
+    assert counted.count > 0
+    assert rechunked.content_hash != first.content_hash
+    other = cpr_zarr.ResultStore(tmp_path / "other.zarr")
+    copied = other.save(lazy, "raw", chunks=(8, 32, 32))
+    assert copied.content_hash == first.content_hash
+    assert copied.store_url == other.url
+    np.testing.assert_array_equal(copied.to_numpy(), volume)
 
 
 def test_incomplete_groups_are_never_returned(local_store: cpr_zarr.ResultStore) -> None:

@@ -2,6 +2,16 @@
 
 Both read the result through its verified chunk reader, one slab of chunks at a time, so a
 volume larger than memory exports with bounded memory.
+
+* :func:`to_ngff_v04` copies every pyramid level under the original dataset paths
+  (``0``, ``1``, ...), the multiscales ``type`` and ``metadata``, an ``omero`` rendering
+  block, and the image's label images (``labels/<name>`` with ``image-label``), compressed
+  with Blosc lz4 (level 5, byte shuffle): the compressor bioformats2raw writes by default
+  and Java zarr v2 readers (n5-zarr as in Fiji/MoBIE, JZarr) decode; ``compressor="zlib"``
+  for readers without a native Blosc library (zlib is pure Java everywhere).
+* :func:`to_ome_tiff` writes a tiled pyramid (sub-resolutions as SubIFDs, each half the
+  size in y and x, down to :data:`TIFF_PYRAMID_MIN` pixels) for images larger than that,
+  which Bio-Formats (Fiji, QuPath) opens level by level.
 """
 
 from __future__ import annotations
@@ -12,18 +22,20 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpr_zarr.core.integrity import load_document
-from cpr_zarr.core.reader import open_reader
-from cpr_zarr.errors import StoreError, UnsupportedResultError
+from cpr_zarr.core import catalog
+from cpr_zarr.core.reader import ChunkReader, open_reader
+from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
 from cpr_zarr.model.ngff import default_axes
 from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
     from collections.abc import Iterator
 
+    import zarr
+
     from cpr_zarr.target import ZarrTarget
 
-__all__ = ["to_ngff_v04", "to_ome_tiff"]
+__all__ = ["TIFF_PYRAMID_MIN", "TIFF_TILE", "to_ngff_v04", "to_ome_tiff"]
 
 # NGFF (UDUNITS-2 names) -> OME-XML unit symbols
 _OME_UNITS = {
@@ -32,15 +44,19 @@ _OME_UNITS = {
     "microsecond": "µs", "nanosecond": "ns", "minute": "min", "hour": "h",
 }  # fmt: skip
 
+# OME-TIFF: images with y or x longer than this get sub-resolutions, halved down to it
+TIFF_PYRAMID_MIN = 512
+TIFF_TILE = (256, 256)
+# omero channel colours: white for one channel, else these in turn
+_CHANNEL_COLORS = ("00FF00", "FF00FF", "00FFFF", "FF0000", "0000FF", "FFFF00", "FFFFFF")
+
 
 def _metadata(target: ZarrTarget) -> tuple[str, list[float], list[str | None], list[float]]:
     if target.dtype == "table":
         raise UnsupportedResultError(
             f"{target.group_path!r} is a table; export it with cpr_zarr.to_csv(target, path)."
         )
-    # the checked record of the result (an exported image says what the content hash vouches for)
-    storage = open_storage(target.store_url, read_only=True)
-    meta = open_reader(storage, target.group_path).record.image
+    meta = _reader(target).record.image
     if meta is not None:
         return "".join(meta.axes), list(meta.scale), list(meta.units), list(meta.translation)
     ndim = len(target.shape)
@@ -52,25 +68,64 @@ def _metadata(target: ZarrTarget) -> tuple[str, list[float], list[str | None], l
     return axes, [1.0] * ndim, [None] * ndim, [0.0] * ndim
 
 
-def _planes(target: ZarrTarget) -> Iterator[np.ndarray]:
-    """The 2-D planes of the result in C order, reading one slab of chunks at a time."""
-    data = target.get_data()
+def _slabs(data: Any, step: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """``(region along axis 0, values)`` of a lazy array, ``step`` rows at a time."""
+    for start in range(0, data.shape[0], step):
+        region = slice(start, min(start + step, data.shape[0]))
+        yield region, np.asarray(data[region])
+
+
+def _planes(data: Any, step: int) -> Iterator[np.ndarray]:
+    """The 2-D planes of a lazy array in C order, reading ``step`` along axis 0 at a time."""
     if data.ndim == 2:
         yield np.asarray(data)
         return
-    step = target.chunks[0]
-    for start in range(0, target.shape[0], step):
-        slab = np.asarray(data[start : start + step])
+    for _, slab in _slabs(data, step):
         yield from slab.reshape(-1, *slab.shape[-2:])
 
 
+def _tiles(planes: Iterator[np.ndarray], tile: tuple[int, int]) -> Iterator[np.ndarray]:
+    """Each plane cut into tiles, row by row (tifffile zero-pads the edge tiles)."""
+    for plane in planes:
+        for y in range(0, plane.shape[0], tile[0]):
+            for x in range(0, plane.shape[1], tile[1]):
+                yield plane[y : y + tile[0], x : x + tile[1]]
+
+
+def _halved(planes: Iterator[np.ndarray], times: int, method: str) -> Iterator[np.ndarray]:
+    """Each plane halved ``times`` times in y and x, as cpr_zarr's pyramid levels are."""
+    from cpr_zarr.core.pyramid import downsample
+
+    for plane in planes:
+        for _ in range(times):
+            plane = downsample(plane, (2, 2), method)
+        yield plane
+
+
+def _tiff_levels(shape: tuple[int, ...]) -> int:
+    """Number of OME-TIFF resolutions: halve y and x until neither exceeds the minimum."""
+    y, x = shape[-2:]
+    levels = 1
+    while max(y, x) > TIFF_PYRAMID_MIN:
+        y, x = -(-y // 2), -(-x // 2)
+        levels += 1
+    return levels
+
+
 def to_ome_tiff(
-    target: ZarrTarget, path: str | os.PathLike[str], *, compression: str | None = "zlib"
+    target: ZarrTarget,
+    path: str | os.PathLike[str],
+    *,
+    compression: str | None = "zlib",
+    pyramid: bool = True,
 ) -> Path:
     """Write a result as an OME-TIFF with its axes and physical pixel sizes.
 
     Returns the path written. Time, channel and z axes become OME dimensions; the last two
-    axes are the image planes.
+    axes are the image planes. With ``pyramid`` (default: when y or x is longer than
+    :data:`TIFF_PYRAMID_MIN`) the file is tiled and each plane gets sub-resolutions (SubIFDs),
+    halved in y and x down to that size: by the mean for images, by nearest (strided)
+    sampling for label images and masks, as cpr_zarr's own levels.
     """
     import tifffile
 
@@ -92,61 +147,218 @@ def to_ome_tiff(
             meta["TimeIncrement"] = size
             if unit:
                 meta["TimeIncrementUnit"] = _OME_UNITS.get(unit, unit)
+    levels = _tiff_levels(target.shape) if pyramid else 1
+    pyramid = levels > 1
+    dtype = np.dtype(target.dtype)
+    label = _reader(target).record.labels_of is not None
+    method = "nearest" if label or dtype.kind == "b" else "mean"
+    data = target.get_data()
+    step = target.chunks[0]
+    options: dict[str, Any] = {
+        "dtype": dtype, "compression": compression, "photometric": "minisblack",
+    }  # fmt: skip
+    if pyramid:
+        options["tile"] = TIFF_TILE
     tmp = out.with_name(out.name + ".partial")
     try:
-        tifffile.imwrite(
-            tmp,
-            data=_planes(target),
-            shape=target.shape,
-            dtype=np.dtype(target.dtype),
-            ome=True,
-            metadata=meta,
-            compression=compression,
-            photometric="minisblack",
-        )
+        with tifffile.TiffWriter(tmp, bigtiff=True, ome=True) as tif:
+            planes = _planes(data, step)
+            tif.write(
+                data=_tiles(planes, TIFF_TILE) if pyramid else planes,
+                shape=target.shape,
+                metadata=meta,
+                subifds=levels - 1 if pyramid else None,
+                **options,
+            )
+            for number in range(1, levels if pyramid else 1):
+                # each level is computed from the base planes again: memory stays at a plane
+                halved = _halved(_planes(data, step), number, method)
+                shape = list(target.shape)
+                for _ in range(number):
+                    shape[-2:] = [-(-shape[-2] // 2), -(-shape[-1] // 2)]
+                tif.write(
+                    data=_tiles(halved, TIFF_TILE),
+                    shape=tuple(shape),
+                    subfiletype=1,
+                    metadata=None,
+                    **options,
+                )
         os.replace(tmp, out)  # never leave a half-written file under the final name
     finally:
         tmp.unlink(missing_ok=True)
     return out
 
 
-def to_ngff_v04(target: ZarrTarget, path: str | os.PathLike[str]) -> Path:
-    """Copy a result, with all its pyramid levels, to a new NGFF 0.4 image on zarr v2.
-
-    For viewers that do not read zarr v3 yet (Fiji with MoBIE / n5-zarr).
-    """
+def _ome(target: ZarrTarget) -> dict[str, Any]:
+    """The ``ome`` attributes of a result group, read with plain zarr."""
     import zarr
-    from ome_zarr.format import FormatV04
-    from ome_zarr.writer import write_multiscale
 
+    group = zarr.open_group(
+        target.zarr_array().store, path=target.group_path, mode="r", zarr_format=3
+    )
+    ome = group.attrs.get("ome")
+    if not isinstance(ome, dict):
+        raise UnsupportedResultError(
+            f"Result {target.group_path!r} in store {target.store_url!r} has no OME-NGFF "
+            "metadata to export; export it as an OME-TIFF (cpr_zarr.to_ome_tiff)."
+        )
+    return ome
+
+
+def _label_targets(target: ZarrTarget) -> list[ZarrTarget]:
+    """The label images listed in the image's ``labels`` group, in its order."""
+    import zarr
+
+    try:
+        group = zarr.open_group(
+            target.zarr_array().store, path=f"{target.group_path}/labels", mode="r", zarr_format=3
+        )
+    except FileNotFoundError:
+        return []
+    ome = group.attrs.get("ome")
+    names = ome.get("labels", []) if isinstance(ome, dict) else []
+    if not isinstance(names, list):
+        return []
+    storage = open_storage(target.store_url, read_only=True)
+    out = []
+    for name in names:
+        path = f"{target.group_path}/labels/{name}"
+        out.append(catalog.target_for(storage, path, catalog.load(storage, path)))
+    return out
+
+
+def _reader(target: ZarrTarget) -> ChunkReader:
+    """The verifying reader of a result (its checked commit record, cached per process)."""
+    return open_reader(open_storage(target.store_url, read_only=True), target.group_path)
+
+
+def _omero(target: ZarrTarget, multiscale: dict[str, Any], top: np.ndarray) -> dict[str, Any]:
+    """An ``omero`` rendering block: one channel per index of a ``c`` axis (else one).
+
+    Each channel's window spans the type's range (the data's for floats) and starts and
+    ends at the values of the smallest level, which is cheap to read.
+    """
+    axes = [a["name"] for a in multiscale["axes"]]
+    dtype = top.dtype
+    c = axes.index("c") if "c" in axes else None
+    count = top.shape[c] if c is not None else 1
+    channels = []
+    for index in range(count):
+        values = np.take(top, index, axis=c) if c is not None else top
+        start = float(values.min()) if values.size else 0.0
+        end = float(values.max()) if values.size else 0.0
+        if dtype.kind == "b":
+            low, high = 0.0, 1.0
+        elif dtype.kind in "iu":
+            low, high = float(np.iinfo(dtype).min), float(np.iinfo(dtype).max)
+        else:
+            low, high = start, end
+        channels.append(
+            {
+                "label": f"{target.name} {index}" if c is not None else target.name,
+                "color": _CHANNEL_COLORS[index % len(_CHANNEL_COLORS)] if count > 1 else "FFFFFF",
+                "active": True,
+                "coefficient": 1.0,
+                "family": "linear",
+                "inverted": False,
+                "window": {"min": low, "max": high, "start": start, "end": end},
+            }
+        )
+    rdefs: dict[str, Any] = {"model": "color" if count > 1 else "greyscale", "defaultT": 0}
+    if "z" in axes:
+        rdefs["defaultZ"] = top.shape[axes.index("z")] // 2
+    return {"name": target.name, "version": "0.4", "channels": channels, "rdefs": rdefs}
+
+
+def _v2_compressor(compressor: str) -> Any:
+    import numcodecs
+
+    if compressor == "blosc":
+        return numcodecs.Blosc(cname="lz4", clevel=5, shuffle=numcodecs.Blosc.SHUFFLE)
+    if compressor == "zlib":
+        return numcodecs.Zlib(level=6)
+    raise InvalidArgumentError(
+        f"Invalid compressor {compressor!r} for an NGFF 0.4 export: use 'blosc' (Blosc lz4, "
+        "what bioformats2raw writes) or 'zlib' (pure Java readers without native Blosc)."
+    )
+
+
+def _copy_image(
+    target: ZarrTarget, group: zarr.Group, compressor: Any, *, with_omero: bool
+) -> dict[str, Any]:
+    """Copy every level of ``target`` into ``group`` (zarr v2) and write its 0.4 attributes."""
     from cpr_zarr.core.pyramid import level_count, read_level
 
+    ome = _ome(target)
+    multiscale = dict(ome["multiscales"][0])
+    datasets = multiscale["datasets"][: level_count(target)]
+    level = None
+    for number, dataset in enumerate(datasets):
+        level = read_level(target, number)
+        array = group.create_array(
+            dataset["path"],
+            shape=level.shape,
+            dtype=level.dtype,
+            chunks=tuple(max(1, c[0]) for c in level.chunks),
+            compressors=compressor,
+            chunk_key_encoding={"name": "v2", "separator": "/"},  # NGFF 0.4 asks for "/"
+            fill_value=0,
+        )
+        for region, values in _slabs(level, max(1, level.chunks[0][0])):
+            array[region] = values
+    attrs: dict[str, Any] = {
+        "multiscales": [{"version": "0.4", **{**multiscale, "datasets": datasets}}]
+    }
+    if "image-label" in ome:
+        attrs["image-label"] = {"version": "0.4", **ome["image-label"]}
+    elif with_omero and level is not None:
+        attrs["omero"] = _omero(target, multiscale, np.asarray(level))
+    group.attrs.update(attrs)
+    return attrs
+
+
+def to_ngff_v04(
+    target: ZarrTarget,
+    path: str | os.PathLike[str],
+    *,
+    labels: bool = True,
+    compressor: str = "blosc",
+) -> Path:
+    """Copy a result, with all its pyramid levels and label images, to an NGFF 0.4 image on zarr v2.
+
+    For viewers that do not read zarr v3 yet (Fiji with MoBIE / n5-zarr, older napari and
+    ome-zarr readers). The copy keeps the dataset paths (``0``, ``1``, ...), the axes,
+    transforms, multiscales ``type`` and ``metadata``, adds an ``omero`` rendering block, and
+    copies the label images to ``labels/<name>`` with their ``image-label`` (``labels=False``
+    leaves them out). ``compressor``: ``"blosc"`` (Blosc lz4, level 5, byte shuffle; the
+    default of bioformats2raw, decoded by Java zarr v2 readers with native Blosc) or
+    ``"zlib"`` (pure Java).
+
+    Raises
+    ------
+    StoreError
+        If ``path`` exists.
+    UnsupportedResultError
+        For tables and arrays that are not images.
+    InvalidArgumentError
+        For an unknown ``compressor``.
+    """
+    import zarr
+
     _metadata(target)  # rejects tables and arrays that are not images
+    codec = _v2_compressor(compressor)
     out = Path(path)
     if out.exists():
         raise StoreError(
             f"Export destination {str(out)!r} already exists; choose a new path or remove it."
         )
-    storage = open_storage(target.store_url, read_only=True)
-    document = load_document(storage, target.group_path, arrays=False)
-    if document is None or document.ome is None:
-        raise UnsupportedResultError(
-            f"{target.group_path!r} in store {target.store_url!r} has no OME-NGFF metadata "
-            "(or was removed): nothing to export as NGFF."
-        )
-    multiscale = document.ome["multiscales"][0]
-    levels = [read_level(target, i) for i in range(level_count(target))]
-    # the same axes and per-level transforms as the zarr v3 original (NGFF 0.4 has them too)
-    transforms = [d["coordinateTransformations"] for d in multiscale["datasets"]][: len(levels)]
-    axes_meta = multiscale["axes"]
     group = zarr.open_group(str(out), mode="w-", zarr_format=2)
-    write_multiscale(
-        levels,
-        group,
-        fmt=FormatV04(),
-        axes=axes_meta,
-        coordinate_transformations=transforms,
-        storage_options={"chunks": target.chunks},
-        name=target.name,
-    )
+    _copy_image(target, group, codec, with_omero=True)
+    children = _label_targets(target) if labels else []
+    if children:
+        names = [child.group_path.rsplit("/", 1)[1] for child in children]
+        label_group = group.create_group("labels")
+        label_group.attrs.update({"labels": names})
+        for name, child in zip(names, children, strict=True):
+            _copy_image(child, label_group.create_group(name), codec, with_omero=False)
     return out

@@ -21,6 +21,7 @@ import numpy as np
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.integrity import is_leftover
+from cpr_zarr.core.progress import track
 from cpr_zarr.core.provenance import read_provenance
 from cpr_zarr.model.layout import HASH_HEX_LENGTH
 
@@ -99,7 +100,8 @@ def list_results(storage: Storage) -> pd.DataFrame:
     found, damaged = catalog.scan(storage)
     for damage in damaged:
         logger.warning("Skipping a damaged result: %s", damage.message)
-    rows = [result_row(storage, t) for t in found]
+    listing = track(found, f"store {storage.url}", verb="listed", doing="listing", done="listed")
+    rows = [result_row(storage, t) for t in listing]
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)

@@ -16,6 +16,7 @@ from cpr_zarr.model.ngff import (
     ImageMeta,
     Labels,
     default_axes,
+    default_colors,
     image_label_attrs,
     labels_group_attrs,
     metadata_conflict,
@@ -114,13 +115,44 @@ class SaveSpec:
             levels.append((level.path, cumulative))
         ome = multiscales_attrs(name, self.meta, levels, centered=method == "mean")
         if label:
-            ome["image-label"] = image_label_attrs(self.colors)
+            colors = self.colors
+            if colors is None:  # the strict label schema asks for a colour table
+                colors = default_colors(_max_label(storage, path, base))
+            ome["image-label"] = image_label_attrs(colors)
         record = replace(record, image=self.meta, levels=tuple(records), labels_of=self.label_of)
         return ome, record
 
     def after_commit(self, storage: Storage) -> None:
         if self.label_of is not None:
             update_labels_list(storage, self.label_of)
+
+
+def _max_label(storage: Storage, path: str, base: np.ndarray | None) -> int:
+    """The largest value of the label image being saved (0 if empty).
+
+    From the in-memory array when the save had one, else from the stored base level, one
+    chunk per job on a thread per core (the same read the pyramid levels make).
+    """
+    import zarr
+
+    from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+    from cpr_zarr.model.layout import chunk_grid
+
+    if base is not None:
+        return int(base.max()) if base.size else 0
+    # pyramid.write_levels opens the staged base level the same way (before the commit)
+    codec = ChunkCodec(
+        zarr.open_array(storage.zarr_store, path=f"{path}/0", mode="r", zarr_format=3)
+    )
+    grid = [index for index, _ in chunk_grid(codec.shape, codec.chunks)]
+    if not grid:
+        return 0
+    highest = thread_map(
+        lambda index: int(codec.read(index, writeable=False).max()),
+        grid,
+        worker_count(remote=storage.remote),
+    )
+    return int(max(highest))
 
 
 def update_labels_list(storage: Storage, image_path: str) -> None:

@@ -30,6 +30,7 @@ from cpr_zarr.core.integrity import (
     wrap_copy,
 )
 from cpr_zarr.core.labels import update_labels_list
+from cpr_zarr.core.progress import Progress, track
 from cpr_zarr.core.provenance import read_records
 from cpr_zarr.core.reader import ChunkReader, forget_reader
 from cpr_zarr.core.table import read_checked_table
@@ -186,8 +187,12 @@ def _verify_data(
             reader.read_chunk(index)
         except ChunkVerificationError as exc:
             problems.append(str(exc))
+        bar.update()
 
-    list(thread_map(one, jobs, threads or worker_count(remote=storage.remote)))
+    with Progress(
+        path, len(jobs), verb="checked", doing_verb="verifying", done_verb="verified"
+    ) as bar:
+        list(thread_map(one, jobs, threads or worker_count(remote=storage.remote)))
     return problems
 
 
@@ -205,7 +210,8 @@ def verify_store(
     report = VerifyReport()
     if paths is None:
         paths = catalog.candidate_paths(storage, nested=True)
-    for path in paths:
+    what = f"store {storage.url}"
+    for path in track(paths, what, doing="verifying", done="verified"):
         record = _load_or_repair(storage, path, repair_damaged, report)
         if record is None:
             continue

@@ -23,6 +23,7 @@ completes.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import uuid
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,7 @@ from cpr_zarr.core.progress import SaveProgress, count_keys
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
 from cpr_zarr.model.hashing import chunk_digest, combine_digests
 from cpr_zarr.model.layout import (
+    HASH_HEX_LENGTH,
     canonical_dtype,
     chunk_grid,
     parse_chunks,
@@ -278,6 +280,9 @@ def _save_dask(
     chunk_shape = parse_chunks(
         chunks, data.shape, dtype, where=f"result {name!r} in store {storage.url!r}"
     )
+    known = _already_stored(storage, data, dtype, chunk_shape, name, spec)
+    if known is not None:
+        return known
     if data.dtype != dtype:
         data = data.astype(dtype)
     aligned = da.core.normalize_chunks(chunk_shape, data.shape)
@@ -343,6 +348,41 @@ def _save_dask(
             logger.warning(
                 "Could not remove staging folder %s of %s: %s", staging, storage.url, exc
             )
+
+
+_READ_NAME = re.compile(rf"cpr-zarr-([0-9a-f]{{{HASH_HEX_LENGTH}}})(?:-unverified)?")
+
+
+def _already_stored(
+    storage: Storage,
+    data: da.Array,
+    dtype: np.dtype,
+    chunk_shape: tuple[int, ...],
+    name: str,
+    spec: labels.SaveSpec,
+) -> ZarrTarget | None:
+    """The committed result a lazy array was read from, if it is saved again unchanged.
+
+    A result read lazily (``target.get_data()``) is a Dask array named after its content
+    hash (:meth:`~cpr_zarr.core.reader.ChunkReader.to_dask`); any operation on it (slicing,
+    arithmetic, ``astype``, ``rechunk``) gives another name. Saved again unchanged into the
+    store that holds it, with the same chunk shape, its content hash is known without
+    computing anything: the save costs a lookup, not a read of every chunk. Any other graph
+    (a computation, random data) is computed, because only its values can tell its hash.
+    """
+    match = _READ_NAME.fullmatch(str(data.name))
+    if match is None:
+        return None
+    content_hash = match[1]
+    found = spec.find(storage, content_hash, spec.path(name, content_hash))
+    if (
+        found is None
+        or found.dtype != dtype.name
+        or tuple(found.chunks) != tuple(chunk_shape)
+        or tuple(found.shape) != tuple(int(s) for s in data.shape)
+    ):
+        return None
+    return found
 
 
 def write_block(block: np.ndarray, *, codec: ChunkCodec, block_info: dict[Any, Any]) -> np.ndarray:

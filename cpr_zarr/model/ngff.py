@@ -12,6 +12,8 @@ are accepted by ``ResultStore.save`` and as ``cpr_zarr.task`` return values.
 
 from __future__ import annotations
 
+import colorsys
+import itertools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -22,6 +24,9 @@ import numpy as np
 from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
 
 __all__ = [
+    "DOWNSAMPLE_METHOD",
+    "DOWNSAMPLE_VERSION",
+    "MAX_DEFAULT_COLORS",
     "MAX_LEVELS",
     "NGFF_VERSION",
     "SPACE_UNITS",
@@ -30,6 +35,7 @@ __all__ = [
     "ImageMeta",
     "Labels",
     "default_axes",
+    "default_colors",
     "image_label_attrs",
     "labels_group_attrs",
     "meta_from_attrs",
@@ -43,6 +49,13 @@ __all__ = [
 logger = logging.getLogger("cpr_zarr")
 
 NGFF_VERSION = "0.5"
+# what the multiscales ``metadata`` names as the downsampling: cpr_zarr's own function and the
+# version of its algorithm (mean of boxes rounded half to even / strided nearest), not of the
+# package; bump it if the values a level gets ever change
+DOWNSAMPLE_METHOD = "cpr_zarr.core.pyramid.downsample"
+DOWNSAMPLE_VERSION = "1"
+# at most this many generated label colours (0 and 1..1023): ~52 kB of JSON in zarr.json
+MAX_DEFAULT_COLORS = 1024
 _DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}
 _AXIS_ORDER = {"time": 0, "channel": 1, "space": 2}
@@ -337,12 +350,19 @@ def multiscales_attrs(
     levels: list[tuple[str, tuple[int, ...]]] | None = None,
     *,
     centered: bool = True,
+    complete: bool = True,
 ) -> dict[str, Any]:
     """The ``ome`` attribute of an image group.
 
     ``levels`` lists ``(path, cumulative downsampling factor per axis)``, base first. With
     ``centered`` (mean downsampling) a level's first pixel covers ``f`` base pixels, so its
     centre moves by ``(f - 1) / 2`` base pixels; nearest (strided) levels keep the origin.
+
+    The multiscale names its downsampling ``type`` (``"mean"`` or ``"nearest"``: the method
+    cpr_zarr uses for this kind of image, also when there is one level) and ``metadata``
+    (method, version and the per-level steps), which the strict NGFF schema asks for.
+    ``complete=False`` gives the form written before these were added (``type`` only with
+    several levels, no ``metadata``): stores written then still verify against it.
     """
     if levels is None:
         levels = [("0", (1,) * len(meta.axes))]
@@ -364,8 +384,27 @@ def multiscales_attrs(
             transforms.append({"type": "translation", "translation": shift})
         datasets.append({"path": path, "coordinateTransformations": transforms})
     multiscale: dict[str, Any] = {"name": name, "axes": axes, "datasets": datasets}
-    if len(levels) > 1:
-        multiscale["type"] = "mean" if centered else "nearest"
+    method = "mean" if centered else "nearest"
+    if not complete:
+        if len(levels) > 1:
+            multiscale["type"] = method
+        return {"version": NGFF_VERSION, "multiscales": [multiscale]}
+    multiscale["type"] = method
+    steps = [
+        [f // p for f, p in zip(factors, previous, strict=True)]
+        for (_, previous), (_, factors) in itertools.pairwise(levels)
+    ]
+    multiscale["metadata"] = {
+        "description": (
+            "Each level reduces the one before it by its step per axis: the mean of each "
+            "box (integers rounded half to even), or nearest (strided) sampling for label "
+            "images and masks."
+        ),
+        "method": DOWNSAMPLE_METHOD,
+        "version": DOWNSAMPLE_VERSION,
+        "args": [],
+        "kwargs": {"method": method, "steps": steps},
+    }
     return {"version": NGFF_VERSION, "multiscales": [multiscale]}
 
 
@@ -430,6 +469,24 @@ def parse_colors(colors: object) -> tuple[tuple[int, tuple[int, int, int, int]],
             )
         out.append((int(value), _rgba(value, rgba)))
     return tuple(sorted(out))
+
+
+def default_colors(max_label: int) -> tuple[tuple[int, tuple[int, int, int, int]], ...]:
+    """A colour per label value ``0..max_label`` (at most :data:`MAX_DEFAULT_COLORS`).
+
+    0 (background) is transparent; the others get well separated opaque hues (golden-ratio
+    steps around the colour wheel), the same for the same value in every label image. A
+    label image with more values than the bound gets colours for the first ones only:
+    viewers that draw from the table (napari-ome-zarr) leave the others uncoloured; give
+    ``colors=`` to choose them.
+    """
+    out: list[tuple[int, tuple[int, int, int, int]]] = [(0, (0, 0, 0, 0))]
+    for value in range(1, max(0, min(max_label, MAX_DEFAULT_COLORS - 1)) + 1):
+        hue = (value * 0.618033988749895) % 1.0
+        saturation = 0.55 + 0.45 * ((value * 7) % 3) / 2
+        r, g, b = colorsys.hsv_to_rgb(hue, saturation, 0.95)
+        out.append((value, (round(r * 255), round(g * 255), round(b * 255), 255)))
+    return tuple(out)
 
 
 def image_label_attrs(

@@ -46,9 +46,21 @@ class FsspecStorage(Storage):
     """
 
     def __init__(
-        self, url: str, *, read_only: bool = False, storage_options: dict[str, Any] | None = None
+        self,
+        url: str,
+        *,
+        read_only: bool = False,
+        storage_options: dict[str, Any] | None = None,
+        store: zarr.storage.FsspecStore | None = None,
     ) -> None:
         super().__init__(url, read_only=read_only)
+        if store is not None:  # a zarr FsspecStore the user opened (with its file system)
+            self.storage_options = {}
+            self.remote = "memory" not in store.fs.protocol
+            self._zarr: Any = store
+            self._fs: Any = store.fs
+            self._root: str = store.path.rstrip("/")
+            return
         self.storage_options = dict(storage_options or {})
         options = dict(self.storage_options)
         if url.startswith(("s3://", "s3a://")):
@@ -59,11 +71,11 @@ class FsspecStorage(Storage):
                 "config_kwargs", {"retries": {"max_attempts": 8, "mode": "standard"}}
             )
         self.remote = not url.startswith("memory://")
-        self._zarr: Any = zarr.storage.FsspecStore.from_url(
+        self._zarr = zarr.storage.FsspecStore.from_url(
             url, storage_options=options or None, read_only=read_only
         )
-        self._fs: Any = self._zarr.fs
-        self._root: str = self._zarr.path.rstrip("/")
+        self._fs = self._zarr.fs
+        self._root = self._zarr.path.rstrip("/")
 
     def __reduce__(self) -> tuple[object, ...]:
         # storage options are never pickled (they may hold credentials): the process that

@@ -1,0 +1,310 @@
+"""Every kind of result opens in readers nobody here wrote, with the right values and geometry.
+
+Kinds: a 2-D image (one level), a 3-D image with a pyramid, scale, units and translation,
+a channel image (``czyx``), a mask (bool), and label images saved from numpy and from Dask.
+Readers: the strict NGFF 0.5 JSON schemas published with the spec (jsonschema),
+ome-zarr-models, napari-ome-zarr and ngio (Fractal's I/O library). The README's table of
+tools points at the tests here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import dask.array as da
+import jsonschema
+import numpy as np
+import pytest
+import referencing
+import zarr
+
+import cpr_zarr
+from cpr_zarr.core import pyramid
+from cpr_zarr.core.integrity import seal
+from cpr_zarr.model import ngff
+from tests.conftest import microscopy_volume
+
+if TYPE_CHECKING:
+    from cpr_zarr import ResultStore, ZarrTarget
+
+SCHEMAS = Path(__file__).parent / "data" / "ngff_schemas"
+
+
+def schema_validator(version: str, name: str) -> jsonschema.protocols.Validator:
+    """A validator for ``<version>/schemas/<name>.schema`` (the spec's, loaded offline)."""
+    resources = []
+    for file in (SCHEMAS / version).glob("*.schema"):
+        schema = json.loads(file.read_text())
+        resource = referencing.Resource.from_contents(
+            schema, default_specification=referencing.jsonschema.DRAFT202012
+        )
+        resources.append((schema["$id"], resource))
+    registry: referencing.Registry[Any] = referencing.Registry().with_resources(resources)
+    schema = json.loads((SCHEMAS / version / f"{name}.schema").read_text())
+    cls = jsonschema.validators.validator_for(schema, default=jsonschema.Draft202012Validator)
+    return cls(schema, registry=registry)  # type: ignore[no-any-return]
+
+
+def attributes(target: ZarrTarget) -> dict[str, Any]:
+    group = zarr.open_group(target.store.url, path=target.group_path, mode="r")
+    return dict(group.attrs)
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One kind of result, its values and the geometry a reader must report."""
+
+    target: ZarrTarget
+    values: np.ndarray
+    axes: str
+    scale: tuple[float, ...]
+    units: tuple[str | None, ...]
+    translation: tuple[float, ...]
+    levels: int
+    label: bool = False
+
+
+KINDS = ["image-2d", "image-3d-pyramid", "image-czyx", "mask", "labels", "labels-dask"]
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Kind]:
+    store = cpr_zarr.ResultStore(tmp_path_factory.mktemp("readers") / "results.zarr")
+    out: dict[str, Kind] = {}
+    flat = microscopy_volume((1, 48, 64))[0]
+    out["image-2d"] = Kind(
+        store.save(cpr_zarr.Image(flat, scale=0.5, units="micrometer"), "flat"),
+        flat, "yx", (0.5, 0.5), ("micrometer",) * 2, (0.0, 0.0), 1,
+    )  # fmt: skip
+    volume = microscopy_volume((8, 40, 36))
+    meta = {"scale": (2.0, 0.5, 0.5), "units": "micrometer", "translation": (0.0, 3.0, 4.0)}
+    image = store.save(cpr_zarr.Image(volume, levels=3, **meta), "raw", chunks=(4, 16, 16))
+    out["image-3d-pyramid"] = Kind(
+        image, volume, "zyx", (2.0, 0.5, 0.5), ("micrometer",) * 3, (0.0, 3.0, 4.0), 3
+    )
+    channels = np.stack([volume[:4], volume[4:]])
+    out["image-czyx"] = Kind(
+        store.save(cpr_zarr.Image(channels, axes="czyx", scale=(1, 2.0, 0.5, 0.5)), "chan"),
+        channels, "czyx", (1.0, 2.0, 0.5, 0.5), (None,) * 4, (0.0,) * 4, 1,
+    )  # fmt: skip
+    mask = volume[0] > 300
+    out["mask"] = Kind(
+        store.save(cpr_zarr.Image(mask, scale=0.5), "mask"),
+        mask, "yx", (0.5, 0.5), (None, None), (0.0, 0.0), 1,
+    )  # fmt: skip
+    nuclei = (volume // 200).astype(np.uint16)
+    out["labels"] = Kind(
+        store.save(cpr_zarr.Labels(nuclei, image=image), "nuclei"),
+        nuclei, "zyx", (2.0, 0.5, 0.5), ("micrometer",) * 3, (0.0, 3.0, 4.0), 3, label=True,
+    )  # fmt: skip
+    cells = (flat // 150).astype(np.uint8)
+    out["labels-dask"] = Kind(
+        store.save(cpr_zarr.Labels(da.from_array(cells, chunks=16), image=out["image-2d"].target),
+                   "cells"),
+        cells, "yx", (0.5, 0.5), ("micrometer",) * 2, (0.0, 0.0), 1, label=True,
+    )  # fmt: skip
+    return out
+
+
+def local_path(target: ZarrTarget) -> Path:
+    return Path(target.store.url) / target.group_path
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_result_kind_passes_the_strict_ngff_05_schemas(
+    results: dict[str, Kind], kind: str
+) -> None:
+    case = results[kind]
+    attrs = attributes(case.target)
+    schema_validator("0.5", "strict_image").validate(attrs)
+    if case.label:
+        schema_validator("0.5", "strict_label").validate(attrs)
+    (multiscale,) = attrs["ome"]["multiscales"]
+    assert multiscale["type"] == ("nearest" if case.label or kind == "mask" else "mean")
+    assert multiscale["metadata"]["method"] == ngff.DOWNSAMPLE_METHOD
+    steps = multiscale["metadata"]["kwargs"]["steps"]
+    assert len(steps) == case.levels - 1
+    recorded = case.target.store.reader(case.target).attrs.get("levels", [])
+    assert steps == [r["step"] for r in recorded]
+
+
+def test_the_strict_schemas_refuse_what_they_ask_for() -> None:
+    """The vendored schemas are the strict ones: the fields added for them are required."""
+    meta = ngff.parse_meta(2)
+    old = ngff.multiscales_attrs("x", meta, complete=False)
+    with pytest.raises(jsonschema.ValidationError, match="'metadata' is a required property"):
+        schema_validator("0.5", "strict_image").validate({"ome": old})
+    schema_validator("0.5", "image").validate({"ome": old})
+    label = {"ome": {**old, "image-label": ngff.image_label_attrs(None)}}
+    with pytest.raises(jsonschema.ValidationError, match="'colors' is a required property"):
+        schema_validator("0.5", "strict_label").validate(label)
+
+
+def test_label_images_get_a_colour_for_every_value_up_to_a_bound(
+    results: dict[str, Kind], local_store: ResultStore
+) -> None:
+    for kind in ("labels", "labels-dask"):  # max from memory, and read back from the store
+        case = results[kind]
+        colors = attributes(case.target)["ome"]["image-label"]["colors"]
+        assert [c["label-value"] for c in colors] == list(range(int(case.values.max()) + 1))
+        assert colors[0]["rgba"] == [0, 0, 0, 0]  # background transparent
+        assert all(c["rgba"][3] == 255 for c in colors[1:])
+        assert len({tuple(c["rgba"]) for c in colors}) == len(colors)  # distinct colours
+    image = local_store.save(np.zeros((4, 3000), np.uint16), "wide")
+    many = np.arange(4 * 3000, dtype=np.uint32).reshape(4, 3000)
+    target = local_store.save(cpr_zarr.Labels(many, image=image), "many")
+    colors = attributes(target)["ome"]["image-label"]["colors"]
+    assert len(colors) == ngff.MAX_DEFAULT_COLORS
+    assert len(json.dumps(colors)) < 56_000
+    given = local_store.save(cpr_zarr.Labels(many % 3, image=image, colors={2: "#00ff00"}), "g")
+    colors = attributes(given)["ome"]["image-label"]["colors"]
+    assert colors == [{"label-value": 2, "rgba": [0, 255, 0, 255]}]
+
+
+def test_results_saved_before_the_complete_metadata_still_open_and_verify(
+    local_store: ResultStore,
+) -> None:
+    """A store written without multiscales ``metadata``, single-level ``type`` or colours."""
+    image = local_store.save(cpr_zarr.Image(microscopy_volume((2, 24, 20)), levels=1), "old")
+    seg = local_store.save(cpr_zarr.Labels(np.ones((2, 24, 20), np.uint8), image=image), "seg")
+    root = Path(local_store.url)
+    for target in (image, seg):
+        marker = root / target.group_path / "zarr.json"
+        doc = json.loads(marker.read_text())
+        ome = doc["attributes"]["ome"]
+        del ome["multiscales"][0]["metadata"]
+        del ome["multiscales"][0]["type"]
+        ome.get("image-label", {}).pop("colors", None)
+        marker.write_text(json.dumps(seal(doc)))
+    reopened = cpr_zarr.ResultStore(local_store.url)
+    assert reopened.damaged() == []
+    for target in (image, seg):
+        np.testing.assert_array_equal(
+            reopened.check(reopened.open(target.group_path)).to_numpy(), target.to_numpy()
+        )
+    # a changed field is still refused: the old form is accepted as it was written, exactly
+    marker = root / image.group_path / "zarr.json"
+    doc = json.loads(marker.read_text())
+    doc["attributes"]["ome"]["multiscales"][0]["type"] = "gaussian"
+    marker.write_text(json.dumps(seal(doc)))
+    assert [d.group_path for d in cpr_zarr.ResultStore(local_store.url).damaged()] == [
+        image.group_path
+    ]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ome_zarr_models_validates_every_kind(results: dict[str, Kind], kind: str) -> None:
+    from ome_zarr_models.v05 import Image as ImageModel
+    from ome_zarr_models.v05.image_label import ImageLabel
+
+    case = results[kind]
+    group = zarr.open_group(case.target.store.url, path=case.target.group_path, mode="r")
+    model = (ImageLabel if case.label else ImageModel).from_zarr(group)
+    (multiscale,) = model.ome_attributes.multiscales
+    assert "".join(a.name for a in multiscale.axes) == case.axes
+    assert [a.unit for a in multiscale.axes] == list(case.units)
+    assert len(multiscale.datasets) == case.levels
+    assert [d.path for d in multiscale.datasets] == [str(i) for i in range(case.levels)]
+
+
+def _napari_layers(path: Path) -> list[tuple[Any, dict[str, Any], str]]:
+    from napari_ome_zarr._reader import napari_get_reader
+
+    read = napari_get_reader(str(path))
+    assert read is not None
+    return read(str(path))  # type: ignore[no-any-return]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_napari_ome_zarr_opens_every_kind(
+    results: dict[str, Kind], kind: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    case = results[kind]
+    layers = _napari_layers(local_path(case.target))
+    capsys.readouterr()  # napari-ome-zarr prints the attributes
+    if case.label:  # opening a label image opens its image with all its labels
+        layer = next(
+            layer
+            for layer in layers
+            if layer[2] == "labels"
+            and layer[1]["name"].endswith(case.target.group_path.rsplit("/", 1)[1])
+        )
+    else:
+        (layer,) = (layer for layer in layers if layer[2] == "image")
+    data, meta, _ = layer
+    assert len(data) == case.levels
+    np.testing.assert_array_equal(np.asarray(data[0]), case.values)
+    if "c" in case.axes:  # one channel axis: split into channels, the rest is the image
+        assert meta["channel_axis"] == 0
+        assert meta["scale"] == pytest.approx(case.scale[1:])
+        return
+    assert meta["scale"] == pytest.approx(case.scale)
+    assert meta["axis_labels"] == tuple(case.axes)
+    if case.units[0] is not None:
+        assert meta["units"] == case.units
+    if case.label:  # the generated colour table colours every label present
+        colormap = meta["colormap"]
+        present = np.unique(case.values)
+        assert all(colormap[int(v)][3] == 1.0 for v in present if v)
+        assert colormap[0][3] == 0.0
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ngio_opens_every_kind(results: dict[str, Kind], kind: str) -> None:
+    import ngio
+
+    case = results[kind]
+    if case.label:
+        image_path, _, name = case.target.group_path.rpartition("/labels/")
+        container = ngio.open_ome_zarr_container(Path(case.target.store.url) / image_path)
+        assert name in container.list_labels()
+        opened = container.get_label(name)
+        levels = container.get_label(name).meta.paths
+    else:
+        container = ngio.open_ome_zarr_container(local_path(case.target))
+        opened = container.get_image()
+        levels = opened.meta.paths
+    assert levels == [str(i) for i in range(case.levels)]
+    assert opened.axes == tuple(case.axes)
+    np.testing.assert_array_equal(np.asarray(opened.get_as_numpy()), case.values)
+    size = opened.pixel_size
+    for axis, value in zip(case.axes, case.scale, strict=True):
+        if axis in "zyx":
+            assert getattr(size, axis) == pytest.approx(value)
+    if case.units[-1] is not None:
+        assert opened.space_unit == case.units[-1]
+    if case.levels > 1:
+        top = (
+            container.get_label(name, path=str(case.levels - 1))
+            if case.label
+            else container.get_image(path=str(case.levels - 1))
+        )
+        np.testing.assert_array_equal(
+            np.asarray(top.get_as_numpy()),
+            pyramid.read_level(case.target, case.levels - 1).compute(),
+        )
+        assert top.pixel_size.x == pytest.approx(case.scale[-1] * 2 ** (case.levels - 1))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_napari_builtin_zarr_reader_opens_level_arrays_not_result_groups(
+    results: dict[str, Kind], kind: str
+) -> None:
+    """napari's own reader (no plugin): a level array opens; a result group does not yet.
+
+    It descends into the group's first subgroup (``cpr_zarr_record/``) and finds no arrays:
+    the README says so and points to napari-ome-zarr. When the layout changes, this test
+    fails and the README row is to be updated.
+    """
+    from napari_builtins.io import read_zarr_dataset
+
+    case = results[kind]
+    path = local_path(case.target)
+    data, shape = read_zarr_dataset(str(path / "0"))
+    assert shape == case.values.shape
+    np.testing.assert_array_equal(np.asarray(data), case.values)
+    with pytest.raises(ValueError, match="No arrays found in zarr group"):
+        read_zarr_dataset(str(path))
