@@ -226,6 +226,23 @@ def main() -> None:
             f"{'n/a' if cc is None else int(cc)} / {'n/a' if cp is None else int(cp)} |"
         )
 
+    print("\n### Command-line start-up (wall time of a new process, median)\n")
+    print("| command | time | target |")
+    print("|---|---|---|")
+    b = "bench_cli.CliStartup.track_"
+    for name, label, target in (
+        ("python_startup", "`python -c pass` (baseline)", None),
+        ("import_cpr_zarr", "`python -c 'import cpr_zarr'`", None),
+        ("version", "`cpr-zarr --version`", 0.3),
+        ("help", "`cpr-zarr --help`", 0.3),
+        ("ls_small_store", "`cpr-zarr ls` (3 results)", 1.0),
+    ):
+        t = get((b + name, ()))
+        goal = (
+            "" if target is None else verdict(t, t is not None and t < target) + f" (< {target} s)"
+        )
+        print(f"| {label} | {fmt_time(t)} | {goal} |")
+
 
 if __name__ == "__main__":
     main()

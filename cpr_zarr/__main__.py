@@ -1,3 +1,3 @@
 from cpr_zarr.cli import main
 
-main()
+main(prog_name="cpr-zarr")

@@ -4,15 +4,24 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import sys
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
+from cpr_zarr import __version__
 from cpr_zarr.errors import CprZarrError
 
+# Only the standard library and click load with this module, so that `--help` and
+# `--version` answer in a blink: each command imports what it needs (zarr, pandas, Dask,
+# tifffile) when it runs. tests/test_imports.py keeps it so.
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from cpr_zarr.store import ResultStore
     from cpr_zarr.target import ZarrTarget
 
@@ -21,6 +30,11 @@ __all__ = ["main"]
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}  # fmt: skip
 _AGES = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def plural(count: int, word: str, many: str | None = None) -> str:
+    """``1 result``, ``2 results``, ``0 entries`` (``many`` for irregular plurals)."""
+    return f"{count} {word if count == 1 else (many or word + 's')}"
 
 
 def human_bytes(n: float | None) -> str:
@@ -64,11 +78,23 @@ def parse_since(text: str) -> datetime:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _parsed(parse: Callable[[str], Any], text: str, hint: str) -> Any:
+    """``parse(text)``, its error naming the option it came from."""
+    try:
+        return parse(text)
+    except click.BadParameter as exc:
+        exc.param_hint = hint
+        raise
+
+
 def _open(url: str, mode: str = "r") -> ResultStore:
     from cpr_zarr.store import ResultStore
 
     try:
-        return ResultStore(url, mode=mode)  # type: ignore[arg-type]
+        # commands that write (gc --yes, rm, verify --repair) never create a missing store:
+        # it is opened read-only first, which fails if there is none
+        store = ResultStore(url, mode="r")
+        return store if mode == "r" else ResultStore(url, mode="a")
     except CprZarrError as exc:
         raise click.ClickException(str(exc)) from exc
 
@@ -81,12 +107,14 @@ def _target(store: ResultStore, ref: str) -> ZarrTarget:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(package_name="cpr_zarr")
+# the version of this package as a constant: asking importlib.metadata costs more than the
+# whole rest of `cpr-zarr --version` (tests/test_imports.py checks that both agree)
+@click.version_option(version=__version__, prog_name="cpr-zarr")
 def main() -> None:
-    """Inspect a cpr_zarr result store: list, show, verify, clean up and open results.
+    """Inspect a cpr_zarr result store: list, show, verify, remove, clean up and open results.
 
-    STORE is a folder path or URL (memory://, s3://...). REF is a content hash, a unique
-    hash prefix (6+ hex digits) or a group path such as denoise-0d4e01f1...
+    STORE is a folder path or URL (s3://...). REF is a content hash, a unique hash prefix
+    (6+ hex digits), a group path such as denoise-0d4e01f1... or a result name.
     """
 
 
@@ -99,39 +127,66 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
     """List the committed results in STORE, oldest first."""
     import fnmatch
 
-    frame = _open(store).list()
-    for message in frame.attrs.get("damaged", []):
+    from cpr_zarr.core.inventory import result_rows
+
+    limit = _parsed(parse_since, since, "'--since'") if since else None
+    rs = _open(store)
+    try:
+        rows, damaged = result_rows(rs.storage)  # plain rows: pandas would take longer to import
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for message in damaged:
         click.echo(f"DAMAGED {message}", err=True)
     if pattern:
-        frame = frame[[fnmatch.fnmatchcase(n, pattern) for n in frame["name"]]]
-    if since:
-        limit = parse_since(since)
-        frame = frame[frame["last_produced"].notna() & (frame["last_produced"] >= limit)]
+        rows = [r for r in rows if fnmatch.fnmatchcase(r["name"], pattern)]
+    if limit is not None:
+        rows = [r for r in rows if r["last_produced"] and _utc(r["last_produced"]) >= limit]
     if as_json:
-        for row in frame.to_dict(orient="records"):
-            row = {k: (v.isoformat() if hasattr(v, "isoformat") else v) for k, v in row.items()}
-            row = {k: (list(v) if isinstance(v, tuple) else v) for k, v in row.items()}
-            row = {k: (None if v != v else v) for k, v in row.items()}  # NaN/NaT -> null
-            click.echo(json.dumps(row))
+        for row in rows:
+            click.echo(json.dumps({k: _json_value(v) for k, v in row.items()}))
         return
-    if frame.empty:
+    if not rows:
         click.echo("no results" + (" match" if pattern or since else " in this store"))
         return
     table = [
         (
-            r["name"], r["hash"][:12], r["kind"], "x".join(map(str, r["shape"])), r["dtype"],
-            human_bytes(r["stored_bytes"]), "-" if r["ratio"] != r["ratio"] else f"{r['ratio']:.2f}",
-            r["last_produced"].strftime("%Y-%m-%d %H:%M") if r["last_produced"] == r["last_produced"] else "-",
-            r["last_task"] or "-",
+            r["name"],
+            r["hash"][:12],
+            "labels" if "/labels/" in r["group_path"] else r["kind"],
+            "x".join(map(str, r["shape"])),
+            r["dtype"],
+            human_bytes(r["stored_bytes"]),
+            _cell(r["ratio"], "{:.2f}"),
+            _cell(r["last_produced"] and _utc(r["last_produced"]), "{:%Y-%m-%d %H:%M}"),
+            _cell(r["last_task"]),
         )
-        for _, r in frame.iterrows()
-    ]  # fmt: skip
+        for r in rows
+    ]
     header = ("NAME", "HASH", "KIND", "SHAPE", "DTYPE", "STORED", "RATIO", "PRODUCED", "TASK")
-    widths = [max(len(str(row[i])) for row in [header, *table]) for i in range(len(header))]
-    for row in [header, *table]:
-        click.echo("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
-    total = int(frame["stored_bytes"].sum())
-    click.echo(f"{len(frame)} result{'s' * (len(frame) != 1)}, {human_bytes(total)} stored")
+    widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(len(header))]
+    for line in [header, *table]:
+        click.echo("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
+    total = sum(int(r["stored_bytes"]) for r in rows)
+    click.echo(f"{plural(len(rows), 'result')}, {human_bytes(total)} stored")
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _utc(value).isoformat()
+    if isinstance(value, tuple):
+        return list(value)
+    return None if value != value else value  # NaN -> null
+
+
+def _cell(value: Any, form: str = "{}") -> str:
+    """A table cell: ``-`` for what is not known (None, NaN, empty), else ``form``."""
+    if value is None or value != value or value == "":  # NaN != NaN
+        return "-"
+    return form.format(value)
+
+
+def _utc(when: datetime) -> datetime:
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 @main.command("info")
@@ -174,11 +229,13 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
     is_table = cpr.kind == "table"
     if is_table:
         rows, columns = target.shape
-        click.echo(f"  table         {rows} row{'s' * (rows != 1)} x {columns} column"
-                   f"{'s' * (columns != 1)}, {cpr.digest_count} stored arrays")  # fmt: skip
+        click.echo(f"  table         {plural(rows, 'row')} x {plural(columns, 'column')}, "
+                   f"{plural(cpr.digest_count, 'stored array')}")  # fmt: skip
     else:
         click.echo(f"  array         {target.dtype}{list(target.shape)}, chunks {list(target.chunks)}, "
-                   f"{cpr.digest_count} chunks")  # fmt: skip
+                   f"{plural(cpr.digest_count, 'chunk')}")  # fmt: skip
+    if "/labels/" in target.group_path:
+        click.echo(f"  label image   of {target.group_path.split('/labels/')[0]}")
     ratio = row["ratio"]
     ratio_text = f" (ratio {ratio:.2f})" if isinstance(ratio, float) and ratio == ratio else ""
     raw = "" if row["raw_bytes"] is None else f"{human_bytes(row['raw_bytes'])} raw, "
@@ -196,7 +253,7 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
         click.echo(
             f"  open with     zarr.open_array({rs.url!r}, path={target.group_path + '/0'!r})"
         )
-    click.echo(f"provenance ({len(records)} record{'s' * (len(records) != 1)}):")
+    click.echo(f"provenance ({plural(len(records), 'record')}):")
     for r in records:
         who = (
             f"task {r['task_name']} run {r['task_run_name']}"
@@ -243,16 +300,44 @@ def verify_command(store: str, refs: tuple[str, ...], threads: int | None, repai
     for message in report.problems:
         click.echo(f"BAD {message}")
     arrays = report.results - report.tables
-    tail = f" and {report.tables} tables" if report.tables else ""
+    tail = f" and {plural(report.tables, 'table')}" if report.tables else ""
     if report.problems:
         other = len(report.problems) - report.failed_chunks
         click.echo(
-            f"{report.failed_chunks} of {report.chunks} chunks failed verification"
-            + (f"; {other} other problems (damaged records or metadata)" if other else "")
+            f"{report.failed_chunks} of {plural(report.chunks, 'chunk')} failed verification"
+            + (f"; {plural(other, 'other problem')} (damaged records or metadata)" if other else "")
             + "."
         )
+        _print_remedies(rs.url, report.damaged_data, report.damaged_records, repaired=repair)
         sys.exit(1)
-    click.echo(f"OK: {report.chunks} chunks of {arrays} results{tail} verified.")
+    click.echo(
+        f"OK: {plural(report.chunks, 'chunk')} of {plural(arrays, 'result')}{tail} verified."
+    )
+
+
+def _print_remedies(
+    url: str, damaged_data: list[str], damaged_records: list[str], *, repaired: bool
+) -> None:
+    """The commands that fix what verify found, ready to run as printed."""
+    # a record --repair could not rebuild: its result can only be removed, like bad data
+    remove = list(dict.fromkeys(damaged_data + (damaged_records if repaired else [])))
+    rebuild = [] if repaired else [p for p in dict.fromkeys(damaged_records) if p not in remove]
+    if not (remove or rebuild):
+        return  # e.g. only damaged provenance records: their messages say what to do
+    click.echo("To resolve:")
+    step = 0
+    if rebuild:
+        step += 1
+        click.echo(f"  {step}. Rebuild the damaged records (from their record copies, or from "
+                   "chunks that still hash to the content hash):")  # fmt: skip
+        click.echo(f"       cpr-zarr verify {shlex.quote(url)} --repair")
+    if remove:
+        step += 1
+        what = "data or records" if repaired and damaged_records else "data"
+        click.echo(f"  {step}. Remove the results whose {what} cannot be trusted (other results "
+                   "are unaffected), then re-run the tasks that produced them:")  # fmt: skip
+        paths = " ".join(shlex.quote(p) for p in remove)
+        click.echo(f"       cpr-zarr rm {shlex.quote(url)} {paths} --yes")
 
 
 @main.command("gc")
@@ -292,7 +377,14 @@ def gc_command(
     removed result is a cache miss on the next flow run: the task runs again. Safe to run
     while flows write: anything a writer touches while gc runs is skipped.
     """
-    run_gc(store, older_than, max_size, keep_referenced, parse_age(grace), yes)
+    # bad values are usage errors before anything is read
+    if older_than:
+        _parsed(parse_age, older_than, "'--older-than'")
+    if max_size:
+        _parsed(parse_size, max_size, "'--max-size'")
+    run_gc(
+        store, older_than, max_size, keep_referenced, _parsed(parse_age, grace, "'--grace'"), yes
+    )
 
 
 LEFTOVER_AGE = 3600.0
@@ -328,31 +420,173 @@ def run_gc(
     if not plan:
         click.echo("nothing to remove")
         return
+    # an image's label images go with it: each is listed under its image
+    with_labels = _and_labels(len(plan), sum(len(item.labels) for item in plan))
     if not yes:
         for item in plan:
             click.echo(
                 f"would remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})"
             )
+            _echo_labels(item.labels, "would remove")
         click.echo(
-            f"would free {human_bytes(sum(i.nbytes for i in plan))} in {len(plan)} entries; "
+            f"would free {human_bytes(sum(i.nbytes for i in plan))} in "
+            f"{plural(len(plan), 'entry', 'entries')}{with_labels}; "
             "run again with --yes to remove them"
         )
         return
-    removed, freed, skipped = 0, 0, 0
+    removed, freed, skipped, labels = 0, 0, 0, 0
     try:
         for outcome in collect(rs.storage, plan, leftover_age=LEFTOVER_AGE):
             item = outcome.removal
             if outcome.removed:
                 removed += 1
                 freed += item.nbytes
+                labels += len(item.labels)
                 click.echo(f"remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})")
+                _echo_labels(item.labels, "remove")
             else:
                 skipped += 1
                 click.echo(f"keep    {'':>10}  {item.path}  ({outcome.status})")
     except CprZarrError as exc:
         raise click.ClickException(str(exc)) from exc
     tail = f"; {skipped} kept (in use or already gone)" if skipped else ""
-    click.echo(f"removed {removed} entries, freed {human_bytes(freed)}{tail}")
+    with_labels = _and_labels(removed, labels)
+    click.echo(
+        f"removed {plural(removed, 'entry', 'entries')}{with_labels}, "
+        f"freed {human_bytes(freed)}{tail}"
+    )
+
+
+def _and_labels(entries: int, labels: int) -> str:
+    """`` (and 1 label image inside it)``: label images go with their image, uncounted."""
+    if not labels:
+        return ""
+    return f" (and {plural(labels, 'label image')} inside {'it' if entries == 1 else 'them'})"
+
+
+def _echo_labels(paths: tuple[str, ...] | list[str], verb: str) -> None:
+    for path in paths:
+        click.echo(f"{verb:<{len(verb) + 14}}{path}  (a label image, goes with its image)")
+
+
+@main.command("rm")
+@click.argument("store")
+@click.argument("refs", nargs=-1, required=True)
+@click.option("--dry-run", "dry_run", is_flag=True, help="Only show what would be removed.")
+@click.option("--yes", is_flag=True, help="Remove without asking (for scripts).")
+def rm_command(store: str, refs: tuple[str, ...], dry_run: bool, yes: bool) -> None:
+    """Remove results REFS (hashes, hash prefixes, group paths or names) from STORE.
+
+    First shows what goes and what depends on it: an image's label images go with it;
+    results made from it (its downstream lineage) stay, but their provenance then names an
+    input the store no longer holds. A removed result is a cache miss: the next flow run
+    computes it again.
+
+    At a terminal, asks before removing. When standard input is not a terminal (scripts,
+    CI), nothing is removed without --yes: it prints the plan and exits with status 2.
+    """
+    if dry_run and yes:
+        raise click.UsageError("--dry-run and --yes contradict each other; pass one of them.")
+    rs = _open(store)
+    plan = _plan_removal(rs, refs)
+    verb = "would remove"
+    for item in plan:
+        _echo_removal(item, verb)
+    nbytes = sum(item.nbytes for item in plan)
+    what = plural(len(plan), "result") + _and_labels(
+        len(plan), sum(len(item.labels) for item in plan)
+    )
+    if dry_run:
+        click.echo(f"dry run: would remove {what}, {human_bytes(nbytes)}; nothing was removed")
+        return
+    if not yes:
+        if not sys.stdin.isatty():
+            raise click.UsageError(
+                f"Nothing was removed: standard input is not a terminal, so rm cannot ask. "
+                f"Pass --yes to remove the {what} listed above, or --dry-run to only list them."
+            )
+        click.confirm(f"Remove {what}?", abort=True)
+    rs = _open(store, mode="a")
+    done: list[str] = []
+    for item in plan:
+        try:
+            rs.delete(item.path)
+        except CprZarrError as exc:
+            gone = ", ".join(done) or "nothing"
+            raise click.ClickException(f"{exc} (Removed before this error: {gone}.)") from exc
+        done.append(item.path)
+        click.echo(f"removed  {item.path}")
+        for path in item.labels:
+            click.echo(f"removed  {path}  (a label image, went with its image)")
+    click.echo(f"removed {what}, freed {human_bytes(nbytes)}")
+
+
+@dataclass
+class _Doomed:
+    """One result ``rm`` removes: its path, size, label images, and what depends on it."""
+
+    path: str
+    nbytes: int
+    labels: list[str]
+    damaged: str | None  # the damaged field, if its record cannot be trusted
+    downstream: list[str] = field(default_factory=list)
+
+
+def _plan_removal(rs: ResultStore, refs: tuple[str, ...]) -> list[_Doomed]:
+    """Resolve every ref first: one unknown or ambiguous ref and nothing is removed."""
+    from cpr_zarr.core.inventory import stored_bytes
+    from cpr_zarr.errors import IntegrityError
+
+    paths: dict[str, str | None] = {}  # group path -> why it is damaged (None: intact)
+    for ref in refs:
+        try:
+            paths.setdefault(rs.open(ref).group_path, None)
+        except IntegrityError as exc:  # damaged: its record cannot be trusted, but it can go
+            paths.setdefault(exc.group_path, exc.field)
+        except CprZarrError as exc:
+            raise click.ClickException(
+                f"{exc} Nothing was removed; `cpr-zarr ls {shlex.quote(rs.url)}` lists the results."
+            ) from exc
+    committed = [t.group_path for t in rs.targets()]
+    # a label image whose image goes too is listed under its image
+    plan = [
+        _Doomed(
+            path,
+            stored_bytes(rs.storage, path),
+            [p for p in committed if p.startswith(f"{path}/labels/")],
+            damaged,
+        )
+        for path, damaged in paths.items()
+        if path.split("/labels/")[0] == path or path.split("/labels/")[0] not in paths
+    ]
+    going = {p for item in plan for p in (item.path, *item.labels)}
+    for item in plan:
+        downstream: dict[str, None] = {}
+        for path in (item.path, *item.labels):
+            if path == item.path and item.damaged:
+                continue  # its record is not trusted: its lineage is unknown
+            for target in rs.lineage(path)["outputs"]:
+                if target.group_path not in going:
+                    downstream.setdefault(target.group_path)
+        item.downstream = list(downstream)
+    return plan
+
+
+def _echo_removal(item: _Doomed, verb: str) -> None:
+    note = f"  (damaged: {item.damaged})" if item.damaged else ""
+    if "/labels/" in item.path:
+        note += "  (a label image; its image stays)"
+    click.echo(f"{verb}  {human_bytes(item.nbytes):>10}  {item.path}{note}")
+    _echo_labels(item.labels, verb)
+    if item.downstream:
+        click.echo(
+            f"  downstream, kept: {', '.join(item.downstream)} (made from it: they stay, but "
+            "their provenance will name an input the store no longer holds)"
+        )
+    elif item.damaged:
+        click.echo("  downstream: not known (its damaged record cannot be trusted)")
+    else:
+        click.echo("  downstream, kept: none (no result in the store was made from it)")
 
 
 @main.command("export")
@@ -366,24 +600,53 @@ def run_gc(
     help="Default: from DEST (.tif/.tiff: OME-TIFF, .zarr: NGFF 0.4 on zarr v2, .csv: table).",
 )
 def export_command(store: str, ref: str, dest: str, fmt: str | None) -> None:
-    """Export a result to OME-TIFF, an NGFF 0.4 / zarr v2 copy (Fiji, MoBIE) or CSV."""
-    from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
-    from cpr_zarr.core.table import to_csv
+    """Export a result to OME-TIFF, an NGFF 0.4 / zarr v2 copy (Fiji, MoBIE) or CSV.
 
-    target = _target(_open(store), ref)
+    Arrays and label images export to OME-TIFF or NGFF 0.4; tables to CSV.
+    """
     if fmt is None:
-        lowered = dest.lower().rstrip("/")
-        fmt = (
-            "ome-tiff" if lowered.endswith((".tif", ".tiff")) else
-            "ngff-v04" if lowered.endswith(".zarr") else
-            "csv" if lowered.endswith(".csv") else None
-        )  # fmt: skip
+        fmt = _format_of(dest)
         if fmt is None:
             raise click.BadParameter(
                 f"cannot tell the format from {dest!r}; end it in .ome.tif, .zarr or .csv, "
                 "or pass --format.",
                 param_hint="DEST",
             )
+    folder = Path(dest.rstrip("/") or "/").parent
+    if not folder.is_dir():
+        raise click.BadParameter(
+            f"folder {str(folder)!r} does not exist; create it first or export elsewhere.",
+            param_hint="DEST",
+        )
+    rs = _open(store)
+    target = _target(rs, ref)
+    is_table = target.dtype == "table"
+    name = f"Cannot export {target.group_path!r} as {_FORMATS[fmt]}: it is"
+    if not is_table and not 2 <= len(target.shape) <= 5:  # no file format fits it
+        code = (
+            f"import cpr_zarr; print(cpr_zarr.ResultStore({json.dumps(rs.url)}, "
+            f'mode="r").open({json.dumps(target.group_path)}).to_numpy())'
+        )
+        raise click.UsageError(
+            f"{name} a {len(target.shape)}-D array ({target.dtype}{list(target.shape)}), "
+            "neither a table (CSV) nor an image (2-D to 5-D: OME-TIFF, NGFF). Read it "
+            f"in Python instead: python -c {shlex.quote(code)}"
+        )
+    if is_table != (fmt == "csv"):
+        if is_table:
+            fix = f"a table ({plural(target.shape[0], 'row')}), which exports to CSV (.csv)"
+            example = _replace_suffix(dest, ".csv")
+        else:
+            fix = (
+                f"an array ({target.dtype}{list(target.shape)}), not a table, which exports "
+                "to OME-TIFF (.ome.tif) or NGFF 0.4 (.zarr)"
+            )
+            example = _replace_suffix(dest, ".ome.tif")
+        command = shlex.join(["cpr-zarr", "export", rs.url, target.group_path, example])
+        raise click.UsageError(f"{name} {fix}. For example: {command}")
+    from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
+    from cpr_zarr.core.table import to_csv
+
     try:
         if fmt == "ome-tiff":
             to_ome_tiff(target, dest)
@@ -393,7 +656,30 @@ def export_command(store: str, ref: str, dest: str, fmt: str | None) -> None:
             to_csv(target, dest)
     except CprZarrError as exc:
         raise click.ClickException(str(exc)) from exc
+    except OSError as exc:  # no permission, disk full, DEST is a folder
+        raise click.ClickException(
+            f"Cannot write {dest!r}: {exc.strerror or exc}. Nothing was exported there; "
+            "choose a writable DEST."
+        ) from exc
     click.echo(f"exported {target.group_path} to {dest} ({fmt})")
+
+
+_FORMATS = {"ome-tiff": "OME-TIFF", "ngff-v04": "NGFF 0.4 (zarr v2)", "csv": "CSV"}
+_SUFFIXES = {".ome.tiff": "ome-tiff", ".ome.tif": "ome-tiff", ".tiff": "ome-tiff",
+             ".tif": "ome-tiff", ".zarr": "ngff-v04", ".csv": "csv"}  # fmt: skip
+
+
+def _format_of(dest: str) -> str | None:
+    lowered = dest.lower().rstrip("/")
+    return next((f for suffix, f in _SUFFIXES.items() if lowered.endswith(suffix)), None)
+
+
+def _replace_suffix(dest: str, suffix: str) -> str:
+    stem = dest.rstrip("/")
+    for known in _SUFFIXES:
+        if stem.lower().endswith(known):
+            return stem[: -len(known)] + suffix
+    return stem + suffix
 
 
 @main.command("open")

@@ -28,13 +28,6 @@ import zarr.abc.store
 import zarr.storage
 
 from cpr_zarr.core import catalog, lease
-from cpr_zarr.core.collector import delete_group
-from cpr_zarr.core.inventory import lineage, list_results
-from cpr_zarr.core.provenance import read_records, write_record
-from cpr_zarr.core.reader import ChunkReader, open_reader
-from cpr_zarr.core.table import save_table as save_table_to
-from cpr_zarr.core.verify import VerifyReport, verify_store
-from cpr_zarr.core.writer import save as save_array
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
@@ -60,6 +53,8 @@ if TYPE_CHECKING:
     from zarr.abc.store import Store
 
     from cpr_zarr.core.integrity import Damage
+    from cpr_zarr.core.reader import ChunkReader
+    from cpr_zarr.core.verify import VerifyReport
     from cpr_zarr.storage import Backend, Storage
 
 __all__ = ["ResultStore", "normalize_url", "open_store", "save_table"]
@@ -461,6 +456,10 @@ class ResultStore:
         metadata: dict[str, Any],
     ) -> tuple[ZarrTarget, bool]:
         """One save and its provenance record; the target and whether the record was written."""
+        from cpr_zarr.core.provenance import write_record
+        from cpr_zarr.core.table import save_table as save_table_to
+        from cpr_zarr.core.writer import save as save_array
+
         self.storage.check_writable()
         unknown = sorted(set(metadata) - _METADATA_KEYS)
         if unknown:
@@ -512,14 +511,20 @@ class ResultStore:
     def list(self) -> pd.DataFrame:
         """One row per committed result: name, hash, kind, shape, dtype, chunks, stored and
         raw bytes, compression ratio, created, last produced, last task and flow run."""
+        from cpr_zarr.core.inventory import list_results
+
         return list_results(self.storage)
 
     def lineage(self, ref: str | ZarrTarget) -> dict[str, builtins.list[ZarrTarget]]:
         """Results upstream (``"inputs"``) and downstream (``"outputs"``) of ``ref``."""
+        from cpr_zarr.core.inventory import lineage
+
         return lineage(self.storage, self.open(ref))
 
     def provenance(self, ref: str | ZarrTarget) -> builtins.list[dict[str, Any]]:
         """Every provenance record of a result, oldest first."""
+        from cpr_zarr.core.provenance import read_records
+
         return read_records(self.storage, self.open(ref).group_path)
 
     def delete(self, ref: str | ZarrTarget) -> ZarrTarget | None:
@@ -535,6 +540,8 @@ class ResultStore:
         StoreError
             If the store cannot be written (read-only file system, no permission).
         """
+        from cpr_zarr.core.collector import delete_group
+
         self.storage.check_writable()
         target: ZarrTarget | None
         try:
@@ -557,6 +564,8 @@ class ResultStore:
         IntegrityError
             If its record or array metadata is damaged.
         """
+        from cpr_zarr.core.reader import open_reader
+
         return open_reader(self.storage, target.group_path)
 
     def verify(
@@ -575,6 +584,8 @@ class ResultStore:
         ResultNotFoundError, AmbiguousReferenceError, InvalidReferenceError
             As :meth:`open`, for a reference that names no result.
         """
+        from cpr_zarr.core.verify import verify_store
+
         paths: builtins.list[str] | None = None
         if refs:
             paths = []
@@ -589,9 +600,7 @@ class ResultStore:
 def _is_storage_error(exc: BaseException) -> bool:
     """Whether an exception comes from the storage layer (botocore, aiohttp, fsspec)."""
     module = type(exc).__module__
-    return module.startswith(
-        ("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore")
-    )
+    return module.startswith(("botocore", "aiobotocore", "aiohttp", "s3fs", "fsspec", "obstore"))
 
 
 def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
@@ -603,6 +612,8 @@ def save_table(store: ResultStore, df: pd.DataFrame, name: str = "table") -> Zar
         If ``df`` is not a DataFrame, or has columns cpr_zarr cannot store.
     """
     if type(df).__name__ != "DataFrame":
+        from cpr_zarr.core.table import save_table as save_table_to
+
         return save_table_to(store.storage, df, name)  # raises, naming what it got
     return store.save(df, name)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +13,6 @@ import cpr_zarr
 from cpr_zarr.core.export import TIFF_PYRAMID_MIN, to_ngff_v04, to_ome_tiff
 from cpr_zarr.core.pyramid import level_count, read_level
 from tests.test_readers import schema_validator
-
-if TYPE_CHECKING:
-    from pathlib import Path
 
 
 @pytest.fixture
@@ -206,3 +203,42 @@ def test_cli_export(image: tuple, tmp_path: Path) -> None:  # type: ignore[type-
     ).stdout  # fmt: skip
     assert f"exported {target.group_path} to {dest} (ome-tiff)" in out
     np.testing.assert_array_equal(tifffile.imread(dest), data)
+
+
+def test_ngff_04_copy_keeps_the_images_ngio_tables(
+    local_store: cpr_zarr.ResultStore, tmp_path: Path
+) -> None:
+    """A feature table ngio stored with the image (parquet) is in the 0.4 copy, still linked."""
+    import ngio
+    import pandas as pd
+    from ngio.tables import FeatureTable
+
+    image = local_store.save(
+        cpr_zarr.Image(np.arange(32 * 24, dtype=np.uint16).reshape(32, 24)), "img"
+    )
+    labels = (np.arange(32 * 24) % 4).astype(np.uint8).reshape(32, 24)
+    seg = local_store.save(cpr_zarr.Labels(labels, image=image), "seg")
+    seg_name = seg.group_path.rsplit("/", 1)[1]
+    features = pd.DataFrame({"label": [1, 2, 3], "area": [192.0, 192.0, 192.0]})
+    container = ngio.open_ome_zarr_container(Path(local_store.url) / image.group_path)
+    container.add_table(
+        "nuclei", FeatureTable(table_data=features, reference_label=seg_name), backend="parquet"
+    )
+    container.add_table(
+        "summary",
+        FeatureTable(table_data=features.iloc[:1], reference_label=seg_name),
+        backend="csv",
+    )
+    assert local_store.damaged() == []  # tables beside the levels leave the result intact
+
+    out = to_ngff_v04(image, tmp_path / "img-v2.zarr")
+    copy = ngio.open_ome_zarr_container(out)
+    assert sorted(copy.list_tables()) == ["nuclei", "summary"]
+    assert copy.list_labels() == [seg_name]
+    for name, expected in (("nuclei", features), ("summary", features.iloc[:1])):
+        table = copy.get_table(name)
+        assert table.reference_label == seg_name
+        pd.testing.assert_frame_equal(
+            table.dataframe.reset_index(), expected, check_dtype=False, check_index_type=False
+        )
+    assert zarr.open_group(str(out), mode="r")["tables/nuclei"].metadata.zarr_format == 2

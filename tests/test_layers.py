@@ -44,7 +44,7 @@ LAYERS: dict[str, list[str]] = {
         "storage._local",
         "storage._fsspec",
         "storage._obstore",
-        "storage._zarr",
+        "storage._zarrstore",
         "storage",
     ],
     "core": [
@@ -71,7 +71,17 @@ LAYERS: dict[str, list[str]] = {
     ],
     "facade": ["store"],
     "prefect": ["inputs", "cache", "serializer", "artifacts", "decorator"],
-    "outer": ["testing", "napari", "web", "web.thumbnails", "web.view", "web.serve", "cli"],
+    "outer": [
+        "testing",
+        "napari",
+        "web",
+        "web.thumbnail",
+        "web.catalog",
+        "web.view",
+        "web.pages",
+        "web.server",
+        "cli",
+    ],
 }
 
 # (importer, imported): why this upward import is right

@@ -310,8 +310,9 @@ def test_info_works_on_every_kind_of_result(
     text = runner.invoke(main, ["info", store_url, target.group_path], catch_exceptions=False)
     assert text.exit_code == 0, text.output
     record = catalog.load(target.store.storage, target.group_path)
-    what = "stored arrays" if kind in ("table", "empty_table") else "chunks"
-    assert f"{record.digest_count} {what}" in text.output
+    what = "stored array" if kind in ("table", "empty_table") else "chunk"
+    count = record.digest_count
+    assert f"{count} {what}{'s' * (count != 1)}" in text.output
     doc = runner.invoke(
         main, ["info", store_url, target.group_path, "--json"], catch_exceptions=False
     )

@@ -199,7 +199,7 @@ def test_zero_size_arrays_read_through_every_path(
     assert cpr_zarr.read_level(target, 0).compute().shape == shape
     result = CliRunner().invoke(main, ["verify", local_store.url, target.group_path])
     assert result.exit_code == 0, result.output
-    assert "OK: 0 chunks of 1 results verified" in result.output
+    assert "OK: 0 chunks of 1 result verified" in result.output
     if len(shape) >= 2:
         exported = to_ngff_v04(target, tmp_path / "out.zarr")
         group = zarr.open_group(str(exported), mode="r")

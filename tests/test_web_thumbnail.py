@@ -46,6 +46,18 @@ def test_thumbnail_of_a_big_volume_reads_only_its_smallest_level(tmp_path: Path)
     assert pixels.std() > 50  # the checkerboard, not a blank
 
 
+@pytest.mark.parametrize(
+    "value",
+    [np.arange(50.0), np.zeros((0, 5, 5), np.uint16), np.full((3, 8), np.nan), np.eye(6) > 0],
+    ids=["1-D", "zero-size", "all-NaN", "bool"],
+)
+def test_thumbnail_of_any_array(tmp_path: Path, value: np.ndarray) -> None:
+    store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    pixels = decode(render_thumbnail(store, store.save(value, name="odd")))
+    assert pixels.ndim == 2
+    assert pixels.size >= 1
+
+
 def test_label_thumbnail_is_coloured_over_its_image_and_cached(tmp_path: Path) -> None:
     store = cpr_zarr.ResultStore(tmp_path / "results.zarr")
     image = store.save(np.full((3, 40, 40), 100, dtype=np.uint16), name="raw")

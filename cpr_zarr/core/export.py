@@ -5,7 +5,8 @@ volume larger than memory exports with bounded memory.
 
 * :func:`to_ngff_v04` copies every pyramid level under the original dataset paths
   (``0``, ``1``, ...), the multiscales ``type`` and ``metadata``, an ``omero`` rendering
-  block, and the image's label images (``labels/<name>`` with ``image-label``), compressed
+  block, the image's label images (``labels/<name>`` with ``image-label``) and its tables
+  (``tables/<name>``, the Fractal/ngio layout), compressed
   with Blosc lz4 (level 5, byte shuffle): the compressor bioformats2raw writes by default
   and Java zarr v2 readers (n5-zarr as in Fiji/MoBIE, JZarr) decode; ``compressor="zlib"``
   for readers without a native Blosc library (zlib is pure Java everywhere).
@@ -317,6 +318,94 @@ def _copy_image(
     return attrs
 
 
+async def _keys(store: Any, prefix: str) -> list[str]:
+    return [key async for key in store.list_prefix(prefix)]
+
+
+def _copy_node(source: Any, group: zarr.Group, out: Path, path: str, compressor: Any) -> None:
+    """Copy the zarr v3 group at ``path`` into the zarr v2 ``group`` (written at ``out``).
+
+    Attributes, sub-groups and arrays go through zarr (so they become zarr v2); other files
+    (a table's ``table.parquet`` or ``table.csv``) are copied byte for byte. Nodes are found
+    from the key listing: zarr's own member listing warns about the non-zarr files.
+    """
+    import zarr
+    from zarr.core.buffer import default_buffer_prototype
+    from zarr.core.sync import sync
+
+    prefix = f"{path}/"
+    keys = sorted(sync(_keys(source, prefix)))
+    nodes = sorted(
+        (key[len(prefix) : -len("zarr.json")].rstrip("/") for key in keys
+         if key == f"{prefix}zarr.json" or key.endswith("/zarr.json")),
+        key=lambda rel: rel.count("/"),
+    )  # fmt: skip
+    arrays: list[str] = []
+    for rel in nodes:
+        if any(rel.startswith(f"{a}/") for a in arrays):
+            continue  # inside an array: not a node of the table
+        node = zarr.open(source, path=f"{path}/{rel}" if rel else path, mode="r", zarr_format=3)
+        parent = group
+        for part in rel.split("/")[:-1]:
+            parent = parent[part]  # type: ignore[assignment]
+        if isinstance(node, zarr.Group):
+            target = parent.create_group(rel.rsplit("/", 1)[-1]) if rel else group
+            target.attrs.update(dict(node.attrs))
+            continue
+        arrays.append(rel)
+        array = parent.create_array(
+            rel.rsplit("/", 1)[-1],
+            shape=node.shape,
+            dtype=node.dtype,
+            chunks=node.chunks,
+            compressors=compressor,
+            chunk_key_encoding={"name": "v2", "separator": "/"},
+        )
+        array.attrs.update(dict(node.attrs))
+        if node.size:
+            array[...] = node[...]  # table columns: small next to the images
+    for key in keys:
+        relative = key[len(prefix) :]
+        if relative == "zarr.json" or relative.endswith("/zarr.json"):
+            continue
+        if any(relative.startswith(f"{a}/") for a in arrays):
+            continue
+        value = sync(source.get(key, prototype=default_buffer_prototype()))
+        if value is not None:
+            file = out / relative
+            file.parent.mkdir(parents=True, exist_ok=True)
+            file.write_bytes(value.to_bytes())
+
+
+def _copy_tables(target: ZarrTarget, group: zarr.Group, out: Path, compressor: Any) -> list[str]:
+    """Copy the image's ``tables`` group (Fractal/ngio layout: ``tables/<name>``, listed in
+    its ``tables`` attribute, a feature table naming its label image by ``region.path``)."""
+    import zarr
+
+    source = target.zarr_array().store
+    try:
+        tables = zarr.open_group(
+            source, path=f"{target.group_path}/tables", mode="r", zarr_format=3
+        )
+    except FileNotFoundError:
+        return []
+    names = tables.attrs.get("tables")
+    if not isinstance(names, list) or not names:
+        return []
+    out_tables = group.create_group("tables")
+    out_tables.attrs.update(dict(tables.attrs))
+    copied = []
+    for name in map(str, names):
+        path = f"{target.group_path}/tables/{name}"
+        try:
+            zarr.open_group(source, path=path, mode="r", zarr_format=3)
+        except FileNotFoundError:
+            continue  # listed but never written: nothing to copy
+        _copy_node(source, out_tables.create_group(name), out / "tables" / name, path, compressor)
+        copied.append(name)
+    return copied
+
+
 def to_ngff_v04(
     target: ZarrTarget,
     path: str | os.PathLike[str],
@@ -330,9 +419,10 @@ def to_ngff_v04(
     ome-zarr readers). The copy keeps the dataset paths (``0``, ``1``, ...), the axes,
     transforms, multiscales ``type`` and ``metadata``, adds an ``omero`` rendering block, and
     copies the label images to ``labels/<name>`` with their ``image-label`` (``labels=False``
-    leaves them out). ``compressor``: ``"blosc"`` (Blosc lz4, level 5, byte shuffle; the
-    default of bioformats2raw, decoded by Java zarr v2 readers with native Blosc) or
-    ``"zlib"`` (pure Java).
+    leaves them out) and the tables stored with the image (``tables/<name>``, the
+    Fractal/ngio layout, e.g. written by ngio). ``compressor``: ``"blosc"`` (Blosc lz4,
+    level 5, byte shuffle; the default of bioformats2raw, decoded by Java zarr v2 readers
+    with native Blosc) or ``"zlib"`` (pure Java).
 
     Raises
     ------
@@ -361,4 +451,5 @@ def to_ngff_v04(
         label_group.attrs.update({"labels": names})
         for name, child in zip(names, children, strict=True):
             _copy_image(child, label_group.create_group(name), codec, with_omero=False)
+    _copy_tables(target, group, out, codec)
     return out

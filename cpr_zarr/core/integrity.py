@@ -7,7 +7,7 @@ chunk:
 
 * arrays: ``shape``, ``dtype``, ``chunks`` and ``chunk_digests`` must hash to the content
   hash (:func:`~cpr_zarr.model.hashing.combine_digests`); tables: the schema (column names,
-  dtypes, index) and the per-array digests (:func:`~cpr_zarr.core.table.table_hash`);
+  dtypes, index) and the per-array digests (:func:`~cpr_zarr.model.hashing.table_hash`);
 * pyramid levels are bound to the base: level ``n``'s path starts with ``n``, its shape
   and chunks follow from the base and its step, and the ``ome`` multiscales must be
   exactly what the record implies (so swapping two level records is detected);
@@ -31,6 +31,7 @@ import functools
 import json
 import math
 import re
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +72,7 @@ __all__ = [
     "parse_document",
     "read_doc",
     "record_digest",
+    "remove_command",
     "write_marker",
 ]
 
@@ -153,6 +155,11 @@ def write_marker(storage: Storage, path: str, document: ResultDocument) -> Resul
     return sealed
 
 
+def remove_command(store_url: str, group_path: str) -> str:
+    """The ``cpr-zarr rm`` command line that removes one result, quoted for a POSIX shell."""
+    return f"cpr-zarr rm {shlex.quote(store_url)} {shlex.quote(group_path)} --yes"
+
+
 # -- checking the record -----------------------------------------------------------------
 
 
@@ -166,9 +173,10 @@ class Checker:
         return IntegrityError(
             f"Result {self.group_path!r} in store {self.store_url!r} is damaged: {field} in "
             f"{self.group_path}/{self.key} {problem}. Nothing of it is served. To resolve: run "
-            f"`cpr-zarr verify {self.store_url} --repair` (rebuilds a damaged commit record "
-            "from its copy or from chunks that still hash to the content hash), or delete the "
-            "result (store.delete(ref)) and re-run the task that produced it.",
+            f"`cpr-zarr verify {shlex.quote(self.store_url)} --repair` (rebuilds a damaged "
+            "commit record from its copy or from chunks that still hash to the content hash), "
+            f"or remove the result (`{remove_command(self.store_url, self.group_path)}`, or "
+            "store.delete(ref)) and re-run the task that produced it.",
             store_url=self.store_url,
             group_path=self.group_path,
             field=field,
@@ -541,8 +549,6 @@ def read_checked(storage: Storage, c: Checker, key: str) -> Any:
 
 def _table_array_types(schema: TableSchema) -> dict[str, str | None]:
     """The stored data type of every array a table schema implies (None: not derivable)."""
-    import pandas as pd
-
     out: dict[str, str | None] = {}
 
     def spec_types(prefix: str, spec: ValueSpec | None) -> None:
@@ -557,6 +563,10 @@ def _table_array_types(schema: TableSchema) -> dict[str, str | None]:
             elif kind == "string":
                 out[f"{prefix}values"] = "string"
             elif kind == "masked":
+                # pandas only here: listing a store checks every table's record, and most
+                # tables have no nullable columns (`cpr-zarr ls` then never imports pandas)
+                import pandas as pd
+
                 out[f"{prefix}values"] = pd.api.types.pandas_dtype(dtype).numpy_dtype.name
             elif kind == "category":
                 out[f"{prefix}values"] = None  # codes: int8..int64 by category count

@@ -42,6 +42,7 @@ __all__ = [
     "list_results",
     "plan_gc",
     "referenced_hashes",
+    "result_rows",
     "stored_bytes",
 ]
 
@@ -93,22 +94,43 @@ def result_row(storage: Storage, target: ZarrTarget) -> dict[str, Any]:
     }
 
 
+def result_rows(storage: Storage) -> tuple[list[dict[str, Any]], list[str]]:
+    """One row per committed result (see ``COLUMNS``; plain dicts), oldest first, and the
+    messages of the damaged results left out.
+
+    Without pandas, whose import takes longer than listing a small store (``cpr-zarr ls``).
+    """
+    found, damaged = catalog.scan(storage)
+    listing = track(found, f"store {storage.url}", verb="listed", doing="listing", done="listed")
+    rows = [result_row(storage, t) for t in listing]
+    # as list_results sorts: no provenance record first, then by creation time and path
+    rows.sort(key=_created_order)
+    return rows, [d.message for d in damaged]
+
+
+def _created_order(row: dict[str, Any]) -> tuple[bool, float, str]:
+    created = row["created"]
+    if created is None:
+        return (False, 0.0, row["group_path"])
+    if created.tzinfo is None:  # read as UTC, as pandas.to_datetime(utc=True) does
+        created = created.replace(tzinfo=UTC)
+    return (True, created.timestamp(), row["group_path"])
+
+
 def list_results(storage: Storage) -> pd.DataFrame:
     """One row per committed result (see ``COLUMNS``), oldest first."""
     import pandas as pd
 
-    found, damaged = catalog.scan(storage)
-    for damage in damaged:
-        logger.warning("Skipping a damaged result: %s", damage.message)
-    listing = track(found, f"store {storage.url}", verb="listed", doing="listing", done="listed")
-    rows = [result_row(storage, t) for t in listing]
+    rows, damaged = result_rows(storage)
+    for message in damaged:
+        logger.warning("Skipping a damaged result: %s", message)
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
     frame = frame.sort_values(["created", "group_path"], na_position="first")
     frame = frame.reset_index(drop=True)
     # damaged results are not rows: their records cannot be trusted (`cpr-zarr verify`)
-    frame.attrs["damaged"] = [d.message for d in damaged]
+    frame.attrs["damaged"] = damaged
     return frame
 
 
@@ -154,6 +176,9 @@ class Removal:
     # results: the number of provenance records when planned; the collector skips a result
     # that gained one since (it was produced again while gc ran)
     stamp: str | None = None
+    # images: the committed label images inside, removed with it (their bytes are counted
+    # in ``nbytes``), so that what goes is listed whole
+    labels: tuple[str, ...] = ()
 
 
 def leftovers(storage: Storage, min_age_seconds: float) -> list[Removal]:
@@ -289,13 +314,15 @@ def plan_gc(
     for h in [h for h in chosen if h in parent_of and parent_of[h] in chosen_paths]:
         del chosen[h]  # removed with its image
     for h, reason in chosen.items():
+        path = str(rows.loc[h, "group_path"])
         plan.append(
             Removal(
-                str(rows.loc[h, "group_path"]),
+                path,
                 reason,
                 int(rows.loc[h, "stored_bytes"]),
                 h,
                 stamp=str(int(rows.loc[h, "records"])),
+                labels=tuple(sorted(paths[c] for c, p in parent_of.items() if p == path)),
             )
         )
     return plan

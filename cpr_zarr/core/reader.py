@@ -12,7 +12,7 @@ import zarr
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
-from cpr_zarr.core.integrity import load_commit
+from cpr_zarr.core.integrity import load_commit, remove_command
 from cpr_zarr.errors import ChunkVerificationError, InvalidArgumentTypeError, ResultNotFoundError
 from cpr_zarr.model.hashing import chunk_digest
 from cpr_zarr.model.layout import chunk_grid, parse_group_path, parse_member_path
@@ -141,8 +141,7 @@ class ChunkReader:
             f"The commit record of result {self.group_path!r} in store {self.storage.url!r} is "
             f"damaged: its chunk_digests ({got}) must list one 32-hex-digit digest for each of "
             f"the {expected} chunks of shape {self.shape} in chunks {self.chunks}, so no chunk "
-            "can be verified. To resolve: delete the result (store.delete(ref)) and re-run the "
-            "task that produced it.",
+            f"can be verified. {self._remedy()}",
             store_url=self.storage.url,
             group_path=self.group_path,
             chunk_index=(),
@@ -177,8 +176,7 @@ class ChunkReader:
         except Exception as exc:
             raise ChunkVerificationError(
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
-                "chunk is damaged or unreadable. To resolve: delete the result "
-                "(store.delete(ref)) and re-run the task that produced it.",
+                f"chunk is damaged or unreadable. {self._remedy()}",
                 store_url=self.storage.url,
                 group_path=self.group_path,
                 chunk_index=index,
@@ -202,6 +200,13 @@ class ChunkReader:
             self._check(index, block)
         return block
 
+    def _remedy(self) -> str:
+        return (
+            "To resolve: remove the result (store.delete(ref), or "
+            f"`{remove_command(self.storage.url, self.group_path)}`) and re-run the task that "
+            "produced it."
+        )
+
     def _where(self, index: tuple[int, ...]) -> str:
         array = self.array_path
         level = "" if self.level == 0 else f" (pyramid level array {array!r})"
@@ -214,9 +219,8 @@ class ChunkReader:
             raise ChunkVerificationError(
                 f"Verification failed for {self._where(index)}: its decoded values hash to "
                 f"{actual}, but {expected} was recorded when it was saved. The stored chunk is "
-                "damaged or was changed outside cpr_zarr. Other chunks are unaffected. To "
-                "resolve: delete the result (store.delete(ref) or `cpr-zarr gc`) and re-run the "
-                "task that produced it.",
+                "damaged or was changed outside cpr_zarr. Other chunks are unaffected. "
+                f"{self._remedy()}",
                 store_url=self.storage.url,
                 group_path=self.group_path,
                 chunk_index=index,

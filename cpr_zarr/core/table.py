@@ -28,7 +28,7 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from cpr_zarr.core import catalog
-from cpr_zarr.core.integrity import load_commit, write_marker
+from cpr_zarr.core.integrity import load_commit, remove_command, write_marker
 from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.errors import (
     ChunkVerificationError,
@@ -433,8 +433,8 @@ def read_checked_table(
             raise ChunkVerificationError(
                 f"Cannot read array {key!r} (chunk (0,)) of table {path!r} in store "
                 f"{storage.url!r}: {type(exc).__name__}: {exc}. The stored array is damaged, "
-                "unreadable or missing. To resolve: delete the result (store.delete(ref)) and "
-                "re-run the task that produced it.",
+                "unreadable or missing. To resolve: remove the result (store.delete(ref), or "
+                f"`{remove_command(storage.url, path)}`) and re-run the task that produced it.",
                 store_url=storage.url,
                 group_path=path,
                 chunk_index=(0,),

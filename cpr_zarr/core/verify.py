@@ -27,6 +27,7 @@ from cpr_zarr.core.integrity import (
     read_checked,
     read_copy,
     read_doc,
+    remove_command,
     wrap_copy,
 )
 from cpr_zarr.core.labels import update_labels_list
@@ -147,6 +148,10 @@ class VerifyReport:
     failed_chunks: int = 0
     problems: list[str] = field(default_factory=list)
     repaired: list[str] = field(default_factory=list)
+    # group paths, for the remedy to print: data that fails (only removing the result and
+    # re-running its task helps), and records or label indexes that `repair` may rebuild
+    damaged_data: list[str] = field(default_factory=list)
+    damaged_records: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -171,7 +176,8 @@ def _verify_data(
         except Exception as exc:  # a damaged array zarr cannot decode
             return [
                 f"Cannot read table {path!r} in store {storage.url!r}: {type(exc).__name__}: "
-                f"{exc}. A stored array is damaged: delete the result and re-run its task."
+                f"{exc}. A stored array is damaged: remove the result "
+                f"(`{remove_command(storage.url, path)}`) and re-run its task."
             ]
         return []
     jobs = [
@@ -212,8 +218,11 @@ def verify_store(
         paths = catalog.candidate_paths(storage, nested=True)
     what = f"store {storage.url}"
     for path in track(paths, what, doing="verifying", done="verified"):
+        before = len(report.problems)
         record = _load_or_repair(storage, path, repair_damaged, report)
         if record is None:
+            if len(report.problems) > before:
+                report.damaged_records.append(path)
             continue
         report.results += 1
         if isinstance(record, TableRecord):
@@ -226,12 +235,19 @@ def verify_store(
         failed = _verify_data(storage, path, record, threads)
         report.failed_chunks += len(failed) if isinstance(record, ArrayRecord) else 0
         report.problems.extend(failed)
-        report.problems.extend(_check_copy(storage, path, repair_damaged, report))
+        if failed:
+            report.damaged_data.append(path)
+        bad_copy = _check_copy(storage, path, repair_damaged, report)
+        report.problems.extend(bad_copy)
         damaged: list[Damage] = []
         read_records(storage, path, damaged=damaged)
         report.problems.extend(d.message for d in damaged)
-        if "/labels/" not in path:
-            report.problems.extend(_check_labels_index(storage, path, repair_damaged, report))
+        index = (
+            [] if "/labels/" in path else _check_labels_index(storage, path, repair_damaged, report)
+        )
+        report.problems.extend(index)
+        if bad_copy or index:
+            report.damaged_records.append(path)
     return report
 
 

@@ -33,6 +33,9 @@ __all__ = [
 ]
 
 ALGORITHM = "xxh3_128-per-chunk+blake2b-128"
+# tables (cpr_zarr.core.table): the dtype their pointers carry, and their hash algorithm
+TABLE_DTYPE = "table"
+TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
 
 
 def _canonical_bytes(block: np.ndarray) -> memoryview:
@@ -74,14 +77,12 @@ def array_fingerprint(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-# -- tables: the schema and one digest per stored array ---------------------------------
-
-TABLE_DTYPE = "table"  # the dtype a table result's pointer carries
-TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
-
-
 def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
-    """The content hash of a table: its schema and the digest of every stored array."""
+    """The content hash of a table: its schema and the digest of every stored array.
+
+    Here, not beside the table code, so that checking a table's record (every listing does)
+    does not import pandas.
+    """
     canonical = json.dumps(
         {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
         sort_keys=True,

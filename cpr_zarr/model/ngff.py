@@ -54,7 +54,7 @@ NGFF_VERSION = "0.5"
 # package; bump it if the values a level gets ever change
 DOWNSAMPLE_METHOD = "cpr_zarr.core.pyramid.downsample"
 DOWNSAMPLE_VERSION = "1"
-# at most this many generated label colours (0 and 1..1023): ~52 kB of JSON in zarr.json
+# at most this many generated label colours (0 and 1..1023): ~97 kB of the indented zarr.json
 MAX_DEFAULT_COLORS = 1024
 _DEFAULT_AXES = {2: "yx", 3: "zyx", 4: "czyx", 5: "tczyx"}
 _AXIS_TYPES = {"t": "time", "c": "channel", "z": "space", "y": "space", "x": "space"}

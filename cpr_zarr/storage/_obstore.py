@@ -251,9 +251,7 @@ class ObjectStorage(Storage):
             self.delete(f"{base}/{key}")
         skip = {f"{base}/{key}" for key in first}
         rest = [
-            path
-            for path in listed
-            if path not in skip and (keep is None or not keep(path[start:]))
+            path for path in listed if path not in skip and (keep is None or not keep(path[start:]))
         ]
         for begin in range(0, len(rest), _BATCH):
             try:  # one DeleteObjects request per batch on S3

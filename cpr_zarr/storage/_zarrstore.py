@@ -168,9 +168,7 @@ def storage_for_store(store: Store, *, read_only: bool = False) -> Storage:
         from cpr_zarr.storage._obstore import ObjectStorage, obstore_url
 
         inner: Any = store.store
-        return ObjectStorage(
-            obstore_url(inner) or _new_name(), read_only=read_only, store=inner
-        )
+        return ObjectStorage(obstore_url(inner) or _new_name(), read_only=read_only, store=inner)
     return ZarrStoreStorage(store, _new_name(), read_only=read_only)
 
 

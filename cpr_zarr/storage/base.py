@@ -209,7 +209,9 @@ class Storage(abc.ABC):
         """Newest modification time under ``prefix``; now if none is known (so that age
         never makes anything look old by mistake)."""
         entries = self.walk(prefix, folders=True)
-        files = [e.mtime for e in entries if e.mtime is not None and not e.key.endswith("/")]
+        files = [
+            e.mtime for e in entries if e.mtime is not None and e.key and not e.key.endswith("/")
+        ]
         if files:
             return max(files)
         # folders without a single file (a writer killed right after creating them) are

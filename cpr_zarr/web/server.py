@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
@@ -176,7 +177,8 @@ def _handlers(web: WebServer) -> list[Any]:
             except ValueError:
                 page = 1
             items = web.catalog.search(flt)
-            start = (max(page, 1) - 1) * pages.PAGE_SIZE
+            page = min(max(page, 1), max(1, -(-len(items) // pages.PAGE_SIZE)))
+            start = (page - 1) * pages.PAGE_SIZE
             tables = [
                 s.group_path for s in items[start : start + pages.PAGE_SIZE] if s.kind == "table"
             ]
@@ -201,8 +203,8 @@ def _handlers(web: WebServer) -> list[Any]:
     class Result(Base):
         async def get(self, group_path: str) -> None:
             summary = web.catalog.get(group_path)
-            if summary is None:
-                await web.run(web.catalog.refresh)
+            if summary is None and time.monotonic() - web.catalog.refreshed_at > 5.0:
+                await web.run(web.catalog.refresh)  # saved since the last listing?
                 summary = web.catalog.get(group_path)
             if summary is None:
                 self.fail(404, f"No result {group_path!r} in this store.")

@@ -87,6 +87,8 @@ def projection(target: ZarrTarget, *, reduce: str = "max") -> np.ndarray:
     data = np.asarray(read_level(target, level))
     if data.ndim < 2:
         data = data.reshape(1, -1)
+    if data.size == 0:  # a zero-size result: one black pixel
+        return np.zeros((1, 1), dtype=data.dtype)
     while data.ndim > 2:
         data = data.max(axis=0)
     return data
