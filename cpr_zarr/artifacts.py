@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from uuid import UUID
 
     from cpr_zarr.core.progress import ProgressSink
+    from cpr_zarr.model.ngff import ImageMeta
 
 __all__ = [
     "ARTIFACTS_ENV",
@@ -120,24 +121,23 @@ def _bytes(n: float | None) -> str:
     return "-"  # pragma: no cover
 
 
-def _kind(target: ZarrTarget, attrs: dict[str, Any]) -> str:
+def _kind(target: ZarrTarget, image: ImageMeta | None) -> str:
     from cpr_zarr.core.preview import is_label_image
 
-    if attrs.get("kind") == "table" or target.dtype == "table":
+    if target.dtype == "table":
         return "table"
     if is_label_image(target):
         return "labels"
-    return "image" if attrs.get("image") else "array"
+    return "image" if image is not None else "array"
 
 
-def physical_size(target: ZarrTarget, attrs: dict[str, Any]) -> str:
+def physical_size(target: ZarrTarget, image: ImageMeta | None) -> str:
     """Extent of each axis with a unit, e.g. ``z 30 µm, y 64 µm, x 64 µm`` ("-" if none)."""
-    image = attrs.get("image")
-    if not image:
+    if image is None:
         return "-"
     parts = []
     for axis, unit, scale, size in zip(
-        image["axes"], image["units"], image["scale"], target.shape, strict=False
+        image.axes, image.units, image.scale, target.shape, strict=False
     ):
         if unit is None:
             continue
@@ -150,8 +150,9 @@ def result_row(target: ZarrTarget, *, cache_hit: bool, task_run: str = "") -> di
     from cpr_zarr.core.inventory import stored_bytes
 
     store = target.store
-    attrs = store.reader(target).attrs if target.dtype != "table" else {}
-    kind = _kind(target, attrs)
+    # the image metadata of the checked commit record (tables have none)
+    image = store.reader(target).record.image if target.dtype != "table" else None
+    kind = _kind(target, image)
     stored = stored_bytes(store.storage, target.group_path)
     raw = None
     if kind != "table":
@@ -166,7 +167,7 @@ def result_row(target: ZarrTarget, *, cache_hit: bool, task_run: str = "") -> di
         "dtype": target.dtype,
         "stored": _bytes(stored),
         "ratio": ratio,
-        "physical size": physical_size(target, attrs) if kind != "table" else "-",
+        "physical size": physical_size(target, image) if kind != "table" else "-",
         "cache hit": "yes" if cache_hit else "no",
         "store": target.store_url,
         "group": target.group_path,

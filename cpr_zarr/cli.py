@@ -195,44 +195,45 @@ def _utc(when: datetime) -> datetime:
 @click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON document.")
 def info_command(store: str, ref: str, as_json: bool) -> None:
     """Show a result: metadata, provenance, lineage and its OME-NGFF summary."""
+    from cpr_zarr.core.integrity import load_document
     from cpr_zarr.core.inventory import result_row
 
     rs = _open(store)
     target = _target(rs, ref)
-    doc = rs.storage.get_json(f"{target.group_path}/zarr.json")["attributes"]
+    # the checked, typed commit marker: every kind of result has these fields
+    document = load_document(rs.storage, target.group_path, arrays=False)
+    if document is None:
+        raise click.ClickException(f"Result {target.group_path!r} was removed meanwhile.")
+    cpr, ome = document.record, document.ome
     row = result_row(rs.storage, target)
     records = rs.provenance(target)
     lineage = rs.lineage(target)
-    ome = doc.get("ome")
     if as_json:
         out = {
             "target": target.to_dict(),
             "stored_bytes": row["stored_bytes"],
             "raw_bytes": row["raw_bytes"],
-            "algorithm": doc["cpr_zarr"]["algorithm"],
-            "kind": doc["cpr_zarr"].get("kind", "image"),
+            "algorithm": cpr.algorithm,
+            "kind": cpr.kind,
             # arrays: one digest per chunk; tables: one per stored column/index array
-            "chunk_count": len(doc["cpr_zarr"].get("chunk_digests") or doc["cpr_zarr"]["digests"]),
+            "chunk_count": cpr.digest_count,
             "ome": ome,
             "provenance": records,
             "lineage": {k: [t.group_path for t in v] for k, v in lineage.items()},
         }
         click.echo(json.dumps(out, indent=2, default=str))
         return
-    cpr = doc["cpr_zarr"]
     click.echo(f"{target.group_path}")
     click.echo(f"  store         {rs.url}")
-    click.echo(
-        f"  content hash  {target.content_hash} ({cpr['algorithm']}, layout {cpr['layout']})"
-    )
-    is_table = cpr.get("kind") == "table"
+    click.echo(f"  content hash  {target.content_hash} ({cpr.algorithm}, layout {cpr.layout})")
+    is_table = cpr.kind == "table"
     if is_table:
         rows, columns = target.shape
         click.echo(f"  table         {plural(rows, 'row')} x {plural(columns, 'column')}, "
-                   f"{plural(len(cpr['digests']), 'stored array')}")  # fmt: skip
+                   f"{plural(cpr.digest_count, 'stored array')}")  # fmt: skip
     else:
         click.echo(f"  array         {target.dtype}{list(target.shape)}, chunks {list(target.chunks)}, "
-                   f"{plural(len(cpr['chunk_digests']), 'chunk')}")  # fmt: skip
+                   f"{plural(cpr.digest_count, 'chunk')}")  # fmt: skip
     if "/labels/" in target.group_path:
         click.echo(f"  label image   of {target.group_path.split('/labels/')[0]}")
     ratio = row["ratio"]

@@ -17,6 +17,7 @@ __all__ = [
     "InvalidArgumentTypeError",
     "InvalidNameError",
     "InvalidReferenceError",
+    "RecordError",
     "ResultNotFoundError",
     "StoreError",
     "UnsupportedResultError",
@@ -118,3 +119,24 @@ def _rebuild_integrity_error(
 
 class InvalidReferenceError(CprZarrError, ValueError):
     """A reference or a stored path would name a place outside the store or its group."""
+
+
+class RecordError(CprZarrError, ValueError):
+    """A stored document (commit record, pyramid level, table schema, provenance record, store
+    root) lacks a field of its format or holds a value of the wrong type.
+
+    Raised by the ``from_dict`` parsers of :mod:`cpr_zarr.model.records`; ``field`` names the
+    field (``"levels[1].shape"``). Readers of a result turn it into an
+    :class:`IntegrityError` naming the store and group.
+    """
+
+    def __init__(self, message: str, *, field: str = "") -> None:
+        super().__init__(message)
+        self.field = field
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (_rebuild_record_error, (str(self), self.field))
+
+
+def _rebuild_record_error(message: str, field: str) -> RecordError:
+    return RecordError(message, field=field)

@@ -43,10 +43,8 @@ class InputImages:
         if hasattr(target, "image_meta"):  # TiffSource, ZarrSource
             meta: ImageMeta = target.image_meta()
             return meta
-        attrs = target.store.reader(target).attrs.get("image")
-        return (
-            ImageMeta.from_dict(attrs) if isinstance(attrs, dict) else parse_meta(len(target.shape))
-        )
+        image = target.store.reader(target).record.image
+        return image if image is not None else parse_meta(len(target.shape))
 
     def inherited(self, shape: tuple[int, ...]) -> ImageMeta | None:
         """The metadata an output of this shape inherits, or None."""

@@ -35,10 +35,12 @@ from cpr_zarr.errors import (
     InvalidArgumentError,
     InvalidArgumentTypeError,
     InvalidReferenceError,
+    RecordError,
     ResultNotFoundError,
     StoreError,
 )
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, MIN_PREFIX_LENGTH, parse_group_path
+from cpr_zarr.model.records import STORE_LAYOUT, StoreRoot
 from cpr_zarr.storage import describe_error, normalize_url, open_storage, to_json_bytes
 from cpr_zarr.target import ZarrTarget
 
@@ -59,12 +61,7 @@ __all__ = ["ResultStore", "normalize_url", "open_store", "save_table"]
 
 logger = logging.getLogger("cpr_zarr")
 
-STORE_LAYOUT = 1
-_ROOT_DOC = {
-    "zarr_format": 3,
-    "node_type": "group",
-    "attributes": {"cpr_zarr": {"store_layout": STORE_LAYOUT}},
-}
+_ROOT_DOC = StoreRoot().document()
 _METADATA_KEYS = frozenset({"axes", "scale", "units", "translation", "levels"})
 _STORES: dict[str, ResultStore] = {}
 _STORES_LOCK = threading.Lock()
@@ -217,8 +214,14 @@ class ResultStore:
                 f"(node_type={doc.get('node_type')!r}, zarr_format={doc.get('zarr_format')!r}). "
                 "cpr_zarr never writes into other data: choose a new folder or URL for results."
             )
-        layout = attrs["cpr_zarr"].get("store_layout")
-        if type(layout) is not int or layout != STORE_LAYOUT:
+        try:
+            layout = StoreRoot.from_dict(attrs["cpr_zarr"]).store_layout
+        except RecordError as exc:
+            raise StoreError(
+                f"The root zarr.json of result store {self.url!r} is corrupt: {exc}. To "
+                f"resolve: replace it with {json.dumps(_ROOT_DOC, separators=(',', ':'))}."
+            ) from exc
+        if layout != STORE_LAYOUT:
             raise StoreError(
                 f"Result store {self.url!r} has store_layout {layout!r}; this cpr_zarr reads "
                 f"layout {STORE_LAYOUT}. Upgrade cpr_zarr or use another store."

@@ -29,6 +29,7 @@ from cpr_zarr import (
 )
 from cpr_zarr.core.reader import ChunkReader
 from cpr_zarr.core.table import read_table
+from cpr_zarr.model.records import ArrayRecord
 from tests.conftest import store_files
 
 if TYPE_CHECKING:
@@ -404,6 +405,6 @@ def test_a_damaged_digest_list_is_an_integrity_error_not_an_index_error(
     # hash); the reader's own digest-list check is the second line behind it
     with pytest.raises(cpr_zarr.IntegrityError, match="chunk_digests"):
         fresh.open(target.group_path).to_numpy()
-    attrs = json.loads(marker.read_text())["attributes"]["cpr_zarr"]
+    record = ArrayRecord.from_dict(json.loads(marker.read_text())["attributes"]["cpr_zarr"])
     with pytest.raises(ChunkVerificationError, match=r"chunk_digests \(7 entries\) must list"):
-        ChunkReader(fresh, target.group_path, attrs).to_numpy()
+        ChunkReader(fresh.storage, target.group_path, record).to_numpy()

@@ -465,13 +465,13 @@ def test_a_level_of_another_pyramid_plan_is_never_overwritten(store: ResultStore
     )
     for index, region in chunk_grid(image.shape, chunks):
         base.write(index, image[region])
-    theirs = pyramid.write_levels(store, path, [(1, 2, 2)], "mean", ["z", "y", "x"])
-    assert theirs[0]["path"] == "1"
+    theirs = pyramid.write_levels(store.storage, path, [(1, 2, 2)], "mean", ["z", "y", "x"])
+    assert theirs[0].path == "1"
 
     ours = save(store, image, "img", chunks=chunks, levels=2)  # isotropic: halves z too
-    record = store.reader(ours).attrs["levels"][0]
-    assert record["path"] == "1-2x2x2"
-    assert record["step"] == [2, 2, 2]
+    record = store.reader(ours).record.levels[0]
+    assert record.path == "1-2x2x2"
+    assert record.step == (2, 2, 2)
     np.testing.assert_array_equal(
         cpr_zarr.read_level(ours, 1).compute(), pyramid.downsample(image, (2, 2, 2), "mean")
     )

@@ -23,8 +23,8 @@ import zarr
 
 import cpr_zarr
 from cpr_zarr.core import pyramid
-from cpr_zarr.core.integrity import seal
 from cpr_zarr.model import ngff
+from cpr_zarr.model.records import ResultDocument
 from tests.conftest import microscopy_volume
 
 if TYPE_CHECKING:
@@ -178,7 +178,7 @@ def test_results_saved_before_the_complete_metadata_still_open_and_verify(
         del ome["multiscales"][0]["metadata"]
         del ome["multiscales"][0]["type"]
         ome.get("image-label", {}).pop("colors", None)
-        marker.write_text(json.dumps(seal(doc)))
+        marker.write_text(json.dumps(ResultDocument.from_dict(doc).sealed().to_dict()))
     reopened = cpr_zarr.ResultStore(local_store.url)
     assert reopened.damaged() == []
     for target in (image, seg):
@@ -189,7 +189,7 @@ def test_results_saved_before_the_complete_metadata_still_open_and_verify(
     marker = root / image.group_path / "zarr.json"
     doc = json.loads(marker.read_text())
     doc["attributes"]["ome"]["multiscales"][0]["type"] = "gaussian"
-    marker.write_text(json.dumps(seal(doc)))
+    marker.write_text(json.dumps(ResultDocument.from_dict(doc).sealed().to_dict()))
     assert [d.group_path for d in cpr_zarr.ResultStore(local_store.url).damaged()] == [
         image.group_path
     ]

@@ -355,14 +355,14 @@ def test_a_level_reached_by_other_steps_is_never_shared(local_store: cpr_zarr.Re
     )
     for index, region in chunk_grid(image.shape, chunks):
         base.write(index, image[region])
-    theirs = pyramid.write_levels(local_store, path, a_steps, "mean", ["z", "y", "x"])
-    assert [r["path"] for r in theirs] == ["1", "2"]
+    theirs = pyramid.write_levels(local_store.storage, path, a_steps, "mean", ["z", "y", "x"])
+    assert [r.path for r in theirs] == ["1", "2"]
 
     # writer B: z pixels twice as large, so y and x are halved first
     ours = local_store.save(image, "img", chunks=chunks, scale=(2.0, 1.0, 1.0), levels=3)
-    records = local_store.reader(ours).attrs["levels"]
-    assert [r["step"] for r in records] == [list(s) for s in b_steps]
-    assert [r["path"] for r in records] == ["1-1x2x2", "2-2x4x4"]
+    records = local_store.reader(ours).record.levels
+    assert [r.step for r in records] == [tuple(s) for s in b_steps]
+    assert [r.path for r in records] == ["1-1x2x2", "2-2x4x4"]
     np.testing.assert_array_equal(cpr_zarr.read_level(ours, 2).compute(), b_level2)
     # A's level 2 still holds A's values, matching the digests A recorded
     np.testing.assert_array_equal(

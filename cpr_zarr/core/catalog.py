@@ -7,7 +7,7 @@ its path names (:func:`cpr_zarr.core.integrity.load_commit`); everything else un
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from cpr_zarr.core.integrity import Damage, load_commit
 from cpr_zarr.errors import IntegrityError, ResultNotFoundError
@@ -15,6 +15,7 @@ from cpr_zarr.model.layout import parse_group_path
 from cpr_zarr.target import ZarrTarget
 
 if TYPE_CHECKING:
+    from cpr_zarr.model.records import ArrayRecord, ResultRecord, TableRecord
     from cpr_zarr.storage import Storage
 
 __all__ = [
@@ -30,15 +31,15 @@ __all__ = [
 LABELS_DIR = "labels"
 
 
-def target_for(storage: Storage, path: str, record: dict[str, Any]) -> ZarrTarget:
+def target_for(storage: Storage, path: str, record: ResultRecord) -> ZarrTarget:
     """The pointer to committed result ``path`` with commit record ``record``."""
     return ZarrTarget(
         store_url=storage.url,
         group_path=path,
-        content_hash=record["content_hash"],
-        shape=tuple(record["shape"]),
-        dtype=record["dtype"],
-        chunks=tuple(record["chunks"]),
+        content_hash=record.content_hash,
+        shape=record.shape,
+        dtype=record.dtype,
+        chunks=record.chunks,
     )
 
 
@@ -59,7 +60,7 @@ def candidate_paths(storage: Storage, *, nested: bool = False) -> list[str]:
     return out
 
 
-def committed(storage: Storage, path: str) -> dict[str, Any] | None:
+def committed(storage: Storage, path: str) -> ArrayRecord | TableRecord | None:
     """The checked record of committed result ``path``, else ``None``.
 
     ``None`` also for a damaged marker: writers then rewrite it (the same content gives
@@ -73,7 +74,7 @@ def committed(storage: Storage, path: str) -> dict[str, Any] | None:
         return None
 
 
-def committed_or_raise(storage: Storage, path: str) -> dict[str, Any] | None:
+def committed_or_raise(storage: Storage, path: str) -> ArrayRecord | TableRecord | None:
     """The checked record of committed result ``path``; ``None`` if it has no marker.
 
     Raises
@@ -84,7 +85,7 @@ def committed_or_raise(storage: Storage, path: str) -> dict[str, Any] | None:
     return load_commit(storage, path, arrays=False)
 
 
-def load(storage: Storage, path: str) -> dict[str, Any]:
+def load(storage: Storage, path: str) -> ArrayRecord | TableRecord:
     """The record of result ``path``, checked against its content hash and its arrays.
 
     Raises

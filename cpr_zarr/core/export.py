@@ -26,7 +26,7 @@ import numpy as np
 from cpr_zarr.core import catalog
 from cpr_zarr.core.reader import ChunkReader, open_reader
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
-from cpr_zarr.model.ngff import default_axes, meta_from_attrs
+from cpr_zarr.model.ngff import default_axes
 from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
@@ -57,7 +57,7 @@ def _metadata(target: ZarrTarget) -> tuple[str, list[float], list[str | None], l
         raise UnsupportedResultError(
             f"{target.group_path!r} is a table; export it with cpr_zarr.to_csv(target, path)."
         )
-    meta = meta_from_attrs({"cpr_zarr": _reader(target).attrs})
+    meta = _reader(target).record.image
     if meta is not None:
         return "".join(meta.axes), list(meta.scale), list(meta.units), list(meta.translation)
     ndim = len(target.shape)
@@ -151,7 +151,7 @@ def to_ome_tiff(
     levels = _tiff_levels(target.shape) if pyramid else 1
     pyramid = levels > 1
     dtype = np.dtype(target.dtype)
-    label = "labels_of" in _reader(target).attrs
+    label = _reader(target).record.labels_of is not None
     method = "nearest" if label or dtype.kind == "b" else "mean"
     data = target.get_data()
     step = target.chunks[0]

@@ -28,19 +28,17 @@ from __future__ import annotations
 
 import copy
 import functools
-import hashlib
 import json
 import math
 import re
 import shlex
 from dataclasses import dataclass
-from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
-from cpr_zarr.errors import IntegrityError, UnsupportedResultError
+from cpr_zarr.errors import IntegrityError, RecordError, UnsupportedResultError
 from cpr_zarr.model.hashing import (
     ALGORITHM,
     TABLE_ALGORITHM,
@@ -49,24 +47,32 @@ from cpr_zarr.model.hashing import (
     table_hash,
 )
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
+from cpr_zarr.model.records import (
+    ARRAY_PATH,
+    DIGEST_FIELD,
+    ArrayRecord,
+    ResultDocument,
+    TableRecord,
+    TableSchema,
+    ValueSpec,
+    record_digest,
+)
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from cpr_zarr.storage import Storage
 
 __all__ = [
     "RECORD_COPY",
     "Damage",
-    "array_record",
     "check_array_doc",
     "check_arrays",
     "check_record",
     "load_commit",
+    "load_document",
+    "parse_document",
     "read_doc",
     "record_digest",
     "remove_command",
-    "seal",
     "write_marker",
 ]
 
@@ -91,8 +97,6 @@ def read_copy(storage: Storage, path: str) -> Any:
     return copy
 
 
-DIGEST_FIELD = "record_digest"
-ARRAY_PATH = "0"
 _HEX_RE = re.compile(rf"[0-9a-f]{{{HASH_HEX_LENGTH}}}")
 _LEVEL_PATH_RE = re.compile(r"(?P<n>[1-9][0-9]*)(?:-(?P<factors>[1-9][0-9]*(?:x[1-9][0-9]*)*))?")
 _CHUNK_KEY_ENCODING = {"name": "default", "configuration": {"separator": "/"}}
@@ -133,60 +137,22 @@ def is_absent(doc: Any) -> bool:
     return doc is ABSENT
 
 
-# -- the record digest -------------------------------------------------------------------
+# -- committing ----------------------------------------------------------------------------
 
 
-def record_digest(attributes: dict[str, Any]) -> str:
-    """Digest of a group's ``cpr_zarr`` record (without the digest itself) and ``ome``."""
-    record = {k: v for k, v in attributes.get("cpr_zarr", {}).items() if k != DIGEST_FIELD}
-    canonical = json.dumps(
-        {"cpr_zarr": record, "ome": attributes.get("ome")},
-        sort_keys=True,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-    return hashlib.blake2b(canonical.encode(), digest_size=16).hexdigest()
-
-
-def seal(doc: dict[str, Any]) -> dict[str, Any]:
-    """Add ``record_digest`` to a group document's ``cpr_zarr`` record (in place)."""
-    attributes = doc["attributes"]
-    attributes["cpr_zarr"][DIGEST_FIELD] = record_digest(attributes)
-    return doc
-
-
-def array_record(
-    content_hash: str,
-    name: str,
-    shape: Sequence[int],
-    dtype: str,
-    chunks: Sequence[int],
-    digests: list[str],
-) -> dict[str, Any]:
-    """The ``cpr_zarr`` commit record of an array result (before image metadata and levels)."""
-    return {
-        "layout": LAYOUT_VERSION,
-        "algorithm": ALGORITHM,
-        "content_hash": content_hash,
-        "name": name,
-        "kind": "array",
-        "array": ARRAY_PATH,
-        "shape": list(shape),
-        "dtype": dtype,
-        "chunks": list(chunks),
-        "chunk_digests": digests,
-    }
-
-
-def write_marker(storage: Storage, path: str, doc: dict[str, Any]) -> None:
+def write_marker(storage: Storage, path: str, document: ResultDocument) -> ResultDocument:
     """Commit a result: seal its record, write the record copy, then the marker.
 
-    The copy lets :func:`repair` rebuild a damaged marker; written before the marker, it
-    never makes an uncommitted group look committed (only the marker does).
+    The record digest (:func:`~cpr_zarr.model.records.record_digest`) covers the record
+    and its ``ome`` attributes. The copy lets :func:`repair` rebuild a damaged marker;
+    written before the marker, it never makes an uncommitted group look committed (only
+    the marker does). Returns the sealed document.
     """
-    seal(doc)
+    sealed = document.sealed()
+    doc = sealed.to_dict()
     storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
     storage.set_json(f"{path}/zarr.json", doc)
+    return sealed
 
 
 def remove_command(store_url: str, group_path: str) -> str:
@@ -555,14 +521,14 @@ def check_array_doc(
         raise c.fail("the document", f"is not valid zarr array metadata ({exc})") from exc
 
 
-def check_arrays(storage: Storage, path: str, attrs: dict[str, Any]) -> None:
+def check_arrays(storage: Storage, path: str, record: ArrayRecord | TableRecord) -> None:
     """Every stored array's metadata agrees with the (already checked) record."""
-    if attrs.get("kind") == "table":
-        _check_table_arrays(storage, path, attrs)
+    if isinstance(record, TableRecord):
+        _check_table_arrays(storage, path, record)
         return
-    dtype = attrs["dtype"]
-    wanted = [(attrs["array"], attrs["shape"], attrs["chunks"])]
-    wanted += [(r["path"], r["shape"], r["chunks"]) for r in attrs.get("levels", [])]
+    dtype = record.dtype
+    wanted = [(record.array, record.shape, record.chunks)]
+    wanted += [(level.path, level.shape, level.chunks) for level in record.levels]
     for array, shape, chunks in wanted:
         key = f"{array}/zarr.json"
         raw = read_raw(storage, f"{path}/{key}")
@@ -581,14 +547,14 @@ def read_checked(storage: Storage, c: Checker, key: str) -> Any:
     return doc
 
 
-def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
+def _table_array_types(schema: TableSchema) -> dict[str, str | None]:
     """The stored data type of every array a table schema implies (None: not derivable)."""
     out: dict[str, str | None] = {}
 
-    def spec_types(prefix: str, spec: Any) -> None:
-        if not isinstance(spec, dict):
+    def spec_types(prefix: str, spec: ValueSpec | None) -> None:
+        if spec is None:
             return
-        kind, dtype = spec.get("kind"), spec.get("dtype")
+        kind, dtype = spec.kind, spec.dtype
         try:
             if kind == "numpy":
                 out[f"{prefix}values"] = np.dtype(dtype).name
@@ -604,7 +570,7 @@ def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
                 out[f"{prefix}values"] = pd.api.types.pandas_dtype(dtype).numpy_dtype.name
             elif kind == "category":
                 out[f"{prefix}values"] = None  # codes: int8..int64 by category count
-                spec_types(f"{prefix}cat.", spec.get("categories"))
+                spec_types(f"{prefix}cat.", spec.categories)
             elif kind == "object":  # a type code per row, then the values of each type
                 out[f"{prefix}codes"] = "uint8"
                 out[f"{prefix}values"] = "string"
@@ -614,11 +580,10 @@ def _table_array_types(schema: dict[str, Any]) -> dict[str, str | None]:
             out[f"{prefix}values"] = None
         out[f"{prefix}mask"] = "bool"
 
-    for i, spec in enumerate(schema.get("columns", [])):
-        spec_types(f"c{i}/", spec)
-    index = schema.get("index", {})
-    for i, spec in enumerate(index.get("levels", []) if isinstance(index, dict) else []):
-        spec_types(f"i{i}/", spec)
+    for i, column in enumerate(schema.columns):
+        spec_types(f"c{i}/", column)
+    for i, level in enumerate(schema.index.levels):
+        spec_types(f"i{i}/", level)
     return out
 
 
@@ -629,17 +594,17 @@ def _codes_dtype(categories: int) -> str:
     return str(codes.dtype.name)
 
 
-def _check_table_arrays(storage: Storage, path: str, attrs: dict[str, Any]) -> None:
-    schema = attrs["table"]
+def _check_table_arrays(storage: Storage, path: str, record: TableRecord) -> None:
+    schema = record.table
     types = _table_array_types(schema)
     docs: dict[str, Any] = {}
-    for key in attrs["digests"]:
+    for key in record.digests:
         c = Checker(storage.url, path, f"{key}/zarr.json")
         docs[key] = read_checked(storage, c, f"{path}/{key}/zarr.json")
     for key, doc in docs.items():
         c = Checker(storage.url, path, f"{key}/zarr.json")
         dtype = types.get(key)
-        rows: list[int] | None = [schema["rows"]]
+        rows: list[int] | None = [schema.rows]
         if "/cat." in key or (
             f"{key.rsplit('/', 1)[0]}/codes" in docs and not key.endswith(("/codes", "/mask"))
         ):
@@ -657,8 +622,10 @@ def _check_table_arrays(storage: Storage, path: str, attrs: dict[str, Any]) -> N
 # -- one result: present, absent, damaged ------------------------------------------------
 
 
-def load_commit(storage: Storage, path: str, *, arrays: bool = True) -> dict[str, Any] | None:
-    """The checked record of result ``path``; ``None`` if it has no marker (not committed).
+def load_commit(
+    storage: Storage, path: str, *, arrays: bool = True
+) -> ArrayRecord | TableRecord | None:
+    """The checked, typed record of result ``path``; ``None`` if it has no marker (not committed).
 
     Raises
     ------
@@ -666,30 +633,60 @@ def load_commit(storage: Storage, path: str, *, arrays: bool = True) -> dict[str
         If the marker exists but is damaged, or (with ``arrays``) stored array metadata
         disagrees with it.
     """
+    document = load_document(storage, path, arrays=arrays)
+    return None if document is None else document.record
+
+
+def load_document(storage: Storage, path: str, *, arrays: bool = True) -> ResultDocument | None:
+    """The checked commit marker of result ``path`` (record and ``ome`` attributes); ``None``
+    if it has no marker. Raises like :func:`load_commit`."""
     raw = read_raw(storage, f"{path}/zarr.json")
     if raw is None:
         return None
-    attrs = _checked_record(storage.url, path, raw)
-    if DIGEST_FIELD not in attrs and read_raw(storage, f"{path}/{RECORD_COPY}") is not None:
+    document = _checked_document(storage.url, path, raw)
+    if (
+        document.record.record_digest is None
+        and read_raw(storage, f"{path}/{RECORD_COPY}") is not None
+    ):
         # record copies came with record digests: a marker without one is not an older
         # record but a damaged one (else removing the digest would disable its checks)
         raise Checker(storage.url, path).fail(
             f"cpr_zarr.{DIGEST_FIELD}", "is missing, but the result has a record copy"
         )
     if arrays:
-        check_arrays(storage, path, attrs)
-    return attrs
+        check_arrays(storage, path, document.record)
+    return document
+
+
+def parse_document(
+    store_url: str, group_path: str, doc: Any, *, key: str = "zarr.json"
+) -> ResultDocument:
+    """A marker document checked against the path's content hash (:func:`check_record`), typed.
+
+    Raises
+    ------
+    IntegrityError
+        Naming the first field that is damaged, of the wrong type, or does not hash to the
+        content hash.
+    """
+    check_record(store_url, group_path, doc, key=key)
+    try:
+        return ResultDocument.from_dict(doc)
+    except RecordError as exc:
+        where = f"cpr_zarr.{exc.field}" if exc.field else "attributes.cpr_zarr"
+        raise Checker(store_url, group_path, key).fail(where, f"is invalid ({exc})") from exc
 
 
 # The checks are pure functions of the stored bytes: a listing re-reads every marker but
-# re-checks only those that changed. (Failures are not cached: they raise.)
+# re-checks only those that changed. (Failures are not cached: they raise.) The typed
+# document is immutable, so every caller may share it.
 @functools.lru_cache(maxsize=4096)
-def _checked_record(store_url: str, path: str, raw: bytes) -> dict[str, Any]:
+def _checked_document(store_url: str, path: str, raw: bytes) -> ResultDocument:
     try:
         doc = json.loads(raw)
     except ValueError as exc:
         raise Checker(store_url, path).fail("the document", f"is not valid JSON ({exc})") from exc
-    return check_record(store_url, path, doc)
+    return parse_document(store_url, path, doc)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -720,14 +717,3 @@ def is_leftover(storage: Storage, path: str) -> bool:
     """A group that was never committed: no marker and no record copy (damage cannot fake it)."""
     keys = (f"{path}/zarr.json", f"{path}/{RECORD_COPY}")
     return not any(storage.exists(key) for key in keys)
-
-
-def check_created(value: Any) -> bool:
-    """Whether a provenance ``created`` field is an ISO timestamp."""
-    if not isinstance(value, str):
-        return False
-    try:
-        datetime.fromisoformat(value)
-    except ValueError:
-        return False
-    return True

@@ -22,7 +22,7 @@ import numpy as np
 from cpr_zarr.core import catalog
 from cpr_zarr.core.integrity import is_leftover
 from cpr_zarr.core.progress import track
-from cpr_zarr.core.provenance import read_records
+from cpr_zarr.core.provenance import read_provenance
 from cpr_zarr.model.layout import HASH_HEX_LENGTH
 
 logger = logging.getLogger("cpr_zarr")
@@ -53,10 +53,6 @@ COLUMNS = [
 _HASH_RE = re.compile(rb"[0-9a-f]{%d}" % HASH_HEX_LENGTH)
 
 
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value) if value else None
-
-
 def stored_bytes(storage: Storage, prefix: str) -> int:
     """Bytes of every object under ``prefix`` (a group, a staging folder)."""
     return storage.size(prefix)
@@ -72,28 +68,28 @@ def _newest_mtime(storage: Storage, prefix: str) -> float:
 
 
 def result_row(storage: Storage, target: ZarrTarget) -> dict[str, Any]:
-    attrs = catalog.committed(storage, target.group_path) or {}
-    records = read_records(storage, target.group_path)
+    record = catalog.committed(storage, target.group_path)
+    records = read_provenance(storage, target.group_path)
     stored = stored_bytes(storage, target.group_path)
     raw: int | None = None  # tables: columns of mixed, partly variable-width types
     if target.dtype != "table":
         raw = int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
-    last = records[-1] if records else {}
+    last = records[-1] if records else None
     return {
         "name": target.name,
         "hash": target.content_hash,
-        "kind": attrs.get("kind", "array"),
+        "kind": record.kind if record is not None else "array",
         "shape": target.shape,
         "dtype": target.dtype,
         "chunks": target.chunks,
         "stored_bytes": stored,
         "raw_bytes": raw,
         "ratio": raw / stored if raw is not None and stored else float("nan"),
-        "created": _parse_time(records[0]["created"]) if records else None,
-        "last_produced": _parse_time(last.get("created")),
+        "created": records[0].created_at if records else None,
+        "last_produced": last.created_at if last else None,
         "records": len(records),
-        "last_task": last.get("task_name"),
-        "last_flow_run": last.get("flow_run_name"),
+        "last_task": last.task_name if last else None,
+        "last_flow_run": last.flow_run_name if last else None,
         "group_path": target.group_path,
     }
 
@@ -147,8 +143,8 @@ def lineage(storage: Storage, start: ZarrTarget) -> dict[str, list[ZarrTarget]]:
     by_hash = {t.content_hash: t for t in catalog.scan(storage)[0]}
     parents = {h: set() for h in by_hash}  # type: dict[str, set[str]]
     for h, t in by_hash.items():
-        for record in read_records(storage, t.group_path):
-            parents[h].update(i for i in record.get("inputs", []) if i in by_hash)
+        for record in read_provenance(storage, t.group_path):
+            parents[h].update(i for i in record.inputs if i in by_hash)
     children: dict[str, set[str]] = {h: set() for h in by_hash}
     for h, ps in parents.items():
         for p in ps:
@@ -250,10 +246,10 @@ def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
         except (ValueError, AttributeError):
             continue
         if isinstance(payload, str):
+            # Prefect's pickle records hold base64 with a line break every 76 characters
             with contextlib.suppress(ValueError):
-                found.update(
-                    m.decode() for m in _HASH_RE.findall(base64.b64decode(payload, validate=True))
-                )
+                decoded = base64.b64decode("".join(payload.split()), validate=True)
+                found.update(m.decode() for m in _HASH_RE.findall(decoded))
     return found
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +19,6 @@ from cpr_zarr.model.ngff import (
     default_colors,
     image_label_attrs,
     labels_group_attrs,
-    meta_from_attrs,
     metadata_conflict,
     multiscales_attrs,
     parse_colors,
@@ -28,6 +27,7 @@ from cpr_zarr.model.ngff import (
 )
 
 if TYPE_CHECKING:
+    from cpr_zarr.model.records import ArrayRecord
     from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
@@ -73,8 +73,9 @@ class SaveSpec:
             return catalog.target_for(storage, path, attrs)
         found = catalog.find(storage, content_hash, preferred=path)
         if found is not None and self.explicit:
-            doc = storage.get_json(f"{found.group_path}/zarr.json") or {}
-            conflict = metadata_conflict(meta_from_attrs(doc.get("attributes", {})), self.meta)
+            record = catalog.committed(storage, found.group_path)
+            existing = getattr(record, "image", None)  # tables and plain arrays have none
+            conflict = metadata_conflict(existing, self.meta)
             if conflict is not None:
                 logger.warning(
                     "Result %s in store %s already holds these values, %s; returning it "
@@ -87,13 +88,15 @@ class SaveSpec:
         return found
 
     def group_attributes(
-        self, storage: Storage, path: str, name: str, *, base: np.ndarray | None = None
-    ) -> tuple[dict[str, Any] | None, dict[str, Any]]:
-        """Write the pyramid levels; return the ``ome`` attribute and extra ``cpr_zarr`` ones."""
+        self, storage: Storage, path: str, record: ArrayRecord, *, base: np.ndarray | None = None
+    ) -> tuple[dict[str, Any] | None, ArrayRecord]:
+        """Write the pyramid levels; return the ``ome`` attribute and the record completed
+        with the image metadata, the levels and the image a label image belongs to."""
         from cpr_zarr.core import pyramid
 
+        name = record.name
         if self.meta is None:
-            return None, {}
+            return None, record
         label = self.label_of is not None
         doc = storage.get_json(f"{path}/0/zarr.json") or {}
         shape = tuple(doc.get("shape", ()))
@@ -107,20 +110,17 @@ class SaveSpec:
         )
         levels = [("0", (1,) * len(shape))]
         cumulative = (1,) * len(shape)
-        for record in records:
-            cumulative = tuple(c * s for c, s in zip(cumulative, record["step"], strict=True))
-            levels.append((record["path"], cumulative))
+        for level in records:
+            cumulative = tuple(c * s for c, s in zip(cumulative, level.step, strict=True))
+            levels.append((level.path, cumulative))
         ome = multiscales_attrs(name, self.meta, levels, centered=method == "mean")
-        extra: dict[str, Any] = {"image": self.meta.to_dict()}
-        if records:
-            extra["levels"] = records
         if label:
             colors = self.colors
             if colors is None:  # the strict label schema asks for a colour table
                 colors = default_colors(_max_label(storage, path, base))
             ome["image-label"] = image_label_attrs(colors)
-            extra["labels_of"] = self.label_of
-        return ome, extra
+        record = replace(record, image=self.meta, levels=tuple(records), labels_of=self.label_of)
+        return ome, record
 
     def after_commit(self, storage: Storage) -> None:
         if self.label_of is not None:
@@ -251,19 +251,14 @@ def resolve_save(
                 f"Label images must be integer arrays (OME-NGFF), got dtype {array.dtype}. "
                 "Convert it, e.g. labels.astype('uint32')."
             )
-        attrs = open_reader(storage, image.group_path).attrs
+        record = open_reader(storage, image.group_path).record
         if tuple(array.shape) != image.shape:
             raise InvalidArgumentError(
                 f"Labels of shape {tuple(array.shape)} do not fit image {image.group_path!r} of "
                 f"shape {image.shape}: a label image has its image's shape."
             )
-        meta_doc = attrs.get("image")
-        meta = (
-            ImageMeta.from_dict(meta_doc)
-            if isinstance(meta_doc, dict)
-            else parse_meta(len(image.shape))
-        )
-        steps = tuple(tuple(r["step"]) for r in attrs.get("levels", []))
+        meta = record.image if record.image is not None else parse_meta(len(image.shape))
+        steps = tuple(level.step for level in record.levels)
         spec = SaveSpec(
             meta,
             explicit=False,

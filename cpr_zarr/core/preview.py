@@ -50,8 +50,8 @@ def label_colors(values: np.ndarray) -> np.ndarray:
 
 def _plane_axes(target: ZarrTarget) -> tuple[int, int] | None:
     """The (y, x) axes of a result: named ones if it has NGFF metadata, else the last two."""
-    attrs = target.store.reader(target).attrs
-    axes = (attrs.get("image") or {}).get("axes")
+    image = target.store.reader(target).record.image
+    axes = "".join(image.axes) if image is not None else None
     ndim = len(target.shape)
     if ndim < 2:
         return None
@@ -62,7 +62,8 @@ def _plane_axes(target: ZarrTarget) -> tuple[int, int] | None:
 
 def _pixel_aspect(target: ZarrTarget, yx: tuple[int, int]) -> float:
     """Physical height / width of a pixel (1 without metadata), so previews are not squashed."""
-    scale = (target.store.reader(target).attrs.get("image") or {}).get("scale")
+    image = target.store.reader(target).record.image
+    scale = image.scale if image is not None else None
     if not scale:
         return 1.0
     sy, sx = float(scale[yx[0]]), float(scale[yx[1]])

@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from cpr_zarr.errors import InvalidArgumentError, RecordError
+from cpr_zarr.model.records import PROVENANCE_ATTR, ProvenanceRecord
 from cpr_zarr.redact import REDACTED, is_secret_name, redact_text, redact_value
 from cpr_zarr.target import ZarrTarget
 
@@ -33,12 +35,12 @@ if TYPE_CHECKING:
     from cpr_zarr.core.integrity import Damage
     from cpr_zarr.storage import Storage
 
-__all__ = ["PROVENANCE", "read_records", "record_for_task", "write_record"]
+__all__ = ["PROVENANCE", "read_provenance", "read_records", "record_for_task", "write_record"]
 
 logger = logging.getLogger("cpr_zarr")
 
 PROVENANCE = "provenance"
-ATTR = "cpr_zarr_provenance"
+ATTR = PROVENANCE_ATTR
 _PACKAGES = ("cpr_zarr", "zarr", "numcodecs", "numpy", "dask", "prefect")
 
 
@@ -150,22 +152,38 @@ def write_record(
         **(record or {}),
     }
     # a record given to save(provenance=...) is stored as redacted as a task's
-    full = redact_value(full)
+    try:
+        stored = ProvenanceRecord.from_dict(redact_value(full))
+    except RecordError as exc:
+        raise InvalidArgumentError(
+            f"Cannot write the provenance record of result {target.group_path!r} in store "
+            f"{storage.url!r}: {exc}. Fields given to save(provenance=...) must not reuse the "
+            "names of cpr_zarr's own provenance fields with other types; rename them."
+        ) from exc
     base = f"{target.group_path}/{PROVENANCE}"
     storage.set_json_if_not_exists(f"{base}/zarr.json", _group_doc({ATTR: "records"}))
     key = f"{base}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}/zarr.json"
-    storage.set_json(key, _group_doc({ATTR: full}))
+    storage.set_json(key, _group_doc({ATTR: stored.to_dict()}))
 
 
 def read_records(
     storage: Storage, group_path: str, *, damaged: list[Damage] | None = None
 ) -> list[dict[str, Any]]:
-    """All provenance records of a result, oldest first.
+    """All provenance records of a result as stored (plain dicts), oldest first; see
+    :func:`read_provenance`."""
+    return [r.to_dict() for r in read_provenance(storage, group_path, damaged=damaged)]
 
-    A damaged record (unreadable, or without a valid ``created`` time) is skipped, logged,
-    and appended to ``damaged`` if given: one bad record never hides the others.
+
+def read_provenance(
+    storage: Storage, group_path: str, *, damaged: list[Damage] | None = None
+) -> list[ProvenanceRecord]:
+    """All provenance records of a result, typed, oldest first.
+
+    A damaged record (unreadable, without a valid ``created`` time, or with a field of the
+    wrong type) is skipped, logged, and appended to ``damaged`` if given: one bad record
+    never hides the others.
     """
-    from cpr_zarr.core.integrity import Damage, check_created, is_absent, read_doc
+    from cpr_zarr.core.integrity import Damage, is_absent, read_doc
 
     base = f"{group_path}/{PROVENANCE}"
     records = []
@@ -180,14 +198,18 @@ def read_records(
         if is_absent(doc):  # an empty folder (a writer stopped before writing the record)
             continue
         attributes = doc.get("attributes") if isinstance(doc, dict) else None
-        record = attributes.get(ATTR) if isinstance(attributes, dict) else None
-        if isinstance(record, dict) and check_created(record.get("created")):
-            records.append(record)
+        try:
+            if not isinstance(attributes, dict):
+                raise RecordError("the document has no attributes", field="attributes")
+            records.append(ProvenanceRecord.from_dict(attributes.get(ATTR)))
             continue
+        except RecordError as exc:
+            problem = str(exc)
         message = (
             f"Provenance record {key!r} of result {group_path!r} in store {storage.url!r} is "
-            "damaged (not a JSON group document with a 'created' ISO time); it is skipped. "
-            "The result itself is unaffected: delete the record's folder to silence this."
+            f"damaged ({problem}; a record is a JSON group document with a 'created' ISO "
+            "time); it is skipped. The result itself is unaffected: delete the record's "
+            "folder to silence this."
         )
         logger.warning(message)
         if damaged is not None:

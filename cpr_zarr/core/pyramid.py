@@ -26,10 +26,11 @@ import zarr
 from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.core.progress import SaveProgress, count_keys
-from cpr_zarr.core.reader import ChunkReader, level_attrs, open_reader
+from cpr_zarr.core.reader import ChunkReader, open_reader
 from cpr_zarr.errors import InvalidArgumentTypeError, StoreError
 from cpr_zarr.model.layout import chunk_grid
 from cpr_zarr.model.ngff import MAX_LEVELS
+from cpr_zarr.model.records import ArrayRecord, LevelArrayAttrs, LevelRecord
 from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
@@ -220,7 +221,7 @@ def write_levels(
     dimension_names: list[str],
     *,
     base: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
+) -> list[LevelRecord]:
     """Write levels ``1..len(steps)`` of the group; their records.
 
     Each output chunk is one job on a thread per core: read the ``step``-times larger input
@@ -239,7 +240,7 @@ def write_levels(
     codecs = source_array.compressors
     source = ChunkCodec(source_array)
     workers = worker_count(remote=storage.remote)
-    records: list[dict[str, Any]] = []
+    records: list[LevelRecord] = []
     cumulative = (1,) * len(source.shape)
     for number, step in enumerate(steps, start=1):
         shape = tuple(math.ceil(s / f) for s, f in zip(source.shape, step, strict=True))
@@ -255,7 +256,9 @@ def write_levels(
             f"{number}-{'x'.join(map(str, cumulative))}",
             f"{number}-{'_'.join('x'.join(map(str, s)) for s in history)}",
         ]
-        attributes = {"cpr_zarr": {"level": number, "method": method, "steps": history}}
+        attributes = LevelArrayAttrs(
+            level=number, method=method, steps=tuple(steps[:number])
+        ).attributes()
         for name in candidates:
             array = claim_array(
                 storage,
@@ -300,13 +303,13 @@ def write_levels(
         with SaveProgress(f"{group} level {number}", len(grid), nbytes, count_keys(storage, path)):
             digests = list(thread_map(one, grid, workers))
         records.append(
-            {
-                "path": name,
-                "step": list(step),
-                "shape": list(shape),
-                "chunks": list(chunks),
-                "chunk_digests": digests,
-            }
+            LevelRecord(
+                path=name,
+                step=tuple(step),
+                shape=shape,
+                chunks=chunks,
+                chunk_digests=tuple(digests),
+            )
         )
         source = codec
     return records
@@ -339,17 +342,18 @@ def read_level(target: ZarrTarget, level: int, *, verify: bool = True) -> da.Arr
     if level == 0:
         return target.get_data(verify=verify)
     storage = open_storage(target.store_url, read_only=True)
-    attrs = open_reader(storage, target.group_path).attrs
-    records = attrs.get("levels", [])
+    record = open_reader(storage, target.group_path).record
+    records = record.levels if isinstance(record, ArrayRecord) else ()
     if not 0 <= level <= len(records):
         raise IndexError(
             f"Result {target.group_path!r} in store {target.store_url!r} has "
             f"{len(records) + 1} level(s) (0..{len(records)}); level {level} does not exist."
         )
-    return ChunkReader(storage, target.group_path, level_attrs(attrs, level)).to_dask(verify=verify)
+    return ChunkReader(storage, target.group_path, record, level=level).to_dask(verify=verify)
 
 
 def level_count(target: ZarrTarget) -> int:
     """Number of multiscale levels of a result, including the base."""
     storage = open_storage(target.store_url, read_only=True)
-    return 1 + len(open_reader(storage, target.group_path).attrs.get("levels", []))
+    record = open_reader(storage, target.group_path).record
+    return 1 + (len(record.levels) if isinstance(record, ArrayRecord) else 0)

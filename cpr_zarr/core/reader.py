@@ -13,14 +13,15 @@ import zarr
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.core.integrity import load_commit, remove_command
-from cpr_zarr.errors import ChunkVerificationError, ResultNotFoundError
+from cpr_zarr.errors import ChunkVerificationError, InvalidArgumentTypeError, ResultNotFoundError
 from cpr_zarr.model.hashing import chunk_digest
 from cpr_zarr.model.layout import chunk_grid, parse_group_path, parse_member_path
+from cpr_zarr.model.records import ArrayRecord
 
 if TYPE_CHECKING:
     from cpr_zarr.storage import Storage
 
-__all__ = ["ChunkReader", "forget_reader", "level_attrs", "open_reader"]
+__all__ = ["ChunkReader", "forget_reader", "open_reader"]
 
 # verified readers by (store URL, group path): a result's record is checked once per process.
 # Content-hashed groups never change; a deleted or damaged one is forgotten (forget_reader)
@@ -46,13 +47,18 @@ def open_reader(storage: Storage, group_path: str) -> ChunkReader:
         return reader
     # a pointer naming a path outside its store is never followed; then record vs content
     # hash, array metadata vs record (IntegrityError on damage)
-    attrs = load_commit(storage, group_path) if parse_group_path(group_path) else None
-    if attrs is None:
+    record = load_commit(storage, group_path) if parse_group_path(group_path) else None
+    if record is None:
         raise ResultNotFoundError(
             f"Result {group_path!r} is not (or no longer) committed in store "
             f"{storage.url!r}. Re-run the task that produced it."
         )
-    reader = ChunkReader(storage, group_path, attrs)
+    if not isinstance(record, ArrayRecord):
+        raise InvalidArgumentTypeError(
+            f"Result {group_path!r} in store {storage.url!r} is a table, not an array: read "
+            "it with cpr_zarr.read_table(target)."
+        )
+    reader = ChunkReader(storage, group_path, record)
     with _READERS_LOCK:
         return _READERS.setdefault(key, reader)
 
@@ -63,36 +69,36 @@ def forget_reader(storage: Storage, group_path: str) -> None:
         _READERS.pop((storage.url, group_path), None)
 
 
-def level_attrs(attrs: dict[str, Any], level: int) -> dict[str, Any]:
-    """Reader attributes for pyramid level ``level >= 1`` from a result's commit record."""
-    record = attrs["levels"][level - 1]
-    return {
-        "content_hash": f"{attrs['content_hash']}-level{level}",
-        "level": level,
-        "shape": record["shape"],
-        "dtype": attrs["dtype"],
-        "chunks": record["chunks"],
-        "chunk_digests": record["chunk_digests"],
-        "array": record["path"],
-    }
+def _view(
+    record: ArrayRecord, level: int
+) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...], str]:
+    """(dask name hash, shape, chunks, chunk digests, array path) of one level of a result."""
+    if level == 0:
+        return (
+            record.content_hash,
+            record.shape,
+            record.chunks,
+            record.chunk_digests,
+            record.array,
+        )
+    entry = record.levels[level - 1]
+    content_hash = f"{record.content_hash}-level{level}"
+    return content_hash, entry.shape, entry.chunks, entry.chunk_digests, entry.path
 
 
 class ChunkReader:
-    """Reads and verifies the chunks of one committed result group."""
+    """Reads and verifies the chunks of one committed result group (``level`` 0: the base
+    array; ``n``: pyramid level ``n`` of the record)."""
 
-    def __init__(self, storage: Storage, group_path: str, attrs: dict[str, Any]) -> None:
+    def __init__(
+        self, storage: Storage, group_path: str, record: ArrayRecord, level: int = 0
+    ) -> None:
         self.storage = storage
         self.group_path = group_path
-        self.attrs = attrs
-        # a record read from disk must not send reads outside its group
-        self.array_path = parse_member_path(
-            attrs.get("array"), where=f"result {group_path!r} in store {storage.url!r}"
-        )
-        self.content_hash: str = attrs["content_hash"]
-        self.shape = tuple(int(s) for s in attrs["shape"])
-        self.dtype = np.dtype(attrs["dtype"])
-        self.chunks = tuple(int(c) for c in attrs["chunks"])
-        self.digests: list[str] = attrs["chunk_digests"]
+        self.record = record
+        self.level = level
+        self._set_view(record)
+        self.dtype = np.dtype(record.dtype)
         self.grid = tuple(
             math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
         )
@@ -103,12 +109,24 @@ class ChunkReader:
         self._generation = 0  # bumped by each refresh that changed something
         self._check_digest_list()
 
+    def _set_view(self, record: ArrayRecord) -> None:
+        self.content_hash, self.shape, self.chunks, self.digests, array = _view(record, self.level)
+        # a record read from disk must not send reads outside its group
+        self.array_path = parse_member_path(
+            array, where=f"result {self.group_path!r} in store {self.storage.url!r}"
+        )
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The commit record as stored (a new dict; read fields of :attr:`record` instead)."""
+        return self.record.to_dict()
+
     def _check_digest_list(self) -> None:
         """The commit record lists one digest (32 hex digits) per chunk of the grid."""
         expected = math.prod(self.grid)
         digests = self.digests
         if (
-            isinstance(digests, list)
+            isinstance(digests, tuple)
             and len(digests) == expected
             and all(isinstance(d, str) and len(d) == 32 for d in digests)
         ):
@@ -118,7 +136,7 @@ class ChunkReader:
                 return
             except ValueError:
                 pass
-        got = f"{len(digests)} entries" if isinstance(digests, list) else repr(digests)[:80]
+        got = f"{len(digests)} entries" if isinstance(digests, tuple) else repr(digests)[:80]
         raise ChunkVerificationError(
             f"The commit record of result {self.group_path!r} in store {self.storage.url!r} is "
             f"damaged: its chunk_digests ({got}) must list one 32-hex-digit digest for each of "
@@ -130,7 +148,7 @@ class ChunkReader:
         )
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChunkReader, (self.storage, self.group_path, self.attrs))
+        return (ChunkReader, (self.storage, self.group_path, self.record, self.level))
 
     def _open_array(self) -> zarr.Array[Any]:
         return zarr.open_array(
@@ -190,8 +208,8 @@ class ChunkReader:
         )
 
     def _where(self, index: tuple[int, ...]) -> str:
-        array = self.attrs.get("array", "0")
-        level = "" if array == "0" else f" (pyramid level array {array!r})"
+        array = self.array_path
+        level = "" if self.level == 0 else f" (pyramid level array {array!r})"
         return f"chunk {index}{level} of result {self.group_path!r} in store {self.storage.url!r}"
 
     def _check(self, index: tuple[int, ...], block: np.ndarray) -> None:
@@ -241,18 +259,16 @@ class ChunkReader:
         with self._lock:
             if since is not None and since != self._generation:
                 return True
-            attrs = catalog.committed(self.storage, self.group_path)
-            if attrs is None and self.storage.exists(f"{self.group_path}/zarr.json"):
+            record = catalog.committed(self.storage, self.group_path)
+            if record is None and self.storage.exists(f"{self.group_path}/zarr.json"):
                 return False  # the marker is there but damaged: report the chunk as it failed
-            level = self.attrs.get("level")
-            if attrs is not None and level is not None:
-                records = attrs.get("levels", [])
-                attrs = level_attrs(attrs, level) if len(records) >= level else None
-            if attrs is None or [attrs["shape"], attrs["chunks"]] != [
-                self.attrs["shape"],
-                self.attrs["chunks"],
-            ]:
-                what = "result" if level is None else f"level {level} of result"
+            if record is not None and not isinstance(record, ArrayRecord):
+                return False  # an array's path cannot hold a table: damage
+            level = self.level
+            if record is not None and len(record.levels) < level:
+                record = None
+            if record is None or (view := _view(record, level))[1:3] != (self.shape, self.chunks):
+                what = "result" if level == 0 else f"level {level} of result"
                 raise ResultNotFoundError(
                     f"The {what} {self.group_path!r} in store {self.storage.url!r} read by this "
                     "process is no longer committed as it was opened: another process deleted "
@@ -260,19 +276,14 @@ class ChunkReader:
                     "(store.open(ref)); if it is gone, re-run the task that produced it."
                 )
             changed = False
-            if attrs != self.attrs:
-                if level is None and any(
-                    attrs.get(k) != self.attrs.get(k) for k in ("chunk_digests", "array", "dtype")
-                ):
-                    return False  # the base's are fixed by its content hash: this is damage
+            if record.dtype != self.record.dtype or (level == 0 and view != _view(self.record, 0)):
+                return False  # the base's are fixed by its content hash: this is damage
+            if record != self.record:
                 # levels (another pyramid plan) or image metadata changed with the re-save
-                self.array_path = parse_member_path(
-                    attrs.get("array"),
-                    where=f"result {self.group_path!r} in store {self.storage.url!r}",
-                )
-                self.attrs, self.digests = attrs, attrs["chunk_digests"]
+                changed = level == 0 or view != _view(self.record, level)
+                self.record = record
+                self._set_view(record)
                 self._check_digest_list()
-                changed = True
             fresh = self._open_array()
             if (
                 changed
@@ -282,7 +293,7 @@ class ChunkReader:
                 self._array, self._codec, changed = fresh, None, True
             if changed:
                 self._generation += 1
-                if level is not None:  # the store's cached reader has stale level records
+                if level != 0:  # the store's cached reader has stale level records
                     forget_reader(self.storage, self.group_path)
             return changed
 

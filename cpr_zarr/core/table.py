@@ -35,8 +35,16 @@ from cpr_zarr.errors import (
     InvalidArgumentTypeError,
     UnsupportedResultError,
 )
-from cpr_zarr.model.hashing import TABLE_ALGORITHM, TABLE_DTYPE, chunk_digest, table_hash
-from cpr_zarr.model.layout import LAYOUT_VERSION, group_path, parse_name
+from cpr_zarr.model.hashing import TABLE_DTYPE, chunk_digest, table_hash
+from cpr_zarr.model.layout import group_path, parse_name
+from cpr_zarr.model.records import (
+    ColumnSpec,
+    ResultDocument,
+    TableIndex,
+    TableRecord,
+    TableSchema,
+    ValueSpec,
+)
 from cpr_zarr.storage import open_storage
 
 if TYPE_CHECKING:
@@ -82,49 +90,45 @@ def _digest(values: np.ndarray) -> str:
     return chunk_digest(np.ascontiguousarray(values))
 
 
-def _encode(
-    series: pd.Series | pd.Index, where: str
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+def _encode(series: pd.Series | pd.Index, where: str) -> tuple[ValueSpec, dict[str, np.ndarray]]:
     """(schema entry, arrays) of one column or index level."""
     dtype = series.dtype
-    spec: dict[str, Any] = {"dtype": str(dtype)}
     arrays: dict[str, np.ndarray] = {}
     if isinstance(dtype, pd.CategoricalDtype):
         categories = dtype.categories
         sub, sub_arrays = _encode(pd.Series(categories), f"{where} categories")
-        spec.update(kind="category", ordered=bool(dtype.ordered), categories=sub)
+        spec = ValueSpec(
+            dtype=str(dtype), kind="category", ordered=bool(dtype.ordered), categories=sub
+        )
         arrays["values"] = np.asarray(
             series.cat.codes if isinstance(series, pd.Series) else series.codes
         )
         arrays.update({f"cat.{k}": v for k, v in sub_arrays.items()})
         return spec, arrays
     if isinstance(dtype, np.dtype) and dtype.kind in "biufc":
-        spec["kind"] = "numpy"
         arrays["values"] = np.asarray(
             series, dtype=dtype.newbyteorder("<") if dtype.itemsize > 1 else dtype
         )
-        return spec, arrays
+        return ValueSpec(dtype=str(dtype), kind="numpy"), arrays
     if isinstance(dtype, np.dtype) and dtype.kind in "mM":
-        spec["kind"] = "datetime"
         arrays["values"] = np.asarray(series).view(np.int64)
-        return spec, arrays
+        return ValueSpec(dtype=str(dtype), kind="datetime"), arrays
     values = pd.array(series)
     mask = np.asarray(pd.isna(values), dtype=bool)
     if isinstance(dtype, np.dtype) and dtype.kind == "O":
         objects = np.asarray(values, dtype=object)
         if mask.any() or not all(type(v) is str for v in objects):
             # NaN, None, pd.NA, numbers...: every value's type is kept, not just "missing"
-            spec["kind"] = "object"
             arrays.update(_encode_objects(objects, where))
-            return spec, arrays
+            return ValueSpec(dtype=str(dtype), kind="object"), arrays
     if isinstance(dtype, pd.StringDtype) or (isinstance(dtype, np.dtype) and dtype.kind == "O"):
-        spec["kind"] = "string"
+        spec = ValueSpec(dtype=str(dtype), kind="string")
         arrays["values"] = np.asarray(
             ["" if m else str(v) for v, m in zip(values, mask, strict=True)],
             dtype=np.dtypes.StringDType(),
         )
     elif isinstance(dtype, pd.api.extensions.ExtensionDtype) and hasattr(values, "_data"):
-        spec["kind"] = "masked"  # Int64, Float64, boolean
+        spec = ValueSpec(dtype=str(dtype), kind="masked")  # Int64, Float64, boolean
         arrays["values"] = np.asarray(values._data)
     else:
         raise UnsupportedResultError(
@@ -231,54 +235,55 @@ def _decode_objects(arrays: dict[str, np.ndarray]) -> np.ndarray:
     return out
 
 
-def _decode(spec: dict[str, Any], arrays: dict[str, np.ndarray]) -> Any:
-    kind = spec["kind"]
+def _decode(spec: ValueSpec, arrays: dict[str, np.ndarray]) -> Any:
+    kind = spec.kind
     if kind == "object":
         return _decode_objects(arrays)
     values = arrays["values"]
-    if kind == "category":
+    if kind == "category" and spec.categories is not None:
         categories = _decode(
-            spec["categories"], {k[4:]: v for k, v in arrays.items() if k.startswith("cat.")}
+            spec.categories, {k[4:]: v for k, v in arrays.items() if k.startswith("cat.")}
         )
-        dtype = pd.CategoricalDtype(pd.Index(categories), ordered=spec["ordered"])
+        dtype = pd.CategoricalDtype(pd.Index(categories), ordered=spec.ordered)
         return pd.Categorical.from_codes(values, dtype=dtype)
     if kind == "numpy":
-        return values.astype(spec["dtype"], copy=False)
+        return values.astype(spec.dtype, copy=False)
     if kind == "datetime":
-        return values.view(spec["dtype"])
+        return values.view(spec.dtype)
     mask = arrays.get("mask", np.zeros(len(values), dtype=bool))
     if kind == "string":
         objects = values.astype(object)
         if mask.any():
             objects[mask] = None
-        return pd.array(objects, dtype=spec["dtype"])
+        return pd.array(objects, dtype=spec.dtype)
     return (
         pd.arrays.IntegerArray(values, mask)
-        if spec["dtype"].startswith(("Int", "UInt"))
+        if spec.dtype.startswith(("Int", "UInt"))
         else (
             pd.arrays.BooleanArray(values, mask)
-            if spec["dtype"] == "boolean"
+            if spec.dtype == "boolean"
             else pd.arrays.FloatingArray(values, mask)
         )
     )
 
 
-def _index_schema(index: pd.Index) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    names = [_name(n, "index") for n in index.names]
+def _index_schema(index: pd.Index) -> tuple[TableIndex, dict[str, np.ndarray]]:
+    names = tuple(_name(n, "index") for n in index.names)
     if isinstance(index, pd.RangeIndex):
-        return {"range": [index.start, index.stop, index.step], "names": names}, {}
-    levels: list[dict[str, Any]] = []
+        return TableIndex(range=(index.start, index.stop, index.step), names=names), {}
+    levels: list[ValueSpec] = []
     arrays: dict[str, np.ndarray] = {}
     for i in range(index.nlevels):
         spec, level_arrays = _encode(index.get_level_values(i), "index level")
         levels.append(spec)
         arrays.update({f"i{i}/{k}": v for k, v in level_arrays.items()})
-    return {"levels": levels, "names": names, "multi": isinstance(index, pd.MultiIndex)}, arrays
+    multi = isinstance(index, pd.MultiIndex)
+    return TableIndex(levels=tuple(levels), names=names, multi=multi), arrays
 
 
 def encode_table(
     df: pd.DataFrame, name: str = "table"
-) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+) -> tuple[TableSchema, dict[str, np.ndarray]]:
     """The schema and column arrays ``df`` is stored as; raises what ``save_table`` would.
 
     Writes nothing: ``cpr_zarr.task`` checks every part of a return value with it before
@@ -293,21 +298,28 @@ def encode_table(
             f"Cannot store table {name!r}: its columns must be unique and one level deep, got "
             f"{list(df.columns)[:10]!r}. Flatten them (df.columns = ['_'.join(map(str, c)) ...])."
         )
-    columns: list[dict[str, Any]] = []
+    columns: list[ColumnSpec] = []
     arrays: dict[str, np.ndarray] = {}
     for i, column in enumerate(df.columns):
         spec, column_arrays = _encode(df.iloc[:, i], f"column {column!r}")
-        spec["name"] = _name(column, "column")
-        columns.append(spec)
+        columns.append(
+            ColumnSpec(
+                dtype=spec.dtype,
+                kind=spec.kind,
+                ordered=spec.ordered,
+                categories=spec.categories,
+                name=_name(column, "column"),
+            )
+        )
         arrays.update({f"c{i}/{k}": v for k, v in column_arrays.items()})
     index, index_arrays = _index_schema(df.index)
     arrays.update(index_arrays)
-    schema = {
-        "columns": columns,
-        "index": index,
-        "columns_dtype": str(df.columns.dtype),
-        "rows": len(df),
-    }
+    schema = TableSchema(
+        columns=tuple(columns),
+        index=index,
+        columns_dtype=str(df.columns.dtype),
+        rows=len(df),
+    )
     return schema, arrays
 
 
@@ -323,7 +335,7 @@ def save_table(storage: Storage, df: pd.DataFrame, name: str = "table") -> ZarrT
     storage.check_writable()
     schema, arrays = encode_table(df, name)
     digests = {key: _digest(arr) for key, arr in sorted(arrays.items())}
-    content_hash = table_hash(schema, digests)
+    content_hash = table_hash(schema.to_dict(), digests)
     path = group_path(name, content_hash)
     found = catalog.find(storage, content_hash, preferred=path)
     if found is not None:
@@ -350,25 +362,17 @@ def save_table(storage: Storage, df: pd.DataFrame, name: str = "table") -> ZarrT
                     await storage.zarr_store.set(f"{path}/{key}", buf)
 
         sync(_copy())
-        attrs: dict[str, Any] = {
-            "layout": LAYOUT_VERSION,
-            "algorithm": TABLE_ALGORITHM,
-            "content_hash": content_hash,
-            "name": name,
-            "kind": "table",
-            "shape": [len(df), len(df.columns)],
-            "dtype": TABLE_DTYPE,
-            "chunks": [max(1, len(df)), max(1, len(df.columns))],
-            "table": schema,
-            "digests": digests,
-        }
-        write_marker(
-            storage,
-            path,
-            {"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}},
+        record = TableRecord(
+            content_hash=content_hash,
+            name=name,
+            shape=(len(df), len(df.columns)),
+            chunks=(max(1, len(df)), max(1, len(df.columns))),
+            table=schema,
+            digests=digests,
         )
+        write_marker(storage, path, ResultDocument(record=record))
         checkpoint("save.committed")
-    return catalog.target_for(storage, path, attrs)
+    return catalog.target_for(storage, path, record)
 
 
 def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
@@ -398,21 +402,26 @@ def read_table(target: ZarrTarget, *, verify: bool = True) -> pd.DataFrame:
         )
     storage = open_storage(target.store_url, read_only=True)
     # the record must hash to the content hash and every array's metadata agree with it
-    attrs = load_commit(storage, target.group_path)
-    if attrs is None:
+    record = load_commit(storage, target.group_path)
+    if record is None:
         from cpr_zarr.errors import ResultNotFoundError
 
         raise ResultNotFoundError(
             f"Table {target.group_path!r} is not (or no longer) committed in store {storage.url!r}."
         )
-    return read_checked_table(storage, target.group_path, attrs, verify=verify)
+    if not isinstance(record, TableRecord):
+        raise InvalidArgumentTypeError(
+            f"Result {target.group_path!r} in store {storage.url!r} is an array, not a table "
+            "(its pointer was changed): read it with target.get_data()."
+        )
+    return read_checked_table(storage, target.group_path, record, verify=verify)
 
 
 def read_checked_table(
-    storage: Storage, path: str, attrs: dict[str, Any], *, verify: bool = True
+    storage: Storage, path: str, record: TableRecord, *, verify: bool = True
 ) -> pd.DataFrame:
     """The DataFrame of a table whose record and array metadata were checked already."""
-    schema, digests = attrs["table"], attrs["digests"]
+    schema, digests = record.table, record.digests
     arrays: dict[str, np.ndarray] = {}
     for key, expected in digests.items():
         try:
@@ -447,25 +456,25 @@ def read_checked_table(
     # Series keep their dtype (a DataFrame built from bare object arrays would infer "str")
     data = {
         i: pd.Series(
-            _decode(spec, _sub(f"c{i}/")), dtype=object if spec["dtype"] == "object" else None
+            _decode(spec, _sub(f"c{i}/")), dtype=object if spec.dtype == "object" else None
         )
-        for i, spec in enumerate(schema["columns"])
+        for i, spec in enumerate(schema.columns)
     }
-    index_spec = schema["index"]
-    if "range" in index_spec:
-        index: pd.Index = pd.RangeIndex(*index_spec["range"], name=index_spec["names"][0])
+    index_spec = schema.index
+    if index_spec.range is not None:
+        index: pd.Index = pd.RangeIndex(*index_spec.range, name=index_spec.names[0])
     else:
         levels = [
-            pd.Index(_decode(s, _sub(f"i{i}/")), dtype=object if s["dtype"] == "object" else None)
-            for i, s in enumerate(index_spec["levels"])
+            pd.Index(_decode(s, _sub(f"i{i}/")), dtype=object if s.dtype == "object" else None)
+            for i, s in enumerate(index_spec.levels)
         ]
-        if index_spec["multi"]:
-            index = pd.MultiIndex.from_arrays(levels, names=index_spec["names"])
+        if index_spec.multi:
+            index = pd.MultiIndex.from_arrays(levels, names=list(index_spec.names))
         else:
-            index = levels[0].rename(index_spec["names"][0])
+            index = levels[0].rename(index_spec.names[0])
     df = pd.DataFrame(data)
     df.index = index
-    df.columns = pd.Index([c["name"] for c in schema["columns"]], dtype=schema["columns_dtype"])
+    df.columns = pd.Index([c.name for c in schema.columns], dtype=schema.columns_dtype)
     return df
 
 

@@ -15,34 +15,31 @@ from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
 from cpr_zarr.core.integrity import (
     ABSENT,
-    ARRAY_PATH,
-    DIGEST_FIELD,
     RECORD_COPY,
     Checker,
     Damage,
-    array_record,
     check_array_doc,
     check_arrays,
-    check_record,
     grid_count,
     is_leftover,
     load_commit,
+    parse_document,
     read_checked,
     read_copy,
     read_doc,
     remove_command,
-    seal,
     wrap_copy,
 )
 from cpr_zarr.core.labels import update_labels_list
 from cpr_zarr.core.progress import Progress, track
 from cpr_zarr.core.provenance import read_records
-from cpr_zarr.core.reader import ChunkReader, forget_reader, level_attrs
+from cpr_zarr.core.reader import ChunkReader, forget_reader
 from cpr_zarr.core.table import read_checked_table
 from cpr_zarr.errors import ChunkVerificationError, IntegrityError
 from cpr_zarr.model.hashing import chunk_digest, combine_digests
 from cpr_zarr.model.layout import canonical_dtype, chunk_grid, parse_group_path
 from cpr_zarr.model.ngff import labels_group_attrs
+from cpr_zarr.model.records import ARRAY_PATH, ArrayRecord, ResultDocument, TableRecord
 
 if TYPE_CHECKING:
     from cpr_zarr.storage import Storage
@@ -74,28 +71,29 @@ def repair(storage: Storage, path: str) -> str:
     c = Checker(storage.url, path)
     reasons: list[str] = []
     doc: dict[str, Any] | None = None
+    record: ArrayRecord | TableRecord | None = None
     how = ""
     try:
         copy = read_copy(storage, path)
         if copy is ABSENT:
             raise ValueError("there is none")
-        attrs = check_record(storage.url, path, copy, key=RECORD_COPY)
-        if DIGEST_FIELD not in attrs:
+        record = parse_document(storage.url, path, copy, key=RECORD_COPY).record
+        if record.record_digest is None:
             raise ValueError("it has no record_digest")
-        check_arrays(storage, path, attrs)
+        check_arrays(storage, path, record)
         doc, how = copy, "from its record copy"
     except (ValueError, IntegrityError) as exc:
         reasons.append(f"record copy unusable ({exc})")
     if doc is None:
         try:
-            doc = _rebuild_from_chunks(storage, path)
+            document = _rebuild_from_chunks(storage, path)
+            doc, record = document.to_dict(), document.record
             how = "from its chunks (NGFF metadata and pyramid levels not restored)"
         except (ValueError, IntegrityError, OSError) as exc:
             reasons.append(f"cannot rebuild from chunks ({exc})")
-    if doc is None:
+    if doc is None or record is None:
         raise c.fail("the commit record", "cannot be repaired: " + "; ".join(reasons))
-    attrs = doc["attributes"]["cpr_zarr"]
-    problems = _verify_data(storage, path, attrs)
+    problems = _verify_data(storage, path, record)
     if problems:
         raise c.fail("the data", "does not verify, not repaired: " + problems[0])
     storage.set_json(f"{path}/zarr.json", doc)
@@ -106,7 +104,7 @@ def repair(storage: Storage, path: str) -> str:
     return f"rebuilt the commit record of {path!r} {how}"
 
 
-def _rebuild_from_chunks(storage: Storage, path: str) -> dict[str, Any]:
+def _rebuild_from_chunks(storage: Storage, path: str) -> ResultDocument:
 
     name, content_hash = parse_group_path(path.rsplit("/", 1)[-1])  # type: ignore[misc]
     c = Checker(storage.url, path, f"{ARRAY_PATH}/zarr.json")
@@ -125,10 +123,16 @@ def _rebuild_from_chunks(storage: Storage, path: str) -> dict[str, Any]:
     actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
     if actual != content_hash:
         raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
-    attrs = array_record(content_hash, name, shape, dtype, chunks, digests)
-    if "/labels/" in path:
-        attrs["labels_of"] = path.split("/labels/")[0]
-    return seal({"zarr_format": 3, "node_type": "group", "attributes": {"cpr_zarr": attrs}})
+    record = ArrayRecord(
+        content_hash=content_hash,
+        name=name,
+        shape=tuple(shape),
+        dtype=dtype,
+        chunks=tuple(chunks),
+        chunk_digests=tuple(digests),
+        labels_of=path.split("/labels/")[0] if "/labels/" in path else None,
+    )
+    return ResultDocument(record=record).sealed()
 
 
 # -- verifying a whole store -------------------------------------------------------------
@@ -154,22 +158,19 @@ class VerifyReport:
         return not self.problems
 
 
-def _level_readers(storage: Storage, path: str, attrs: dict[str, Any]) -> list[Any]:
-
-    levels = range(1, len(attrs.get("levels", [])) + 1)
-    return [ChunkReader(storage, path, attrs)] + [
-        ChunkReader(storage, path, level_attrs(attrs, number)) for number in levels
-    ]
+def _level_readers(storage: Storage, path: str, record: ArrayRecord) -> list[ChunkReader]:
+    levels = range(len(record.levels) + 1)
+    return [ChunkReader(storage, path, record, level=number) for number in levels]
 
 
 def _verify_data(
-    storage: Storage, path: str, attrs: dict[str, Any], threads: int | None = None
+    storage: Storage, path: str, record: ArrayRecord | TableRecord, threads: int | None = None
 ) -> list[str]:
     """Re-hash every stored chunk (every level) or table array of one result."""
 
-    if attrs.get("kind") == "table":
+    if isinstance(record, TableRecord):
         try:
-            read_checked_table(storage, path, attrs)
+            read_checked_table(storage, path, record)
         except (ChunkVerificationError, IntegrityError) as exc:
             return [str(exc)]
         except Exception as exc:  # a damaged array zarr cannot decode
@@ -181,7 +182,7 @@ def _verify_data(
         return []
     jobs = [
         (reader, index)
-        for reader in _level_readers(storage, path, attrs)
+        for reader in _level_readers(storage, path, record)
         for index, _ in chunk_grid(reader.shape, reader.chunks)
     ]
     problems: list[str] = []
@@ -218,21 +219,21 @@ def verify_store(
     what = f"store {storage.url}"
     for path in track(paths, what, doing="verifying", done="verified"):
         before = len(report.problems)
-        attrs = _load_or_repair(storage, path, repair_damaged, report)
-        if attrs is None:
+        record = _load_or_repair(storage, path, repair_damaged, report)
+        if record is None:
             if len(report.problems) > before:
                 report.damaged_records.append(path)
             continue
         report.results += 1
-        if attrs["kind"] == "table":
+        if isinstance(record, TableRecord):
             report.tables += 1
         else:
             report.chunks += sum(
                 grid_count(list(r.shape), list(r.chunks))
-                for r in _level_readers(storage, path, attrs)
+                for r in _level_readers(storage, path, record)
             )
-        failed = _verify_data(storage, path, attrs, threads)
-        report.failed_chunks += len(failed) if attrs["kind"] == "array" else 0
+        failed = _verify_data(storage, path, record, threads)
+        report.failed_chunks += len(failed) if isinstance(record, ArrayRecord) else 0
         report.problems.extend(failed)
         if failed:
             report.damaged_data.append(path)
@@ -252,15 +253,15 @@ def verify_store(
 
 def _load_or_repair(
     storage: Storage, path: str, repair_damaged: bool, report: VerifyReport
-) -> dict[str, Any] | None:
+) -> ArrayRecord | TableRecord | None:
     """The checked record of ``path`` (repaired first if asked); None if not usable."""
     try:
-        attrs = load_commit(storage, path)
+        record = load_commit(storage, path)
     except IntegrityError as exc:
         damage: IntegrityError | None = exc
     else:
-        if attrs is not None or is_leftover(storage, path):
-            return attrs
+        if record is not None or is_leftover(storage, path):
+            return record
         # a record copy but no marker: the marker was lost after the commit
         c = Checker(storage.url, path)
         damage = c.fail("the commit marker zarr.json", "is missing but its record copy exists")
@@ -284,7 +285,7 @@ def _check_copy(
         copy = read_copy(storage, path)
         if copy is ABSENT:
             return []
-        check_record(storage.url, path, copy, key=RECORD_COPY)
+        parse_document(storage.url, path, copy, key=RECORD_COPY)
         return []
     except (ValueError, IntegrityError) as exc:
         if repair_damaged:

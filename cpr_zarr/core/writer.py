@@ -36,7 +36,7 @@ from cpr_zarr.core import catalog, labels
 from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.core.compute import compute
-from cpr_zarr.core.integrity import array_record, write_marker
+from cpr_zarr.core.integrity import write_marker
 from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.core.progress import SaveProgress, count_keys
 from cpr_zarr.errors import InvalidArgumentError, StoreError, UnsupportedResultError
@@ -48,6 +48,7 @@ from cpr_zarr.model.layout import (
     parse_chunks,
     parse_name,
 )
+from cpr_zarr.model.records import ArrayRecord, ResultDocument
 
 if TYPE_CHECKING:
     from cpr_zarr.storage import Storage
@@ -446,22 +447,22 @@ def _commit(
             "(deleted by something that ignores cpr_zarr's write leases, e.g. a script, a "
             "lifecycle rule or an old cpr_zarr's gc). Stop that, then run the task again."
         )
-    attrs = array_record(content_hash, name, shape, dtype.name, chunks, digests)
-    attributes: dict[str, Any] = {}
-    # NGFF metadata and pyramid levels (written now, before the commit marker)
-    ome, image_attrs = (spec or labels.SaveSpec(None)).group_attributes(
-        storage, path, name, base=base
+    record = ArrayRecord(
+        content_hash=content_hash,
+        name=name,
+        shape=tuple(shape),
+        dtype=dtype.name,
+        chunks=tuple(chunks),
+        chunk_digests=tuple(digests),
     )
-    attrs.update(image_attrs)
-    if ome is not None:
-        attributes["ome"] = ome
-    attributes["cpr_zarr"] = attrs
+    # NGFF metadata and pyramid levels (written now, before the commit marker)
+    ome, record = (spec or labels.SaveSpec(None)).group_attributes(storage, path, record, base=base)
     # seals the record (record_digest), writes its copy, then the marker
-    write_marker(storage, path, {"zarr_format": 3, "node_type": "group", "attributes": attributes})
+    write_marker(storage, path, ResultDocument(record=record, ome=ome))
     checkpoint("save.committed")
     if spec is not None:
         spec.after_commit(storage)  # label images: list it in the image's labels group
-    return catalog.target_for(storage, path, attrs)
+    return catalog.target_for(storage, path, record)
 
 
 def _move(storage: Storage, src: str, dst: str) -> None:
