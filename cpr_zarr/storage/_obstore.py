@@ -230,8 +230,9 @@ class ObjectStorage(Storage):
 
     def _list(self, prefix: str) -> Iterable[dict[str, Any]]:
         base = prefix.strip("/")
+        # (the ignore is needed only where obstore, and so its types, is installed)
         for batch in obstore.list(self._ob, base or None, chunk_size=1000):
-            yield from batch  # type: ignore[misc]
+            yield from batch  # type: ignore[misc,unused-ignore]
 
     def walk(self, prefix: str, *, folders: bool = False) -> list[Entry]:
         base = prefix.strip("/")
