@@ -128,13 +128,23 @@ def store_layers(
 # -- the napari reader -------------------------------------------------------------------
 
 
-def _root_attrs(path: Path) -> dict[str, Any] | None:
+def _is_store_root(path: Path) -> bool:
+    """Whether ``path`` holds a cpr_zarr store root document (read through its typed record)."""
+    from cpr_zarr.errors import CprZarrError
+    from cpr_zarr.model.records import StoreRoot
+
     try:
         doc = json.loads((path / "zarr.json").read_text())
     except (OSError, ValueError):
-        return None
+        return False
     attrs = doc.get("attributes", {}).get("cpr_zarr") if isinstance(doc, dict) else None
-    return attrs if isinstance(attrs, dict) else None
+    if not isinstance(attrs, dict):
+        return False
+    try:
+        StoreRoot.from_dict(attrs)
+    except (CprZarrError, ValueError, TypeError):
+        return False  # a result group's record, or something that is not ours
+    return True
 
 
 def _locate(path: str) -> tuple[Path, str | None] | None:
@@ -142,13 +152,11 @@ def _locate(path: str) -> tuple[Path, str | None] | None:
     from cpr_zarr.model.layout import parse_group_path
 
     given = Path(os.fspath(path)).expanduser()
-    attrs = _root_attrs(given)
-    if attrs is not None and "store_layout" in attrs:
+    if _is_store_root(given):
         return given, None
     # a result group (or a label image inside one) somewhere below a store root
     for parent in given.parents:
-        parent_attrs = _root_attrs(parent)
-        if parent_attrs is not None and "store_layout" in parent_attrs:
+        if _is_store_root(parent):
             group = given.relative_to(parent).as_posix()
             if parse_group_path(group.rsplit("/", 1)[-1]) is None:
                 return None

@@ -56,6 +56,9 @@ def test_region_read_on_a_worker_reads_only_the_needed_chunk(
 
     log = tmp_path / "reads.log"
     monkeypatch.setenv(LOG_ENV, str(log))
+    # the Prefect UI preview of each result reads its smallest level: off, to count only the
+    # reads of the tasks themselves (workers inherit the environment)
+    monkeypatch.setenv("CPR_ZARR_ARTIFACTS", "0")
     store_url = f"countfile://{tmp_path}/results.zarr"
     with dask.config.set({"distributed.worker.preload": ["tests.counting_fs"]}):
         out = make_region_flow(store_url, result_storage)()
