@@ -145,16 +145,20 @@ class ResultStore:
                 f"No result store at {self.url!r} (no zarr.json there). Check the path, "
                 "or open it with mode='a' to create it."
             )
-        if (
-            not read_only
-            and path.is_dir()
-            and not (path / "zarr.json").exists()
-            # another process creating the root at this moment leaves only its temporary
-            # file there (storage/_local.py writes the root document under a hidden name)
-            and any(not entry.name.endswith(".partial") for entry in path.iterdir())
-        ):
+        if read_only or not path.is_dir():
+            return
+        # list first, then look for the root document: a concurrent creator writes the
+        # root before anything else, so whatever the listing saw next to a missing root was
+        # there before any store was (looking for the root first would take the first
+        # result of a creator that won the race meanwhile for foreign data). A creator's
+        # temporary file alone is not foreign (storage/_local.py writes the root document
+        # under a hidden name, then links it)
+        entries = [e.name for e in path.iterdir() if not e.name.endswith(".partial")]
+        if entries and not (path / "zarr.json").exists():
             raise StoreError(
                 f"Cannot create a result store in {self.url!r}: the folder is not empty "
+                f"(it holds {sorted(entries)[:3]!r}"
+                f"{f' and {len(entries) - 3} more' if len(entries) > 3 else ''}) "
                 "and is not a Zarr store. Choose a new or empty folder, e.g. "
                 f"{str(path / 'results.zarr')!r}."
             )

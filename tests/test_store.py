@@ -414,6 +414,31 @@ def test_concurrent_writers_of_the_same_result_both_succeed(
     np.testing.assert_array_equal(results[0].to_numpy(), data)  # type: ignore[attr-defined]
 
 
+
+def test_concurrent_first_saves_into_a_new_store_all_succeed(tmp_path: Path) -> None:
+    # the first writers of a new store race to create its root: one that finds another's
+    # first result in the folder must not take it for foreign data (seen on CI: a thread
+    # pool's first mapped tasks failed with "the folder is not empty")
+    failures: list[BaseException] = []
+    for trial in range(60):
+        url = str(tmp_path / f"trial{trial}" / "results.zarr")
+        barrier = threading.Barrier(4)
+
+        def write(seed: int, url: str = url, barrier: threading.Barrier = barrier) -> None:
+            barrier.wait()
+            try:
+                cpr_zarr.ResultStore(url).save(np.full((4, 4), seed, dtype=np.uint8), "first")
+            except Exception as exc:  # reported below
+                failures.append(exc)
+
+        threads = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(list(cpr_zarr.ResultStore(url, mode="r").targets())) == 4
+    assert failures == []
+
 BAD_VALUES = [
     (np.array(["a", "b"]), UnsupportedResultError, "dtype"),
     (np.array([object(), 1], dtype=object), UnsupportedResultError, "dtype"),
