@@ -414,7 +414,6 @@ def test_concurrent_writers_of_the_same_result_both_succeed(
     np.testing.assert_array_equal(results[0].to_numpy(), data)  # type: ignore[attr-defined]
 
 
-
 def test_concurrent_first_saves_into_a_new_store_all_succeed(tmp_path: Path) -> None:
     # the first writers of a new store race to create its root: one that finds another's
     # first result in the folder must not take it for foreign data (seen on CI: a thread
@@ -438,6 +437,7 @@ def test_concurrent_first_saves_into_a_new_store_all_succeed(tmp_path: Path) -> 
             t.join()
         assert len(list(cpr_zarr.ResultStore(url, mode="r").targets())) == 4
     assert failures == []
+
 
 BAD_VALUES = [
     (np.array(["a", "b"]), UnsupportedResultError, "dtype"),
