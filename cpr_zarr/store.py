@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import zarr.abc.store
 import zarr.storage
 
-from cpr_zarr.core import catalog, lease
+from cpr_zarr.core import catalog, journal, lease
 from cpr_zarr.errors import (
     AmbiguousReferenceError,
     CprZarrError,
@@ -230,6 +230,20 @@ class ResultStore:
                 f"Result store {self.url!r} has store_layout {layout!r}; this cpr_zarr reads "
                 f"layout {STORE_LAYOUT}. Upgrade cpr_zarr or use another store."
             )
+        # a new store starts its catalog (concurrent creators write the same documents); one
+        # written before catalogs existed keeps none until `cpr-zarr catalog rebuild` (an
+        # empty catalog would hide its results)
+        if (
+            self.mode == "a"
+            and not journal.enabled(self.storage)
+            and not catalog.candidate_paths(self.storage)
+        ):
+            try:
+                journal.create(self.storage)
+            except Exception as exc:
+                raise StoreError(
+                    f"Cannot open result store {self.url!r}: {describe_error(exc)}"
+                ) from exc
 
     def __reduce__(self) -> tuple[Any, ...]:
         # storage options are not pickled (credentials): the unpickling process re-opens the
@@ -334,7 +348,7 @@ class ResultStore:
         )
         matches: dict[str, ZarrTarget] = {}
         damaged: dict[str, IntegrityError] = {}
-        for path in catalog.candidate_paths(self.storage, nested=True):
+        for path in self._candidates(ref, lowered if is_prefix else None):
             name = path.rsplit("/", 1)[-1][: -HASH_HEX_LENGTH - 1]
             content_hash = path[-HASH_HEX_LENGTH:]
             if not (is_prefix and content_hash.startswith(lowered)) and name != ref:
@@ -377,6 +391,26 @@ class ResultStore:
                 "Give the group path or more digits of the hash."
             )
         return next(iter(matches.values()))
+
+    def _candidates(self, ref: str, prefix: str | None) -> builtins.list[str]:
+        """Group paths that may be result ``ref`` (a name, or a hash ``prefix``).
+
+        With a catalog: the hash index for a prefix (one listing), the catalog's rows for a
+        name; without one, every group path under the root.
+        """
+        if prefix is not None:
+            indexed = journal.lookup(self.storage, prefix)
+            if indexed:
+                return [path for _, path in indexed]
+        state = journal.read(self.storage)
+        if state is None:
+            return catalog.candidate_paths(self.storage, nested=True)
+        named = sorted(p for p in state.rows if p.rsplit("/", 1)[-1][: -HASH_HEX_LENGTH - 1] == ref)
+        if named or prefix is None:
+            return named
+        # a prefix the index does not hold: the catalog may know it still (a writer killed
+        # between its journal segment and its index key)
+        return sorted(p for p in state.rows if p[-HASH_HEX_LENGTH:].startswith(prefix))
 
     def save(
         self,
@@ -502,8 +536,9 @@ class ResultStore:
                 "replaces what was written). Check that the store is reachable and writable, "
                 "then run the task again."
             ) from exc
+        kind = "table" if target.dtype == "table" else "array"
         try:
-            write_record(self.storage, target, provenance, output=name)
+            record = write_record(self.storage, target, provenance, output=name)
         except Exception as exc:  # the result is committed and valid: do not fail the task
             logger.warning(
                 "Result %s was saved in %s, but its provenance record could not be written: %s",
@@ -511,7 +546,9 @@ class ResultStore:
                 self.url,
                 exc,
             )
+            journal.note_saved(self.storage, target, kind, None)
             return target, False
+        journal.note_saved(self.storage, target, kind, record)  # after the commit and record
         return target, True
 
     def list(self) -> pd.DataFrame:

@@ -55,6 +55,7 @@ LAYERS: dict[str, list[str]] = {
         "core.lease",
         "core.arrays",
         "core.integrity",
+        "core.journal",
         "core.catalog",
         "core.reader",
         "core.provenance",

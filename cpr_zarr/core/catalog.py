@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from cpr_zarr.core import journal
 from cpr_zarr.core.integrity import Damage, load_commit
 from cpr_zarr.errors import IntegrityError, ResultNotFoundError
 from cpr_zarr.model.layout import parse_group_path
@@ -106,9 +107,19 @@ def load(storage: Storage, path: str) -> ArrayRecord | TableRecord:
 
 
 def find(storage: Storage, content_hash: str, preferred: str | None = None) -> ZarrTarget | None:
-    """A committed result with exactly this hash (``preferred`` path first), or None."""
+    """A committed result with exactly this hash (``preferred`` path first), or None.
+
+    With a catalog: the path, then the hash index (a bounded number of requests); without
+    one (a store written before catalogs existed), a listing of the root.
+    """
     if preferred is not None and (record := committed(storage, preferred)) is not None:
         return target_for(storage, preferred, record)
+    indexed = journal.lookup(storage, content_hash)
+    if indexed is not None:
+        for _, path in indexed:
+            if path != preferred and (record := committed(storage, path)) is not None:
+                return target_for(storage, path, record)
+        return None
     for path in candidate_paths(storage):
         if path.endswith(content_hash) and (record := committed(storage, path)):
             return target_for(storage, path, record)

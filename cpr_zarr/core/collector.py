@@ -28,7 +28,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cpr_zarr.core import catalog
+from cpr_zarr.core import catalog, journal
 from cpr_zarr.core.integrity import RECORD_COPY
 from cpr_zarr.core.lease import (
     CLAIM_PREFIX,
@@ -41,6 +41,7 @@ from cpr_zarr.core.lease import (
 )
 from cpr_zarr.core.reader import forget_reader
 from cpr_zarr.errors import StoreError
+from cpr_zarr.model.layout import parse_group_path
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -188,6 +189,9 @@ def _remove_one(storage: Storage, removal: Removal, *, leftover_age: float) -> s
 def _remove_claimed(storage: Storage, path: str, claim: str) -> str:
     """Remove folder ``path`` that holds our ``claim`` (step 4 of the module doc)."""
     try:
+        if parse_group_path(path) is not None:
+            # before anything goes: a crash from here on never leaves it listed
+            journal.note_removing(storage, path)
         # local disk: one rename into a trash folder takes it out of every writer's way,
         # then it is removed (a failure leaves a leftover). Object stores: the record copy,
         # then the marker, so that readers stop seeing a result first and a removal stopped
@@ -204,6 +208,7 @@ def _remove_claimed(storage: Storage, path: str, claim: str) -> str:
         raise _not_writable(storage, path, exc) from exc
     # an empty _staging/ makes plain zarr warn about the root (not empty: a save is staging)
     storage.remove_empty_folder(TRASH_PARENT)
+    journal.note_removed(storage, path)
     if not present:
         return GONE
     if "/labels/" in path:  # keep the image's list of label images true

@@ -10,6 +10,7 @@ import base64
 import contextlib
 import json
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpr_zarr.core import catalog
+from cpr_zarr.core import catalog, journal
 from cpr_zarr.core.integrity import is_leftover
 from cpr_zarr.core.progress import track
 from cpr_zarr.core.provenance import read_provenance
@@ -94,18 +95,75 @@ def result_row(storage: Storage, target: ZarrTarget) -> dict[str, Any]:
     }
 
 
-def result_rows(storage: Storage) -> tuple[list[dict[str, Any]], list[str]]:
+def result_rows(
+    storage: Storage, state: journal.Catalog | None = None
+) -> tuple[list[dict[str, Any]], list[str]]:
     """One row per committed result (see ``COLUMNS``; plain dicts), oldest first, and the
     messages of the damaged results left out.
 
     Without pandas, whose import takes longer than listing a small store (``cpr-zarr ls``).
     """
+    state = state if state is not None else journal.read(storage)
+    if state is not None:
+        journal.maybe_compact(storage, state)
+        rows = catalog_rows(storage, state)
+        rows.sort(key=_created_order)
+        return rows, []  # damage is found by open and `cpr-zarr verify`, not by a listing
     found, damaged = catalog.scan(storage)
     listing = track(found, f"store {storage.url}", verb="listed", doing="listing", done="listed")
     rows = [result_row(storage, t) for t in listing]
     # as list_results sorts: no provenance record first, then by creation time and path
     rows.sort(key=_created_order)
     return rows, [d.message for d in damaged]
+
+
+def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any]]:
+    """The rows of :func:`result_rows` from the catalog (no request per result).
+
+    An image's stored bytes include its label images', as a listing of its folder would.
+    """
+    itemsize: dict[str, int] = {}
+    labels: dict[str, int] = {}
+    rows = []
+    for values in state.rows.values():
+        (path, kind, shape, dtype, chunks, stored, records, created, last, task, flow_run,
+         _) = values  # fmt: skip
+        if stored is None:  # journalled by a save that did not count it (rare): count now
+            stored = values[5] = stored_bytes(storage, path)
+        raw: int | None = None
+        if dtype != "table":
+            size = itemsize.get(dtype)
+            if size is None:
+                size = itemsize[dtype] = np.dtype(dtype).itemsize
+            raw = math.prod(shape) * size
+        if "/labels/" in path:
+            image = path.split("/labels/")[0]
+            labels[image] = labels.get(image, 0) + stored
+        name, content_hash = path.rsplit("/", 1)[-1].rsplit("-", 1)
+        rows.append(
+            {
+                "name": name,
+                "hash": content_hash,
+                "kind": kind,
+                "shape": tuple(shape),
+                "dtype": dtype,
+                "chunks": tuple(chunks),
+                "stored_bytes": stored,
+                "raw_bytes": raw,
+                "ratio": float("nan"),
+                "created": None if created is None else datetime.fromtimestamp(created, UTC),
+                "last_produced": None if last is None else datetime.fromtimestamp(last, UTC),
+                "records": records,
+                "last_task": task,
+                "last_flow_run": flow_run,
+                "group_path": path,
+            }
+        )
+    for row in rows:
+        row["stored_bytes"] += labels.get(row["group_path"], 0)
+        if row["raw_bytes"] is not None and row["stored_bytes"]:
+            row["ratio"] = row["raw_bytes"] / row["stored_bytes"]
+    return rows
 
 
 def _created_order(row: dict[str, Any]) -> tuple[bool, float, str]:
@@ -117,11 +175,12 @@ def _created_order(row: dict[str, Any]) -> tuple[bool, float, str]:
     return (True, created.timestamp(), row["group_path"])
 
 
-def list_results(storage: Storage) -> pd.DataFrame:
-    """One row per committed result (see ``COLUMNS``), oldest first."""
+def list_results(storage: Storage, state: journal.Catalog | None = None) -> pd.DataFrame:
+    """One row per committed result (see ``COLUMNS``), oldest first; from ``state`` if given
+    (a catalog just read)."""
     import pandas as pd
 
-    rows, damaged = result_rows(storage)
+    rows, damaged = result_rows(storage, state)
     for message in damaged:
         logger.warning("Skipping a damaged result: %s", message)
     frame = pd.DataFrame(rows, columns=COLUMNS)
@@ -181,23 +240,59 @@ class Removal:
     labels: tuple[str, ...] = ()
 
 
-def leftovers(storage: Storage, min_age_seconds: float) -> list[Removal]:
-    """Staging folders and uncommitted groups whose newest file is older than the limit."""
+def leftovers(
+    storage: Storage, min_age_seconds: float, state: journal.Catalog | None = None
+) -> list[Removal]:
+    """Staging folders and uncommitted groups whose newest file is older than the limit.
+
+    With the catalog (``state``), only groups it does not list are looked at (one listing of
+    the root, then two lookups per unlisted group), and label images only where the journal
+    says a label save began and never committed; committed groups it lacks (a writer killed
+    between commit and journal) are journalled again on the way, if the store is writable.
+    """
     now = time.time()
     found = [(f"_staging/{entry}", "staging leftover") for entry in storage.list_dir("_staging")]
     # never committed: no marker and no record copy. A damaged marker still exists, so a
     # damaged result is never taken for a leftover (it is reported, see store.damaged())
+    alive = state.rows if state is not None else {}
+    unlisted = [path for path in catalog.candidate_paths(storage) if path not in alive]
     found += [
-        (path, "incomplete (never committed)")
-        for path in catalog.candidate_paths(storage)
-        if is_leftover(storage, path)
+        (path, "incomplete (never committed)") for path in unlisted if is_leftover(storage, path)
     ]
-    found += label_leftovers(storage, {path for path, _ in found})
+    if state is None:
+        found += label_leftovers(storage, {path for path, _ in found})
+    else:
+        leftover = {path for path, _ in found}
+        missing = [path for path in unlisted if path not in leftover]
+        restore_missing(storage, missing, state)
+        for path, since in sorted(state.pending.items()):
+            if now - since < min_age_seconds or path in alive:
+                continue
+            if not storage.walk(path):  # never written, or removed: forget it
+                if not storage.read_only:
+                    journal.note_removing(storage, path)
+            elif is_leftover(storage, path):
+                found.append((path, "incomplete label image (never committed)"))
     return [
         Removal(path, reason, stored_bytes(storage, path))
         for path, reason in found
         if now - _newest_mtime(storage, path) >= min_age_seconds
     ]
+
+
+def restore_missing(storage: Storage, paths: list[str], state: journal.Catalog) -> None:
+    """Add committed results the catalog lacks (their writer was killed between its commit
+    and its journal segment) to ``state``, and journal them if the store is writable: the
+    catalog's refresh, done by each gc plan."""
+    for path in paths:
+        record = catalog.committed(storage, path)
+        if record is None:
+            continue
+        row = result_row(storage, catalog.target_for(storage, path, record))
+        state.rows[path] = list(journal.row_entry(row, time.time()).row())
+        if not storage.read_only:
+            journal.note_row(storage, row)
+            logger.info("Added committed result %s to the catalog of %s.", path, storage.url)
 
 
 def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:
@@ -272,10 +367,13 @@ def plan_gc(
     * ``older_than`` seconds: results last produced longer ago than that;
     * ``max_size`` bytes: least recently produced results until the rest fits.
     """
+    import pandas as pd
+
     # leftovers always wait leftover_age: a running streaming save may not touch its staging
     # folder for a while, and removing it under the writer would corrupt its result
-    plan = leftovers(storage, leftover_age)
-    frame = list_results(storage)
+    state = journal.read(storage)
+    plan = leftovers(storage, leftover_age, state)
+    frame = list_results(storage, state)
     protected: set[str] = set()
     if keep_referenced is not None:
         protected = referenced_hashes(keep_referenced) | recent_hashes(storage, frame, grace)
@@ -294,35 +392,37 @@ def plan_gc(
     if keep_referenced is not None and older_than is None and max_size is None:
         chosen.update(dict.fromkeys(candidates["hash"], "not referenced by any record"))
     if older_than is not None:
-        for _, row in candidates.iterrows():
-            last = row["last_produced"]
-            # no provenance record (e.g. just committed): age unknown, never removed by age
-            if last is None or last != last:
-                continue
-            if (now - last.to_pydatetime()).total_seconds() > older_than:
-                chosen.setdefault(row["hash"], "older than the limit")
+        # no provenance record (e.g. just committed): age unknown, never removed by age
+        last = candidates["last_produced"]
+        age = (pd.Timestamp(now) - last).dt.total_seconds()
+        old = candidates.loc[last.notna() & (age > older_than), "hash"]
+        for h in old:
+            chosen.setdefault(h, "older than the limit")
     if max_size is not None:
         kept = frame[~frame["hash"].isin(chosen)]
         recent_first = kept.sort_values("last_produced", ascending=False, na_position="last")
-        total = 0
-        for _, row in recent_first.iterrows():
-            total += int(row["stored_bytes"])
-            if total > max_size and row["hash"] not in protected:
-                chosen.setdefault(row["hash"], "least recently produced beyond the size budget")
-    rows = frame.set_index("hash")
+        total = recent_first["stored_bytes"].astype("int64").cumsum()
+        over = recent_first.loc[(total > max_size) & ~recent_first["hash"].isin(protected), "hash"]
+        for h in over:
+            chosen.setdefault(h, "least recently produced beyond the size budget")
+    nbytes = dict(zip(frame["hash"], frame["stored_bytes"], strict=True))
+    records = dict(zip(frame["hash"], frame["records"], strict=True))
     chosen_paths = {paths[h] for h in chosen}
     for h in [h for h in chosen if h in parent_of and parent_of[h] in chosen_paths]:
         del chosen[h]  # removed with its image
+    children: dict[str, list[str]] = {}
+    for c, p in parent_of.items():
+        children.setdefault(p, []).append(paths[c])
     for h, reason in chosen.items():
-        path = str(rows.loc[h, "group_path"])
+        path = str(paths[h])
         plan.append(
             Removal(
                 path,
                 reason,
-                int(rows.loc[h, "stored_bytes"]),
+                int(nbytes[h]),
                 h,
-                stamp=str(int(rows.loc[h, "records"])),
-                labels=tuple(sorted(paths[c] for c, p in parent_of.items() if p == path)),
+                stamp=str(int(records[h])),
+                labels=tuple(sorted(children.get(path, ()))),
             )
         )
     return plan

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from cpr_zarr.core import catalog
+from cpr_zarr.core import catalog, journal
 from cpr_zarr.core.reader import open_reader
 from cpr_zarr.errors import InvalidArgumentError, InvalidArgumentTypeError
 from cpr_zarr.model.ngff import (
@@ -68,6 +68,7 @@ class SaveSpec:
         if self.label_of is not None:
             attrs = catalog.committed(storage, path)
             if attrs is None:
+                journal.note_pending(storage, path)  # where gc looks if it never commits
                 return None
             update_labels_list(storage, self.label_of)  # a crash may have left it unlisted
             return catalog.target_for(storage, path, attrs)

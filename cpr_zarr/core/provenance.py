@@ -140,8 +140,9 @@ def _group_doc(attributes: dict[str, Any]) -> dict[str, Any]:
 
 def write_record(
     storage: Storage, target: ZarrTarget, record: Mapping[str, Any] | None, output: str
-) -> None:
-    """Add one provenance record to a committed result (additive; no read-modify-write)."""
+) -> ProvenanceRecord:
+    """Add one provenance record to a committed result (additive; no read-modify-write);
+    the record written."""
     now = datetime.now(UTC)
     full = {
         "created": now.isoformat(timespec="milliseconds"),
@@ -164,6 +165,7 @@ def write_record(
     storage.set_json_if_not_exists(f"{base}/zarr.json", _group_doc({ATTR: "records"}))
     key = f"{base}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}/zarr.json"
     storage.set_json(key, _group_doc({ATTR: stored.to_dict()}))
+    return stored
 
 
 def read_records(
