@@ -819,5 +819,30 @@ def serve_command(store: str, host: str, port: int) -> None:
     _run_web(store, host, port, (), index=True)
 
 
+@main.group("catalog")
+def catalog_group() -> None:
+    """The store's catalog: what `ls`, `info`, `open` and `gc` read instead of every group."""
+
+
+@catalog_group.command("rebuild")
+@click.argument("store")
+def catalog_rebuild_command(store: str) -> None:
+    """Rebuild the catalog of STORE from its result groups.
+
+    Reads every result's commit record and provenance (one pass over the store), indexes
+    every content hash and writes a new catalog snapshot. Saves and removals may run at the
+    same time. Needed once for a store written before catalogs existed (until then
+    listings read every group); afterwards only if the catalog was deleted or damaged.
+    """
+    from cpr_zarr.core.inventory import rebuild_catalog
+
+    rs = _open(store, mode="a")
+    try:
+        count = rebuild_catalog(rs.storage)
+    except CprZarrError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"catalog rebuilt: {plural(count, 'result')}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -8,14 +8,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
 
 import cpr_zarr
+from cpr_zarr.core import journal
 from cpr_zarr.core.collector import collect
 from cpr_zarr.core.integrity import RECORD_COPY
 from cpr_zarr.core.inventory import plan_gc
+
+if TYPE_CHECKING:
+    from cpr_zarr.storage import Storage
 
 ROOT = Path(__file__).parents[1]
 CLI = str(Path(sys.executable).with_name("cpr-zarr"))
@@ -35,9 +40,17 @@ def age(path: Path, seconds: float = 2 * HOUR) -> None:
 
 
 def uncommit(group: Path) -> None:
-    """Make a saved group what a writer killed before its commit leaves: no marker, no copy."""
+    """Make a saved group what a writer killed before its commit leaves: no marker, no copy,
+    and nothing in the store's catalog (such a writer never journals it)."""
     (group / "zarr.json").unlink()
     (group / RECORD_COPY).unlink()
+    unjournal(cpr_zarr.ResultStore(group.parent).storage, group.name)
+
+
+def unjournal(storage: Storage, path: str) -> None:
+    """Void a result's catalog entry and index key, as if it had never been journalled."""
+    journal.note_removing(storage, path)
+    journal.note_removed(storage, path)
 
 
 def image(seed: int = 0) -> np.ndarray:
@@ -120,7 +133,7 @@ def test_concurrent_gc_runs_never_fail_because_the_other_removed_first(tmp_path:
         assert proc.returncode == 0, out + err
         assert "Traceback" not in err
     assert [t.group_path for t in store.targets()] == [kept.group_path]
-    assert sorted(os.listdir(store.url)) == sorted(["zarr.json", kept.group_path])
+    assert sorted(os.listdir(store.url)) == sorted(["zarr.json", "_catalog", kept.group_path])
     removed = [line for out, _ in outs for line in out.splitlines() if line.startswith("remove ")]
     assert len(removed) == 16  # every entry removed exactly once, by one of the runs
 
@@ -224,6 +237,7 @@ def test_collect_removes_leftovers_and_results_on_s3(s3_url: str) -> None:
     leftover = store.save(image(2), "left")
     sync(store.storage.zarr_store.delete(f"{leftover.group_path}/zarr.json"))
     sync(store.storage.zarr_store.delete(f"{leftover.group_path}/{RECORD_COPY}"))
+    unjournal(store.storage, leftover.group_path)
     store.storage.set_json(
         "_staging/v-0123abcd/0/zarr.json", {"zarr_format": 3, "node_type": "array"}
     )

@@ -49,9 +49,10 @@ def test_plain_zarr_lists_the_root_cleanly_after_every_kind_of_save(tmp_path: Pa
     table = cpr_zarr.save_table(store, pd.DataFrame({"area": [1.5, 2.0]}), name="measure")
 
     assert sorted(os.listdir(root)) == sorted(
-        ["zarr.json", raw.group_path, doubled.group_path, table.group_path]
+        ["zarr.json", "_catalog", raw.group_path, doubled.group_path, table.group_path]
     )
     members = plain_zarr_members(root)
+    assert "_catalog" in members  # one empty array node: zarr never looks inside it
     for target in (raw, doubled, labels, table):
         assert target.group_path in members
 

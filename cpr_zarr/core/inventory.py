@@ -25,6 +25,7 @@ from cpr_zarr.core.integrity import is_leftover
 from cpr_zarr.core.progress import track
 from cpr_zarr.core.provenance import read_provenance
 from cpr_zarr.model.layout import HASH_HEX_LENGTH
+from cpr_zarr.target import ZarrTarget
 
 logger = logging.getLogger("cpr_zarr")
 
@@ -33,8 +34,8 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from cpr_zarr.model.records import CatalogEntry
     from cpr_zarr.storage import Storage
-    from cpr_zarr.target import ZarrTarget
 
 __all__ = [
     "Removal",
@@ -127,7 +128,7 @@ def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any
     rows = []
     for values in state.rows.values():
         (path, kind, shape, dtype, chunks, stored, records, created, last, task, flow_run,
-         _) = values  # fmt: skip
+         _, _) = values  # fmt: skip
         if stored is None:  # journalled by a save that did not count it (rare): count now
             stored = values[5] = stored_bytes(storage, path)
         raw: int | None = None
@@ -199,11 +200,29 @@ def lineage(storage: Storage, start: ZarrTarget) -> dict[str, list[ZarrTarget]]:
     Edges come from provenance records: a record lists the content hashes of the inputs
     of the task run that produced the result.
     """
-    by_hash = {t.content_hash: t for t in catalog.scan(storage)[0]}
-    parents = {h: set() for h in by_hash}  # type: dict[str, set[str]]
-    for h, t in by_hash.items():
-        for record in read_provenance(storage, t.group_path):
-            parents[h].update(i for i in record.inputs if i in by_hash)
+    state = journal.read(storage)
+    parents: dict[str, set[str]] = {}
+    if state is not None:  # the inputs of every result are in its catalog row
+        by_hash = {}
+        for path, values in state.rows.items():
+            target = ZarrTarget(
+                store_url=storage.url,
+                group_path=path,
+                content_hash=path[-HASH_HEX_LENGTH:],
+                shape=tuple(values[2]),
+                dtype=values[3],
+                chunks=tuple(values[4]),
+            )
+            by_hash[target.content_hash] = target
+            parents[target.content_hash] = set(values[journal.INPUTS])
+        for h in parents:
+            parents[h] &= by_hash.keys()
+    else:
+        by_hash = {t.content_hash: t for t in catalog.scan(storage)[0]}
+        parents = {h: set() for h in by_hash}
+        for h, t in by_hash.items():
+            for record in read_provenance(storage, t.group_path):
+                parents[h].update(i for i in record.inputs if i in by_hash)
     children: dict[str, set[str]] = {h: set() for h in by_hash}
     for h, ps in parents.items():
         for p in ps:
@@ -266,10 +285,10 @@ def leftovers(
         missing = [path for path in unlisted if path not in leftover]
         restore_missing(storage, missing, state)
         for path, since in sorted(state.pending.items()):
-            if now - since < min_age_seconds or path in alive:
+            if path in alive:
                 continue
             if not storage.walk(path):  # never written, or removed: forget it
-                if not storage.read_only:
+                if now - since >= min_age_seconds and not storage.read_only:
                     journal.note_removing(storage, path)
             elif is_leftover(storage, path):
                 found.append((path, "incomplete label image (never committed)"))
@@ -288,11 +307,37 @@ def restore_missing(storage: Storage, paths: list[str], state: journal.Catalog) 
         record = catalog.committed(storage, path)
         if record is None:
             continue
-        row = result_row(storage, catalog.target_for(storage, path, record))
-        state.rows[path] = list(journal.row_entry(row, time.time()).row())
+        entry = catalog_entry(storage, catalog.target_for(storage, path, record))
+        state.rows[path] = list(entry.row())
         if not storage.read_only:
-            journal.note_row(storage, row)
+            journal.note_row(storage, entry)
             logger.info("Added committed result %s to the catalog of %s.", path, storage.url)
+
+
+def catalog_entry(storage: Storage, target: ZarrTarget) -> CatalogEntry:
+    """The catalog entry of a committed result, read from its group (records included)."""
+    inputs = [i for r in read_provenance(storage, target.group_path) for i in r.inputs]
+    return journal.row_entry(result_row(storage, target), time.time(), inputs)
+
+
+def rebuild_catalog(storage: Storage) -> int:
+    """Rebuild the store's catalog from its result groups (``cpr-zarr catalog rebuild``);
+    the number of results. Damaged results are left out (``cpr-zarr verify`` reports them).
+
+    Raises
+    ------
+    StoreError
+        If the store is read-only, or compactions kept winning the snapshot's generation.
+    """
+
+    def scan() -> list[CatalogEntry]:
+        found, damaged = catalog.scan(storage)
+        for damage in damaged:
+            logger.warning("Leaving a damaged result out of the catalog: %s", damage.message)
+        listing = track(found, f"store {storage.url}", verb="read", doing="reading", done="read")
+        return [catalog_entry(storage, t) for t in listing]
+
+    return journal.rebuild(storage, scan)
 
 
 def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:

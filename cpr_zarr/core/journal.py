@@ -79,7 +79,7 @@ from cpr_zarr.model.records import (
 from cpr_zarr.storage import to_json_bytes
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Callable, Iterable
 
     from cpr_zarr.model.records import ProvenanceRecord
     from cpr_zarr.storage import Storage
@@ -88,6 +88,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CATALOG",
     "COMPACT_AFTER",
+    "INPUTS",
     "Catalog",
     "compact",
     "create",
@@ -121,6 +122,8 @@ COMPACT_CHANCE = 16
 KEEP_DROPPED_SECONDS = 7 * 86400
 _ATTEMPTS = 8
 _COL = {name: i for i, name in enumerate(CATALOG_COLUMNS)}
+#: where a row (a list in CATALOG_COLUMNS order) holds its input hashes
+INPUTS = _COL["inputs"]
 
 _ENABLED: weakref.WeakKeyDictionary[Storage, bool] = weakref.WeakKeyDictionary()
 _ENABLED_LOCK = threading.Lock()
@@ -220,6 +223,7 @@ def note_saved(
             last_produced=created,
             last_task=record.task_name if record is not None else None,
             last_flow_run=record.flow_run_name if record is not None else None,
+            inputs=tuple(record.inputs) if record is not None else (),
             time=now,
         )
         _append(storage, [CatalogEvent(op="put", path=path, time=now, entry=entry)])
@@ -339,6 +343,8 @@ def _merge(old: list[Any], new: tuple[Any, ...]) -> None:
     ):
         for key in ("last_produced", "last_task", "last_flow_run"):
             old[c[key]] = new[c[key]]
+    if new[c["inputs"]]:
+        old[c["inputs"]] = sorted(set(old[c["inputs"]]) | set(new[c["inputs"]]))
     if new[c["stored_bytes"]] is not None:
         old[c["stored_bytes"]] = new[c["stored_bytes"]]
     old[c["time"]] = max(old[c["time"]], new[c["time"]])
@@ -466,8 +472,9 @@ def write_snapshot(
 # -- rebuilding from the groups ---------------------------------------------------------------
 
 
-def row_entry(row: dict[str, Any], now: float) -> CatalogEntry:
-    """The catalog entry of a listing row (:func:`cpr_zarr.core.inventory.result_row`)."""
+def row_entry(row: dict[str, Any], now: float, inputs: Iterable[str] = ()) -> CatalogEntry:
+    """The catalog entry of a listing row (:func:`cpr_zarr.core.inventory.result_row`) whose
+    provenance records name ``inputs``."""
 
     def seconds(when: Any) -> float | None:
         return None if when is None else float(when.timestamp())
@@ -484,22 +491,23 @@ def row_entry(row: dict[str, Any], now: float) -> CatalogEntry:
         last_produced=seconds(row["last_produced"]),
         last_task=row["last_task"],
         last_flow_run=row["last_flow_run"],
+        inputs=tuple(sorted(set(inputs))),
         time=now,
     )
 
 
-def note_row(storage: Storage, row: dict[str, Any]) -> None:
+def note_row(storage: Storage, entry: CatalogEntry) -> None:
     """Journal a committed result read from its group (its whole row), and index it."""
     if not enabled(storage):
         return
-    now = time.time()
-    entry = row_entry(row, now)
+    now = entry.time
     _append(storage, [CatalogEvent(op="put", path=entry.path, time=now, entry=entry)])
-    storage.set_if_not_exists(index_key(row["hash"], entry.path), entry.path.encode())
+    content_hash = entry.path[-HASH_HEX_LENGTH:]
+    storage.set_if_not_exists(index_key(content_hash, entry.path), entry.path.encode())
 
 
-def rebuild(storage: Storage, scan: Any) -> int:
-    """Rebuild the catalog from the result groups: ``scan()`` gives one listing row per
+def rebuild(storage: Storage, scan: Callable[[], list[CatalogEntry]]) -> int:
+    """Rebuild the catalog from the result groups: ``scan()`` gives the entry of every
     committed result (read after the journal is listed, so that every segment listed is
     older than what the groups say). Every result is indexed, then a snapshot of the next
     generation holds the rows, then the marker is written. The number of results.
@@ -509,9 +517,7 @@ def rebuild(storage: Storage, scan: Any) -> int:
     """
     storage.check_writable()
     segments = sorted(n for n in storage.list_dir(LOG, fresh=True) if n.endswith(".json"))
-    rows: list[dict[str, Any]] = scan()
-    now = time.time()
-    entries = [row_entry(row, now) for row in rows]
+    entries = scan()
     workers = worker_count(remote=storage.remote)
 
     def index(entry: CatalogEntry) -> None:

@@ -896,7 +896,7 @@ CATALOG_FORMAT = 1
 #: the columns of a catalog snapshot, one list per column (row ``i`` is one result)
 CATALOG_COLUMNS = (
     "path", "kind", "shape", "dtype", "chunks", "stored_bytes", "records", "created",
-    "last_produced", "last_task", "last_flow_run", "time",
+    "last_produced", "last_task", "last_flow_run", "inputs", "time",
 )  # fmt: skip
 
 
@@ -916,7 +916,8 @@ def _check_format(f: _Fields, what: str) -> None:
 class CatalogEntry:
     """What a listing shows of one committed result (one catalog row).
 
-    Times are POSIX seconds: ``created`` / ``last_produced`` of the first / last provenance
+    ``inputs`` are the content hashes of the inputs named by its provenance records (lineage
+    without reading every record). Times are POSIX seconds: ``created`` / ``last_produced`` of the first / last provenance
     record, ``time`` when the row last changed (the writer's clock, ordering it against
     removals).
     """
@@ -932,6 +933,7 @@ class CatalogEntry:
     last_produced: float | None = None
     last_task: str | None = None
     last_flow_run: str | None = None
+    inputs: tuple[str, ...] = ()
     time: float = 0.0
 
     def row(self) -> tuple[Any, ...]:
@@ -939,7 +941,7 @@ class CatalogEntry:
         return (
             self.path, self.kind, list(self.shape), self.dtype, list(self.chunks),
             self.stored_bytes, self.records, self.created, self.last_produced, self.last_task,
-            self.last_flow_run, self.time,
+            self.last_flow_run, list(self.inputs), self.time,
         )  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
@@ -970,6 +972,7 @@ class CatalogEntry:
             last_produced=number("last_produced"),
             last_task=f.opt_text("last_task"),
             last_flow_run=f.opt_text("last_flow_run"),
+            inputs=f.texts("inputs") if f.has("inputs") else (),
             time=number("time") or 0.0,
         )
 
