@@ -253,5 +253,5 @@ def test_collect_removes_leftovers_and_results_on_s3(s3_url: str) -> None:
         "already removed (by another process)"
     }
     keys = store_files(store)
-    assert {k.split("/")[0] for k in keys} == {"zarr.json", kept.group_path}
+    assert {k.split("/")[0] for k in keys} == {"zarr.json", "_catalog", kept.group_path}
     np.testing.assert_array_equal(store.open(kept.group_path).to_numpy(), image(0))

@@ -317,7 +317,9 @@ def restore_missing(storage: Storage, paths: list[str], state: journal.Catalog) 
 def catalog_entry(storage: Storage, target: ZarrTarget) -> CatalogEntry:
     """The catalog entry of a committed result, read from its group (records included)."""
     inputs = [i for r in read_provenance(storage, target.group_path) for i in r.inputs]
-    return journal.row_entry(result_row(storage, target), time.time(), inputs)
+    row = result_row(storage, target)
+    row["stored_bytes"] = journal.own_bytes(storage, target.group_path)
+    return journal.row_entry(row, time.time(), inputs)
 
 
 def rebuild_catalog(storage: Storage) -> int:

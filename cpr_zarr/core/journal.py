@@ -66,6 +66,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from cpr_zarr.core.codec import thread_map, worker_count
+from cpr_zarr.core.lease import checkpoint
 from cpr_zarr.errors import RecordError, StoreError
 from cpr_zarr.model.layout import HASH_HEX_LENGTH, parse_group_path
 from cpr_zarr.model.records import (
@@ -100,6 +101,7 @@ __all__ = [
     "note_removing",
     "note_row",
     "note_saved",
+    "own_bytes",
     "read",
     "rebuild",
     "row_entry",
@@ -217,7 +219,7 @@ def note_saved(
             dtype=target.dtype,
             chunks=tuple(target.chunks),
             # the group's bytes, counted once: by the save that indexes it
-            stored_bytes=None if indexed else storage.size(path),
+            stored_bytes=None if indexed else own_bytes(storage, path),
             records=int(record is not None),
             created=created,
             last_produced=created,
@@ -227,6 +229,7 @@ def note_saved(
             time=now,
         )
         _append(storage, [CatalogEvent(op="put", path=path, time=now, entry=entry)])
+        checkpoint("catalog.journalled")
         if not indexed:
             storage.set_if_not_exists(key, path.encode())
         if random.random() < 1 / COMPACT_CHANCE:
@@ -241,12 +244,25 @@ def note_saved(
         )
 
 
+def own_bytes(storage: Storage, path: str) -> int:
+    """Bytes of group ``path`` without the label images inside it (they have rows of their
+    own, added to their image's by listings)."""
+    total = 0
+    for entry in storage.walk(path):
+        parts = entry.key.split("/", 2)
+        if len(parts) == 3 and parts[0] == "labels" and parse_group_path(parts[1]) is not None:
+            continue
+        total += entry.size
+    return total
+
+
 def note_removing(storage: Storage, path: str) -> None:
     """Journal that result ``path`` is about to be removed (before anything is removed, so
     that no crash leaves the catalog listing it)."""
     if enabled(storage):
         now = time.time()
         _append(storage, [CatalogEvent(op="drop", path=path, time=now)])
+        checkpoint("catalog.dropped")
 
 
 def note_removed(storage: Storage, path: str) -> None:
