@@ -122,7 +122,7 @@ COMPACT_AFTER = 64
 COMPACT_CHANCE = 16
 #: how long a snapshot remembers a removal (voids late ``put`` events of the removed result)
 KEEP_DROPPED_SECONDS = 7 * 86400
-_ATTEMPTS = 8
+_ATTEMPTS = 30
 _COL = {name: i for i, name in enumerate(CATALOG_COLUMNS)}
 #: where a row (a list in CATALOG_COLUMNS order) holds its input hashes
 INPUTS = _COL["inputs"]
@@ -396,7 +396,10 @@ def read(storage: Storage) -> Catalog | None:
     if not enabled(storage):
         return None
     workers = worker_count(remote=storage.remote)
-    for _ in range(_ATTEMPTS):
+    fetched: dict[str, bytes | None] = {}  # segments are immutable: a retry reuses them
+    for attempt in range(_ATTEMPTS):
+        if attempt:
+            time.sleep(random.uniform(0, 0.05 * attempt))  # compactors at work: let them finish
         # segments first: a segment removed before this listing is inside every snapshot
         # listed after it (see the module docstring)
         segments = sorted(n for n in storage.list_dir(LOG, fresh=True) if n.endswith(".json"))
@@ -414,9 +417,12 @@ def read(storage: Storage) -> Catalog | None:
         catalog = Catalog.from_snapshot(snap)
         catalog.listed = segments
         todo = catalog.unmerged
-        blobs = list(thread_map(lambda n: storage.get(f"{LOG}/{n}"), todo, workers))
+        missing = [n for n in todo if fetched.get(n) is None]
+        found = thread_map(lambda n: storage.get(f"{LOG}/{n}"), missing, workers)
+        fetched.update(zip(missing, found, strict=True))
+        blobs = [fetched[n] for n in todo]
         if any(b is None for b in blobs):
-            continue
+            continue  # removed by a compaction since listed: its snapshot holds it
         events: list[tuple[float, str, int, CatalogEvent]] = []
         for name, blob in zip(todo, blobs, strict=True):
             try:
