@@ -132,9 +132,7 @@ def _walk(
             canonical_dtype(array.dtype, what=where)
             check_ndim(array.shape, where)
             return value
-        if isinstance(value, table.Table) and inputs is not None:
-            value = inputs.prepare(value)  # labels=<the input array> names its label image
-        return store.save(value, name)
+        return store.save(inputs.prepare(value) if inputs is not None else value, name)
     if _is_pil(value):
         array = np.asarray(value)
         if array.ndim == 3:  # bands last in PIL, channels first in OME-NGFF

@@ -75,9 +75,9 @@ def test_damaged_table_fails_verification(local_store: ResultStore) -> None:
     target = cpr_zarr.save_table(local_store, measurements(), "m")
     group = local_store.storage.root / target.group_path  # type: ignore[operator]
     other = cpr_zarr.save_table(local_store, measurements().assign(area=7.0), "m")
-    src = local_store.storage.root / other.group_path / "c0" / "values" / "c" / "0"  # type: ignore[operator]
-    (group / "c0" / "values" / "c" / "0").write_bytes(src.read_bytes())
-    with pytest.raises(cpr_zarr.ChunkVerificationError, match="array 'c0/values'"):
+    src = local_store.storage.root / other.group_path / "table.parquet"  # type: ignore[operator]
+    (group / "table.parquet").write_bytes(src.read_bytes())
+    with pytest.raises(cpr_zarr.ChunkVerificationError, match="column 'area' .array 'c0/values'"):
         cpr_zarr.read_table(target)
     assert cpr_zarr.read_table(target, verify=False)["area"].iloc[0] == 7.0
 
