@@ -12,6 +12,7 @@ of tools points at the tests here.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -478,3 +479,23 @@ def test_ngio_pandas_and_pyarrow_read_a_table_of_its_own(
     assert type(table).__name__ == "GenericTable"
     pd.testing.assert_frame_equal(table.dataframe, df, check_exact=True)
     pd.testing.assert_frame_equal(pd.read_parquet(group / "table.parquet"), df, check_exact=True)
+
+
+def test_the_readme_table_of_tools_has_a_row_per_reader_each_backed_by_tests() -> None:
+    """Every reader this file tests has a row in the README's table, and every row names
+    tests that exist (``file::test``)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Viewers: OME-NGFF images, pyramids, labels and tables")[1]
+    rows = [
+        line
+        for line in section.split("\n## ")[0].splitlines()
+        if line.startswith("| ") and not line.startswith(("| Tool", "| ---"))
+    ]
+    tools = [row.split(" | ")[0] for row in rows]
+    for reader in ("ngio", "ngff-zarr", "bioio", "xarray", "napari-ome-zarr", "pandas"):
+        assert any(reader in tool for tool in tools), (reader, tools)
+    for row in rows:
+        named = re.findall(r"`(test_\w+\.py)::(\w+)`", row)
+        assert named, row
+        for file, name in named:
+            assert f"def {name}(" in (Path(__file__).parent / file).read_text(), (file, name)
