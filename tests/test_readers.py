@@ -384,9 +384,7 @@ def test_xarray_opens_each_level_of_every_kind(results: dict[str, Kind], kind: s
         )
         array = ds[level]
         assert array.dims == tuple(case.axes)
-        expected = (
-            case.values if number == 0 else pyramid.read_level(case.target, number).compute()
-        )
+        expected = case.values if number == 0 else pyramid.read_level(case.target, number).compute()
         np.testing.assert_array_equal(array.values, expected)
     (multiscale,) = ds.attrs["ome"]["multiscales"]
     assert [a.get("unit") for a in multiscale["axes"]] == list(case.units)

@@ -244,7 +244,9 @@ def test_a_record_with_a_wrong_type_is_an_integrity_error_naming_the_field(
     doc = json.loads((root / target.group_path / "zarr.json").read_text())
     record = doc["attributes"]["cpr_zarr"]
     record["table"]["columns_dtype"] = 7
-    record["content_hash"] = table_hash(record["table"], record["digests"])
+    record["content_hash"] = table_hash(
+        record["table"], record["digests"], algorithm=record["algorithm"]
+    )
     record["record_digest"] = record_digest(doc["attributes"])
     path = f"table-{record['content_hash']}"
     (root / target.group_path).rename(root / path)

@@ -441,7 +441,9 @@ def _check_table_record(
 ) -> None:
     algorithm = attrs.get("algorithm", ABSENT)
     if algorithm not in TABLE_ALGORITHMS:
-        raise c.fail("cpr_zarr.algorithm", f"is {_show(algorithm)}, expected one of {TABLE_ALGORITHMS}")
+        raise c.fail(
+            "cpr_zarr.algorithm", f"is {_show(algorithm)}, expected one of {TABLE_ALGORITHMS}"
+        )
     c.expect(attrs, "dtype", TABLE_DTYPE, "cpr_zarr.dtype")
     schema = c.dict_field(attrs, "table", "cpr_zarr.table")
     digests = c.dict_field(attrs, "digests", "cpr_zarr.digests")

@@ -36,6 +36,7 @@ in a text column, ...) is stored in the column layout above, which round-trips i
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -443,10 +444,9 @@ def _from_parquet(raw: bytes, schema: TableSchema) -> pd.DataFrame:
     for i, spec in enumerate(schema.columns):
         column = df.iloc[:, i]
         if str(column.dtype) != spec.dtype and spec.kind in ("numpy", "string", "masked"):
-            try:
+            # left as read if it does not convert: verification then names the column
+            with contextlib.suppress(TypeError, ValueError):
                 df.isetitem(i, column.astype(spec.dtype))
-            except (TypeError, ValueError):
-                pass  # left as read: verification names the column
     df.columns = pd.Index([c.name for c in schema.columns], dtype=schema.columns_dtype)
     return df
 
