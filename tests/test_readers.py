@@ -38,6 +38,9 @@ if TYPE_CHECKING:
     from cpr_zarr import ResultStore, ZarrTarget
 
 SCHEMAS = Path(__file__).parent / "data" / "ngff_schemas"
+# every reader opens the images with a table stored beside them (``tables/``), as a
+# measuring flow leaves them
+pytestmark = pytest.mark.usefixtures("tables")
 
 
 def schema_validator(version: str, name: str) -> jsonschema.protocols.Validator:
