@@ -58,12 +58,7 @@ def _build(root: Path) -> dict[str, str]:
     )
     tab = store.save(table, name="tab")  # one parquet file
     # object columns mixing types: parquet cannot hold them, one zarr array per column
-    mixed = pd.DataFrame(
-        {
-            "o": pd.Series([1, "a", None], dtype=object),
-            "p": pd.Series([2.5, "b", 7], dtype=object),
-        }
-    )
+    mixed = pd.DataFrame({"o": pd.Series([1, "a", None], dtype=object)})
     cols = store.save(mixed, name="cols")
     features = pd.DataFrame({"area": [160.0, 160.0]}, index=pd.Index([1, 2], name="label"))
     feat = store.save(cpr_zarr.Table(features, labels=lab), name="feat")  # in img/tables/
@@ -353,7 +348,8 @@ def test_single_bit_flips_over_every_metadata_file(
         f"({elapsed:.1f} s, {cpu:.1f} s CPU)"
     )
     assert not tally.failures, "\n".join(tally.failures[:20])
-    assert tally.tried > 400
+    # 12 flips in each of ~30 documents (a parquet table has no per-column array documents)
+    assert tally.tried > 350
 
 
 # -- targeted cases (the findings) ------------------------------------------------
@@ -598,7 +594,7 @@ def test_a_damaged_provenance_record_breaks_nothing_else(
     (record,) = (root / paths["vec"] / "provenance").glob("*/zarr.json")
     _edit(record, lambda d: d["attributes"]["cpr_zarr_provenance"].update(created="yesterday"))
     store = cpr_zarr.ResultStore(root)
-    assert len(store.list()) == 4
+    assert len(store.list()) == len(paths)
     assert store.provenance(paths["vec"]) == []
     assert plan_gc(store.storage, leftover_age=0) == []
     runner = CliRunner()

@@ -202,8 +202,10 @@ def image_with_labels(store: ResultStore) -> tuple[cpr_zarr.ZarrTarget, cpr_zarr
 
 
 def test_a_feature_table_is_listed_verified_and_removed_with_its_image(
-    local_store: ResultStore,
+    local_store: ResultStore, tmp_path: Path
 ) -> None:
+    from cpr_zarr.core.inventory import plan_gc
+
     image, seg = image_with_labels(local_store)
     df = pd.DataFrame({"area": [16.0, 128.0]}, index=pd.Index([1, 2], name="label"))
     table_target = local_store.save(cpr_zarr.Table(df, labels=seg), "m")
@@ -214,6 +216,10 @@ def test_a_feature_table_is_listed_verified_and_removed_with_its_image(
     assert listed.loc[table_target.group_path, "kind"] == "table"
     assert local_store.open(table_target.content_hash[:10]) == table_target
     assert local_store.verify().problems == []
+    # gc takes the table with its image (not as a removal of its own)
+    (tmp_path / "records").mkdir()
+    plan = plan_gc(local_store.storage, keep_referenced=tmp_path / "records", grace=0)
+    assert [r.path for r in plan] == [image.group_path]
     index = f"{image.group_path}/tables/zarr.json"
     # a changed link to the label image is refused (what ngio reads is what the record says)
     marker = local_store.storage.root / table_target.group_path / "zarr.json"  # type: ignore[operator]
