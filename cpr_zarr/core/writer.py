@@ -23,6 +23,7 @@ completes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import uuid
@@ -32,7 +33,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from cpr_zarr.core import catalog, labels
+from cpr_zarr.core import catalog, labels, pyramid
 from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.core.compute import compute
@@ -51,6 +52,7 @@ from cpr_zarr.model.layout import (
 from cpr_zarr.model.records import ArrayRecord, ResultDocument
 
 if TYPE_CHECKING:
+    from cpr_zarr.model.records import LevelRecord
     from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
@@ -164,6 +166,7 @@ def _save_numpy(
     digests = digest_chunks(data, [s for _, s in grid], workers=worker_count())
     content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
     path = spec.path(name, content_hash)
+    plans = spec.level_plans(data.shape, chunk_shape, dtype)
     for _ in range(_ATTEMPTS):
         found = spec.find(storage, content_hash, path)
         if found is not None:
@@ -180,8 +183,14 @@ def _save_numpy(
                 compressor,
                 dimension_names=spec.dimension_names,
             )
+            builder = None
+            if plans:  # pyramid levels, made from the base chunks as they are written
+                names, codecs = pyramid.open_levels(
+                    storage, path, plans, dtype, array.compressors, spec.dimension_names
+                )
+                builder = pyramid.LevelBuilder(plans, codecs, names)
             with SaveProgress(path, len(digests), data.nbytes, count_keys(storage, array_path)):
-                write_chunks(ChunkCodec(array), data, grid, workers=workers)
+                write_chunks(ChunkCodec(array), data, grid, workers=workers, levels=builder)
             checkpoint("save.written")
             if not _array_present(storage, path):
                 continue  # removed under us by something outside the protocol: write again
@@ -196,6 +205,7 @@ def _save_numpy(
                 digests,
                 spec=spec,
                 base=data,
+                levels=None if builder is None else builder.records(),
             )
     raise _gone_error(storage, path)
 
@@ -248,12 +258,23 @@ def write_chunks(
     grid: list[tuple[tuple[int, ...], tuple[slice, ...]]],
     *,
     workers: int,
+    levels: pyramid.LevelBuilder | None = None,
 ) -> None:
-    """Encode and store every chunk of in-memory ``data`` on ``workers`` threads."""
+    """Encode and store every chunk of in-memory ``data`` on ``workers`` threads.
+
+    With ``levels``, each stored chunk is also passed on to the pyramid levels (the same
+    copy, still in cache), in the order that keeps few level chunks open at once.
+    """
+    if levels is not None:
+        regions = dict(grid)
+        grid = [(index, regions[index]) for index in levels.order(list(regions))]
 
     def one(item: tuple[tuple[int, ...], tuple[slice, ...]]) -> None:
         index, region = item
-        codec.write(index, np.ascontiguousarray(data[region]))
+        block = np.ascontiguousarray(data[region])
+        codec.write(index, block)
+        if levels is not None:
+            levels.add(index, block)
 
     list(thread_map(one, grid, workers))
 
@@ -303,23 +324,35 @@ def _save_dask(
             compressor,
             dimension_names=spec.dimension_names,
         )
-        digest_blocks = da.map_blocks(
-            write_block,
-            data,
-            codec=ChunkCodec(array),
-            chunks=tuple((1,) * len(c) for c in data.chunks),
-            dtype=object,
-            meta=np.empty((0,) * data.ndim, dtype=object),
-            name=f"cpr-zarr-write-{token}",
-        )
+        plans = spec.level_plans(tuple(int(s) for s in data.shape), chunk_shape, dtype)
+        staged_levels: list[str] = []
+        level_digests: list[list[str]] = []
+        if plans:  # pyramid levels in the same graph, made from the blocks as they are written
+            staged_levels, level_codecs = pyramid.open_levels(
+                storage, staging, plans, dtype, array.compressors, spec.dimension_names
+            )
+            work: Any = pyramid.pyramid_graph(data, ChunkCodec(array), plans, level_codecs, token)
+        else:
+            work = da.map_blocks(
+                write_block,
+                data,
+                codec=ChunkCodec(array),
+                chunks=tuple((1,) * len(c) for c in data.chunks),
+                dtype=object,
+                meta=np.empty((0,) * data.ndim, dtype=object),
+                name=f"cpr-zarr-write-{token}",
+            )
         with SaveProgress(
             f"{name} (streaming)",
-            digest_blocks.npartitions,
+            math.prod(len(c) for c in data.chunks),
             int(data.nbytes),
             count_keys(storage, f"{staging}/{ARRAY_PATH}"),
         ):
-            (digest_grid,) = compute(digest_blocks)
-        digests = [str(d) for d in np.asarray(digest_grid).ravel(order="C")]
+            (computed,) = compute(work)
+        if plans:
+            digests, *level_digests = computed
+        else:
+            digests = [str(d) for d in np.asarray(computed).ravel(order="C")]
         content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
         path = spec.path(name, content_hash)
         found = spec.find(storage, content_hash, path)
@@ -328,6 +361,17 @@ def _save_dask(
         checkpoint("save.hashed")
         with Lease(storage, path):
             _move(storage, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
+            levels = None
+            if plans:
+                levels = pyramid.move_levels(
+                    storage,
+                    staging,
+                    path,
+                    plans,
+                    staged_levels,
+                    level_digests,
+                    spec.dimension_names,
+                )
             checkpoint("save.written")
             return _commit(
                 storage,
@@ -339,6 +383,7 @@ def _save_dask(
                 chunk_shape,
                 digests,
                 spec=spec,
+                levels=levels,
             )
     finally:
         staging_lease.release()
@@ -433,6 +478,7 @@ def _commit(
     *,
     spec: labels.SaveSpec | None = None,
     base: np.ndarray | None = None,
+    levels: list[LevelRecord] | None = None,
 ) -> ZarrTarget:
     """Write the NGFF metadata and pyramid levels, then the commit marker.
 
@@ -456,7 +502,9 @@ def _commit(
         chunk_digests=tuple(digests),
     )
     # NGFF metadata and pyramid levels (written now, before the commit marker)
-    ome, record = (spec or labels.SaveSpec(None)).group_attributes(storage, path, record, base=base)
+    ome, record = (spec or labels.SaveSpec(None)).group_attributes(
+        storage, path, record, base=base, levels=levels
+    )
     # seals the record (record_digest), writes its copy, then the marker
     write_marker(storage, path, ResultDocument(record=record, ome=ome))
     checkpoint("save.committed")
