@@ -3,8 +3,7 @@ that downsampling the whole array level by level gives, whatever the chunk grid.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
@@ -15,6 +14,9 @@ from cpr_zarr.core import pyramid
 from cpr_zarr.model.hashing import chunk_digest
 from cpr_zarr.model.layout import chunk_grid
 from tests.conftest import microscopy_volume
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 def expected_levels(
@@ -72,7 +74,9 @@ def test_levels_made_in_pass_equal_the_whole_array_downsampled(
     wanted = expected_levels(image, [r.step for r in records], method)
     for number, (record, values) in enumerate(zip(records, wanted, strict=True), start=1):
         assert record.shape == values.shape
-        assert record.chunks == tuple(max(1, min(c, s)) for c, s in zip(chunks, values.shape))
+        assert record.chunks == tuple(
+            max(1, min(c, s)) for c, s in zip(chunks, values.shape, strict=True)
+        )
         # the digests (hence the record, hence a cached result's identity) are what they
         # were when levels were downsampled from the whole stored level below
         assert record.chunk_digests == digests_of(values, record.chunks)

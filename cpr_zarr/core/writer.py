@@ -27,6 +27,7 @@ import math
 import re
 import threading
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
@@ -304,6 +305,7 @@ def _save_dask(
     known = _already_stored(storage, data, dtype, chunk_shape, name, spec)
     if known is not None:
         return known
+    graph_key = _graph_key(storage, data, dtype, chunk_shape)
     if data.dtype != dtype:
         data = data.astype(dtype)
     aligned = da.core.normalize_chunks(chunk_shape, data.shape)
@@ -355,6 +357,7 @@ def _save_dask(
             digests = [str(d) for d in np.asarray(computed).ravel(order="C")]
         content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
         path = spec.path(name, content_hash)
+        _remember(graph_key, content_hash)
         found = spec.find(storage, content_hash, path)
         if found is not None:
             return found
@@ -396,6 +399,38 @@ def _save_dask(
 
 
 _READ_NAME = re.compile(rf"cpr-zarr-([0-9a-f]{{{HASH_HEX_LENGTH}}})(?:-unverified)?")
+_SAVED_GRAPHS: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+_SAVED_GRAPHS_MAX = 4096
+_SAVED_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph_key(
+    storage: Storage, data: da.Array, dtype: np.dtype, chunk_shape: tuple[int, ...]
+) -> tuple[Any, ...]:
+    """What identifies a save of a Dask array in this process: its name (Dask's identity of
+    its values), the stored dtype, shape and chunk shape (the hash depends on them), the store."""
+    shape = tuple(int(s) for s in data.shape)
+    return (storage.url, str(data.name), dtype.str, shape, tuple(chunk_shape))
+
+
+def _remember(key: tuple[Any, ...], content_hash: str) -> None:
+    with _SAVED_GRAPHS_LOCK:
+        _SAVED_GRAPHS[key] = content_hash
+        _SAVED_GRAPHS.move_to_end(key)
+        while len(_SAVED_GRAPHS) > _SAVED_GRAPHS_MAX:
+            _SAVED_GRAPHS.popitem(last=False)
+
+
+def _known_hash(
+    storage: Storage, data: da.Array, dtype: np.dtype, chunks: tuple[int, ...]
+) -> str | None:
+    """The content hash of a Dask array: from its name if it was read from a result, or if
+    an array of this name was saved before in this process (see :func:`_already_stored`)."""
+    match = _READ_NAME.fullmatch(str(data.name))
+    if match is not None:
+        return match[1]
+    with _SAVED_GRAPHS_LOCK:
+        return _SAVED_GRAPHS.get(_graph_key(storage, data, dtype, chunks))
 
 
 def _already_stored(
@@ -406,19 +441,26 @@ def _already_stored(
     name: str,
     spec: labels.SaveSpec,
 ) -> ZarrTarget | None:
-    """The committed result a lazy array was read from, if it is saved again unchanged.
+    """The committed result a lazy array is known to hold, if any: a lookup, no compute.
 
-    A result read lazily (``target.get_data()``) is a Dask array named after its content
-    hash (:meth:`~cpr_zarr.core.reader.ChunkReader.to_dask`); any operation on it (slicing,
-    arithmetic, ``astype``, ``rechunk``) gives another name. Saved again unchanged into the
-    store that holds it, with the same chunk shape, its content hash is known without
-    computing anything: the save costs a lookup, not a read of every chunk. Any other graph
-    (a computation, random data) is computed, because only its values can tell its hash.
+    Known are (1) a result read lazily (``target.get_data()``): a Dask array named after
+    its content hash (:meth:`~cpr_zarr.core.reader.ChunkReader.to_dask`), saved again
+    unchanged; (2) a Dask array whose name was saved before in this process, into this
+    store, with the same dtype and chunk shape. A Dask name is Dask's own identity of the
+    values (``tokenize`` of the graph's inputs: Dask computes one key once and shares it
+    between collections), so this holds exactly as far as Dask's does; random arrays are
+    covered too (``da.random`` draws its seeds into the graph, so one array object always
+    computes the same values; a new call gives a new name). It cannot hold for block
+    functions that are not pure (unseeded randomness, reading files that change under the
+    same name, e.g. ``da.from_zarr`` of an array rewritten in place): such an array saved
+    twice in one process gets the first save's result. Names are not trusted across
+    processes, and the result must still be committed in the store (one read of its
+    marker), else the array is computed. Any other graph is computed, because only its
+    values can tell its hash.
     """
-    match = _READ_NAME.fullmatch(str(data.name))
-    if match is None:
+    content_hash = _known_hash(storage, data, dtype, chunk_shape)
+    if content_hash is None:
         return None
-    content_hash = match[1]
     found = spec.find(storage, content_hash, spec.path(name, content_hash))
     if (
         found is None
