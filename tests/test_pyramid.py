@@ -125,3 +125,48 @@ def test_level_builder_keeps_few_level_chunks_open() -> None:
         builder.add(index, image[region])
     assert [len(r.chunk_digests) for r in builder.records()] == [64, 8, 1]
     assert Open.peak <= 3  # one open chunk per level (C order would hold 16 of level 1)
+
+
+def test_a_dask_save_moves_its_levels_past_another_writers_levels(
+    store: cpr_zarr.ResultStore,
+) -> None:
+    """Levels staged by a Dask save go to a free path, or complete the same level (same
+    steps) in its codecs; a level of another plan is never touched."""
+    import zarr
+    from zarr.codecs import ZstdCodec
+
+    from cpr_zarr.core.codec import ChunkCodec
+
+    image = microscopy_volume((8, 40, 40))
+    chunks = (4, 16, 16)
+    probe = store.save(image, "img", chunks=chunks, levels=1)
+    path = probe.group_path
+    store.delete(probe)
+    # another writer of this content, not committed: level 1 of another plan (y, x halved)
+    # at "1", and level 2 of our plan, in other codecs, half written, at "2"
+    (theirs,) = pyramid.plan_pyramid(image.shape, chunks, [(1, 2, 2)], "mean")
+    _, array = pyramid.claim_level(
+        store.storage, path, theirs, [(1, 2, 2)], image.dtype, None, ["z", "y", "x"]
+    )
+    other = pyramid.downsample(image, (1, 2, 2), "mean")
+    ChunkCodec(array).write((0, 0, 0), other[:4, :16, :16])
+    ours = pyramid.plan_pyramid(image.shape, chunks, [(2, 2, 2), (2, 2, 2)], "mean")
+    _, second = pyramid.claim_level(
+        store.storage, path, ours[1], [p.step for p in ours], image.dtype, ZstdCodec(level=3),
+        ["z", "y", "x"],
+    )  # fmt: skip
+    wanted = expected_levels(image, [(2, 2, 2), (2, 2, 2)], "mean")
+    ChunkCodec(second).write((0, 0, 0), wanted[1])
+
+    target = store.save(
+        cpr_zarr.Image(da.from_array(image, chunks=(4, 20, 20)), levels=3), "img", chunks=chunks
+    )
+    records = store.reader(target).record.levels
+    assert [r.path for r in records] == ["1-2x2x2", "2"]
+    for number, values in enumerate(wanted, start=1):
+        np.testing.assert_array_equal(cpr_zarr.read_level(target, number).compute(), values)
+    level2 = zarr.open_array(store.storage.zarr_store, path=f"{path}/2", mode="r")
+    assert isinstance(level2.compressors[0], ZstdCodec)  # completed in its own codecs
+    mine = zarr.open_array(store.storage.zarr_store, path=f"{path}/1", mode="r")
+    np.testing.assert_array_equal(mine[:4, :16, :16], other[:4, :16, :16])  # untouched
+    assert [k for k in store.storage.list_dir("") if k.startswith("_staging")] == []

@@ -110,9 +110,9 @@ class SaveSpec:
         record: ArrayRecord,
         *,
         base: np.ndarray | None = None,
-        levels: list[LevelRecord] | None = None,
+        made: list[LevelRecord] | None = None,
     ) -> tuple[dict[str, Any] | None, ArrayRecord]:
-        """Write the pyramid levels (unless ``levels``: made in the same pass as the base);
+        """Write the pyramid levels (unless ``made``: made in the same pass as the base);
         return the ``ome`` attribute and the record completed with the image metadata, the
         levels and the image a label image belongs to."""
         from cpr_zarr.core import pyramid
@@ -124,8 +124,8 @@ class SaveSpec:
         doc = storage.get_json(f"{path}/0/zarr.json") or {}
         shape = tuple(doc.get("shape", ()))
         method = "nearest" if label or doc.get("data_type") == "bool" else "mean"
-        if levels is not None:
-            records = levels
+        if made is not None:
+            records = made
         else:
             if self.steps is not None:
                 steps = list(self.steps)

@@ -601,7 +601,8 @@ def pyramid_graph(
         written = level_written
     final = f"{name}-digests"
     layer[final] = (_collect, *digests)
-    graph = HighLevelGraph.from_collections(final, layer, dependencies=[data])
+    collection: Any = data
+    graph = HighLevelGraph.from_collections(final, layer, dependencies=[collection])
     return Delayed(final, graph)
 
 
@@ -649,15 +650,13 @@ def move_levels(
             )
             if array is not None:  # the same level, other codecs: store ours in its codecs
                 target = ChunkCodec(array)
-                list(
-                    thread_map(
-                        lambda index, target=target, source=source: target.write(
-                            index, source.read(index, writeable=False)
-                        ),
-                        plan.grid(),
-                        worker_count(remote=storage.remote),
-                    )
-                )
+
+                def copy(
+                    index: tuple[int, ...], target: ChunkCodec = target, source: ChunkCodec = source
+                ) -> None:
+                    target.write(index, source.read(index, writeable=False))
+
+                list(thread_map(copy, plan.grid(), worker_count(remote=storage.remote)))
                 break
         else:
             raise StoreError(

@@ -545,7 +545,7 @@ def _commit(
     )
     # NGFF metadata and pyramid levels (written now, before the commit marker)
     ome, record = (spec or labels.SaveSpec(None)).group_attributes(
-        storage, path, record, base=base, levels=levels
+        storage, path, record, base=base, made=levels
     )
     # seals the record (record_digest), writes its copy, then the marker
     write_marker(storage, path, ResultDocument(record=record, ome=ome))
