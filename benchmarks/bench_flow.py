@@ -368,15 +368,15 @@ class ExampleArtifacts:
 # -- many small tasks --------------------------------------------------------------------------
 
 
-def _tiny_scalar(i: int) -> float:
+def tiny_scalar(i: int) -> float:
     return i * 0.5
 
 
-def _tiny_array(i: int) -> np.ndarray:
+def tiny_array(i: int) -> np.ndarray:
     return np.full(8, i, dtype=np.float32)
 
 
-TINY = {"scalar": _tiny_scalar, "array": _tiny_array}
+TINY = {"scalar": tiny_scalar, "array": tiny_array}
 
 
 def small_tasks_flow(kind: str, result: str, folder: Path, n: int):
