@@ -42,6 +42,7 @@ __all__ = [
     "leftovers",
     "lineage",
     "list_results",
+    "parent_image",
     "plan_gc",
     "referenced_hashes",
     "result_rows",
@@ -121,7 +122,8 @@ def result_rows(
 def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any]]:
     """The rows of :func:`result_rows` from the catalog (no request per result).
 
-    An image's stored bytes include its label images', as a listing of its folder would.
+    An image's stored bytes include its label images' and tables', as a listing of its
+    folder would.
     """
     itemsize: dict[str, int] = {}
     labels: dict[str, int] = {}
@@ -137,8 +139,8 @@ def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any
             if size is None:
                 size = itemsize[dtype] = np.dtype(dtype).itemsize
             raw = math.prod(shape) * size
-        if "/labels/" in path:
-            image = path.split("/labels/")[0]
+        image = parent_image(path)
+        if image is not None:
             labels[image] = labels.get(image, 0) + stored
         name, content_hash = path.rsplit("/", 1)[-1].rsplit("-", 1)
         rows.append(
@@ -291,7 +293,8 @@ def leftovers(
                 if now - since >= min_age_seconds and not storage.read_only:
                     journal.note_removing(storage, path)
             elif is_leftover(storage, path):
-                found.append((path, "incomplete label image (never committed)"))
+                what = "table" if "/tables/" in path else "label image"
+                found.append((path, f"incomplete {what} (never committed)"))
     return [
         Removal(path, reason, stored_bytes(storage, path))
         for path, reason in found
@@ -343,9 +346,8 @@ def rebuild_catalog(storage: Storage) -> int:
 
 
 def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:
-    """Label groups a killed label save left inside an image (no commit marker of their own).
-
-    Images in ``skip`` (removed whole as leftovers) are not looked into.
+    """Label and table groups a killed save left inside an image (no commit marker of their
+    own). Images in ``skip`` (removed whole as leftovers) are not looked into.
     """
     from cpr_zarr.core.integrity import is_leftover
     from cpr_zarr.model.layout import parse_group_path
@@ -354,12 +356,21 @@ def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:
     for image in catalog.candidate_paths(storage):
         if image in skip:
             continue
-        for entry in sorted(storage.list_dir(f"{image}/labels")):
-            path = f"{image}/labels/{entry}"
-            # never committed: no marker and no record copy (a damaged marker is not a leftover)
-            if parse_group_path(path) is not None and is_leftover(storage, path):
-                out.append((path, "incomplete label image (never committed)"))
+        for folder, what in (("labels", "label image"), ("tables", "table")):
+            for entry in sorted(storage.list_dir(f"{image}/{folder}")):
+                path = f"{image}/{folder}/{entry}"
+                # never committed: no marker and no record copy (a damaged one is not a leftover)
+                if parse_group_path(path) is not None and is_leftover(storage, path):
+                    out.append((path, f"incomplete {what} (never committed)"))
     return out
+
+
+def parent_image(path: str) -> str | None:
+    """The image a label image or table is stored in (``<image>/labels|tables/<name>``)."""
+    for folder in ("/labels/", "/tables/"):
+        if folder in path:
+            return path.split(folder)[0]
+    return None
 
 
 def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
@@ -424,9 +435,10 @@ def plan_gc(
     protected: set[str] = set()
     if keep_referenced is not None:
         protected = referenced_hashes(keep_referenced) | recent_hashes(storage, frame, grace)
-    # an image holding a protected label image is protected too (deleting it deletes them)
+    # an image holding a protected label image or table is protected too (deleting it
+    # deletes them)
     paths = dict(zip(frame["hash"], frame["group_path"], strict=True))
-    parent_of = {h: p.split("/labels/")[0] for h, p in paths.items() if "/labels/" in p}
+    parent_of = {h: parent for h, p in paths.items() if (parent := parent_image(p)) is not None}
     path_to_hash = {p: h for h, p in paths.items()}
     protected |= {
         path_to_hash[parent_of[h]]
@@ -469,7 +481,7 @@ def plan_gc(
                 int(nbytes[h]),
                 h,
                 stamp=str(int(records[h])),
-                labels=tuple(sorted(children.get(path, ()))),
+                labels=tuple(sorted(p for p in children.get(path, ()) if "/labels/" in p)),
             )
         )
     return plan

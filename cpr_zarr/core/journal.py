@@ -245,12 +245,13 @@ def note_saved(
 
 
 def own_bytes(storage: Storage, path: str) -> int:
-    """Bytes of group ``path`` without the label images inside it (they have rows of their
-    own, added to their image's by listings)."""
+    """Bytes of group ``path`` without the label images and tables inside it (they have rows
+    of their own, added to their image's by listings)."""
     total = 0
     for entry in storage.walk(path):
         parts = entry.key.split("/", 2)
-        if len(parts) == 3 and parts[0] == "labels" and parse_group_path(parts[1]) is not None:
+        nested = parts[0] in ("labels", "tables") and parse_group_path(parts[1]) is not None
+        if len(parts) == 3 and nested:
             continue
         total += entry.size
     return total
