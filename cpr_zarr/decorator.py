@@ -197,7 +197,11 @@ def _store_getter(
 
 
 def _result_name(task_name: str) -> str:
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in task_name)
+    """A result name (``[A-Za-z0-9][A-Za-z0-9_.-]{0,99}``) from any task name: other
+    characters become ``_``, leading ones that cannot start a name are dropped (a private
+    ``_helper`` task saves as ``helper``), at most 100 characters, ``result`` if none is left."""
+    name = "".join(c if (c.isascii() and c.isalnum()) or c in "_.-" else "_" for c in task_name)
+    return name.lstrip("_.-")[:100] or "result"
 
 
 def _running_task(body: Callable[..., Any]) -> ZarrTask | None:
@@ -469,7 +473,7 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
             store = self.get_store()
             for pname, value in params.items():
                 where = f"Argument {pname!r} of {self.name}"
-                name = f"{_result_name(self.name)}.input.{pname}"
+                name = _result_name(f"{self.name}.input.{pname}")
                 _walk(value, name, where, None)
                 params[pname] = _walk(value, name, where, _Saver(store, {}))
             args, kwargs = (), params
