@@ -209,7 +209,8 @@ def test_any_task_name_gives_a_valid_result_name(tmp_path: Path) -> None:
 
     helper, counted, from_input = pipeline()
     assert helper.name == "helper"
-    assert counted.name.startswith("Kernz_hlung___xxx") and len(counted.name) == 100
+    assert counted.name.startswith("Kernz_hlung___xxx")
+    assert len(counted.name) == 100
     assert from_input.name == counted.name
     assert len(list(cpr_zarr.ResultStore(store).targets())) == 3
     np.testing.assert_array_equal(counted.to_numpy(), [2, 2, 2])
