@@ -267,7 +267,11 @@ class ChunkCodec:
                 full = out
             else:
                 full = np.empty(self.chunks, dtype=self.dtype)
-            frame = np.frombuffer(raw, dtype=np.uint8) if isinstance(raw, bytes) else raw.as_numpy_array()
+            frame = (
+                np.frombuffer(raw, dtype=np.uint8)
+                if isinstance(raw, bytes)
+                else raw.as_numpy_array()
+            )
             # the frame header's uncompressed size (bytes 4-8) must fill the chunk exactly,
             # else a damaged frame could leave part of ``full`` uninitialised
             declared = int.from_bytes(bytes(frame[4:8]), "little") if frame.size >= 16 else -1

@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import dask.core
 import numpy as np
+import zarr
 from dask.array.core import finalize, slices_from_chunks
 from dask.utils import ensure_dict
-import zarr
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
@@ -270,9 +270,7 @@ class ChunkReader:
                 raise
         return self._read_chunk(index, verify, writeable=writeable, scratch=scratch)
 
-    def read_into(
-        self, index: tuple[int, ...], out: np.ndarray, verify: bool = True
-    ) -> np.ndarray:
+    def read_into(self, index: tuple[int, ...], out: np.ndarray, verify: bool = True) -> np.ndarray:
         """Read (and verify) chunk ``index`` into ``out``, the whole array's output; returns
         the view of ``out`` it filled. Decoded in this thread's reused chunk buffer."""
         region = self.codec.region(index)
@@ -359,7 +357,7 @@ class ChunkReader:
             return da.Array(dsk, name, chunks, meta=meta)
         for index, _ in chunk_grid(self.shape, self.chunks):
             dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
-        array = ResultArray(dsk, name, chunks, meta=meta)
+        array = ResultArray(dsk, name, chunks, meta=meta)  # type: ignore[no-untyped-call]
         array._cpr_reader = self
         array._cpr_verify = verify
         return array
@@ -416,9 +414,7 @@ def _output(token: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
         return out
 
 
-def _read_into(
-    reader: ChunkReader, index: tuple[int, ...], verify: bool, token: str
-) -> np.ndarray:
+def _read_into(reader: ChunkReader, index: tuple[int, ...], verify: bool, token: str) -> np.ndarray:
     """Dask task of a whole read: chunk ``index`` decoded into the read's shared output."""
     return reader.read_into(tuple(index), _output(token, reader.shape, reader.dtype), verify)
 
@@ -435,7 +431,7 @@ def _assemble(results: Any, shape: tuple[int, ...], chunks: tuple[tuple[int, ...
         and base.shape == shape
         and base.flags.c_contiguous
         and len(blocks) == len(regions)
-        and all(_in_place(block, base, region) for block, region in zip(blocks, regions))
+        and all(_in_place(b, base, r) for b, r in zip(blocks, regions, strict=True))
     ):
         return base
     return finalize(results)
