@@ -273,7 +273,12 @@ class ChunkReader:
     def read_into(self, index: tuple[int, ...], out: np.ndarray, verify: bool = True) -> np.ndarray:
         """Read (and verify) chunk ``index`` into ``out``, the whole array's output; returns
         the view of ``out`` it filled. Decoded in this thread's reused chunk buffer."""
-        region = self.codec.region(index)
+        # the record's grid, not the codec's: opening the array (damaged metadata) must fail
+        # inside read_chunk, which reports it as a ChunkVerificationError
+        region = tuple(
+            slice(i * c, min((i + 1) * c, s))
+            for i, c, s in zip(index, self.chunks, self.shape, strict=True)
+        )
         view = out[region]
         view[...] = self.read_chunk(
             index, verify, writeable=False, scratch=_scratch(self.chunks, self.dtype)
