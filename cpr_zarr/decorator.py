@@ -145,10 +145,13 @@ def _walk(
         saved = store.save(ngff.Image(array, axes="cyx") if array.ndim == 3 else array, name)
         fields = saved.to_dict() | {"shape": saved.shape, "chunks": saved.chunks}
         return PILTarget(**fields, pil_mode=value.mode)
-    if isinstance(value, pd.DataFrame):
+    if isinstance(value, (pd.DataFrame, table.Table)):
         if store is None:
-            table.encode_table(value, parse_name(name))
+            frame = value.data if isinstance(value, table.Table) else value
+            table.encode_table(frame, parse_name(name))
             return value
+        if isinstance(value, table.Table) and inputs is not None:
+            value = inputs.prepare(value)  # labels=<the input array> names its label image
         return store.save(value, name)
     if isinstance(value, (ZarrTarget, *_JSON_SCALARS)):
         return value

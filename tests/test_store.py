@@ -316,6 +316,38 @@ def test_saving_a_lazy_read_again_computes_nothing(tmp_path: Path) -> None:
     np.testing.assert_array_equal(copied.to_numpy(), volume)
 
 
+def test_a_dask_array_saved_before_in_this_process_is_not_computed_again(tmp_path: Path) -> None:
+    """Its Dask name identifies its values (Dask's own contract): the second save is a
+    lookup of the committed result, with the same metadata or another name."""
+    store = cpr_zarr.ResultStore(tmp_path / "r.zarr")
+    volume = microscopy_volume((16, 64, 64))
+    lazy = da.from_array(volume, chunks=(8, 32, 32)) * 2 + 1  # a computation, not a read
+    random = da.random.default_rng(7).integers(0, 9, size=(8, 40), chunks=(4, 20))
+    first, first_random = store.save(lazy, "a", chunks=(8, 32, 32)), store.save(random, "r")
+    with _CountTasks() as counted:
+        assert store.save(lazy, "a", chunks=(8, 32, 32)) == first
+        assert store.save(lazy, "b", chunks=(8, 32, 32)).content_hash == first.content_hash
+        assert store.save(random, "r") == first_random  # one array object: its seeds are fixed
+    assert counted.count == 0
+    np.testing.assert_array_equal(first.to_numpy(), volume * 2 + 1)
+    # what the name does not fix is computed: another chunk shape, dtype, store, or a
+    # result removed since
+    for save in (
+        lambda: store.save(lazy, "a", chunks=(16, 32, 32)),
+        lambda: store.save(lazy.astype("float32"), "a", chunks=(8, 32, 32)),
+        lambda: cpr_zarr.ResultStore(tmp_path / "other.zarr").save(lazy, "a", chunks=(8, 32, 32)),
+    ):
+        with _CountTasks() as counted:
+            save()
+        assert counted.count > 0
+    store.delete(first)
+    with _CountTasks() as counted:
+        again = store.save(lazy, "a", chunks=(8, 32, 32))
+    assert counted.count > 0
+    assert again == first
+    np.testing.assert_array_equal(again.to_numpy(), volume * 2 + 1)
+
+
 def test_incomplete_groups_are_never_returned(local_store: cpr_zarr.ResultStore) -> None:
     data = microscopy_volume()
     target = local_store.save(data, name="ok", chunks=(10, 48, 40))
