@@ -69,7 +69,7 @@ def prefect_ui(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180  # a busy machine (CI, xdist workers) starts slowly
+        deadline = time.monotonic() + 300  # a busy machine (CI, xdist workers) starts slowly
         while True:
             try:
                 with urllib.request.urlopen(f"{origin}/api/health", timeout=5) as response:
