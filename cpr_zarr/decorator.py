@@ -185,15 +185,16 @@ def _walk(
 
 def _store_getter(
     store: str | os.PathLike[str] | ResultStore | None,
-) -> Callable[[], ResultStore]:
+) -> tuple[str, Callable[[], ResultStore]]:
+    """The store's URL, and a function that opens it."""
     if isinstance(store, ResultStore):
         given = store
-        return lambda: given
+        return given.url, lambda: given
     if store is None:
         store = os.environ.get(DEFAULT_STORE_ENV, "results.zarr")
     # resolve relative paths now (no I/O at import time); open on first use
     url = normalize_url(store)[0]
-    return lambda: open_store(url, mode="a")
+    return url, lambda: open_store(url, mode="a")
 
 
 def _result_name(task_name: str) -> str:
@@ -429,7 +430,8 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         _add_artifacts_hook(self)
         self.user_fn = user_fn
         self.store = store
-        self.get_store = _store_getter(store)
+        #: the URL results go to (part of the cache key: see ``cpr_zarr.cache``)
+        self.store_url, self.get_store = _store_getter(store)
         self.numpy_params = _numpy_params(user_fn)
         self.signature = inspect.signature(user_fn)
 
@@ -451,7 +453,10 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         for attr in ("user_fn", "numpy_params", "signature"):
             setattr(new, attr, getattr(self, attr))
         new.store = self.store if store is None else store
-        new.get_store = self.get_store if store is None else _store_getter(store)
+        if store is None:
+            new.store_url, new.get_store = self.store_url, self.get_store
+        else:
+            new.store_url, new.get_store = _store_getter(store)
         new.artifacts = self.artifacts if artifacts is None else artifacts
         _add_artifacts_hook(new)
         return new
