@@ -20,6 +20,11 @@ already holds, so a second save into the same store would measure nothing):
 * ``tifffile_zlib``   ``tifffile.imwrite(path, data, compression="zlib")``, what the older cpr
                       project did (Dask input computed first).
 * ``np_save``         ``np.save(path, data)``, uncompressed (Dask input computed first).
+* ``ceiling``         (numpy only) the machine's ceiling for this codec: every chunk copied out
+                      of the array, Blosc-encoded and written as a plain file, one thread per
+                      core (``common.ceiling_save``). ``track_ceiling_over_base_only`` is
+                      ceiling time / base-only save time, the two interleaved in one process
+                      (target >= 0.9).
 
 ``SaveNumpy`` hands the writers a numpy array; ``SaveDask`` a Dask array over the same
 numpy array, chunked like the store (``da.from_array(data, chunks=C)``, built in ``setup``).
@@ -208,6 +213,26 @@ class SaveNumpy(_SaveBase):
 
     def source(self):
         return self.data
+
+    # -- the machine's ceiling: encode the same chunks on all cores, write them as files -----
+
+    def save_ceiling(self):
+        return common.ceiling_save(self.data, self.chunks, self.out)
+
+    def time_ceiling(self, volumes, size):
+        self.save_ceiling()
+
+    def track_ceiling_over_base_only(self, volumes, size):
+        """Ceiling time / ``save(..., levels=1)`` time, interleaved in one process (>= 0.9)."""
+
+        def cpr_zarr_base_only():
+            return self.save_cpr_zarr_base_only()[0].url
+
+        return common.interleaved_ratio(
+            self.save_ceiling, cpr_zarr_base_only, cleanup=common.remove
+        )
+
+    track_ceiling_over_base_only.unit = "ceiling/cpr"
 
     # -- on-disk size (only once: the ratio does not depend on numpy vs Dask input) ---------
 

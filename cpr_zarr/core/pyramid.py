@@ -515,7 +515,7 @@ def open_levels(
     for plan in plans:
         name, array = claim_level(storage, group, plan, steps, dtype, codecs, dimension_names)
         names.append(name)
-        opened.append(ChunkCodec(array))
+        opened.append(ChunkCodec(array, storage))
     return names, opened
 
 

@@ -191,7 +191,9 @@ def _save_numpy(
                 )
                 builder = pyramid.LevelBuilder(plans, codecs, names)
             with SaveProgress(path, len(digests), data.nbytes, count_keys(storage, array_path)):
-                write_chunks(ChunkCodec(array), data, grid, workers=workers, levels=builder)
+                write_chunks(
+                    ChunkCodec(array, storage), data, grid, workers=workers, levels=builder
+                )
             checkpoint("save.written")
             if not _array_present(storage, path):
                 continue  # removed under us by something outside the protocol: write again
@@ -333,12 +335,14 @@ def _save_dask(
             staged_levels, level_codecs = pyramid.open_levels(
                 storage, staging, plans, dtype, array.compressors, spec.dimension_names
             )
-            work: Any = pyramid.pyramid_graph(data, ChunkCodec(array), plans, level_codecs, token)
+            work: Any = pyramid.pyramid_graph(
+                data, ChunkCodec(array, storage), plans, level_codecs, token
+            )
         else:
             work = da.map_blocks(
                 write_block,
                 data,
-                codec=ChunkCodec(array),
+                codec=ChunkCodec(array, storage),
                 chunks=tuple((1,) * len(c) for c in data.chunks),
                 dtype=object,
                 meta=np.empty((0,) * data.ndim, dtype=object),
@@ -575,9 +579,11 @@ def _move(storage: Storage, src: str, dst: str) -> None:
 
 def _reencode(storage: Storage, src: str, dst: str) -> None:
     """Copy every chunk of array ``src`` into the existing array ``dst``, in ``dst``'s codecs."""
-    source = ChunkCodec(zarr.open_array(storage.zarr_store, path=src, mode="r", zarr_format=3))
+    source = ChunkCodec(
+        zarr.open_array(storage.zarr_store, path=src, mode="r", zarr_format=3), storage
+    )
     target = _create_array(storage, dst, source.shape, source.dtype, source.chunks, compressor=None)
-    codec = ChunkCodec(target)
+    codec = ChunkCodec(target, storage)
     logger.info(
         "Result array %s in store %s was created by another writer with other codecs; "
         "storing this save's chunks in its codecs.",
