@@ -165,8 +165,13 @@ def test_dedup_writes_no_data(store: cpr_zarr.ResultStore) -> None:
     assert store.save(data, name="a") == first
     added = set(store_files(store)) - set(snapshot)
     assert {k for k, v in store_files(store).items() if snapshot.get(k) not in (None, v)} == set()
-    assert len(added) == 1  # one provenance record, nothing else
-    assert added.pop().startswith(f"{first.group_path}/provenance/")
+    # one provenance record and its catalog journal segment, nothing else
+    assert len(added) == 2
+    assert {key.split("/")[0] for key in added} == {first.group_path, "_catalog"}
+    assert next(k for k in added if k.startswith(first.group_path)).startswith(
+        f"{first.group_path}/provenance/"
+    )
+    assert next(k for k in added if k.startswith("_catalog")).startswith("_catalog/log/")
 
 
 def test_flipped_byte_in_a_chunk_is_detected_with_store_group_and_chunk(
