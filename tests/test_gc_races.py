@@ -171,6 +171,7 @@ def make_leftover(store: cpr_zarr.ResultStore, seed: int, *, age: float | None) 
     target = store.save(data_for(seed), name="v", chunks=(6, 20, 20))
     sync(store.storage.zarr_store.delete(f"{target.group_path}/zarr.json"))
     sync(store.storage.zarr_store.delete(f"{target.group_path}/{RECORD_COPY}"))
+    rejournal(store, target.group_path)  # a killed writer never journals it
     if age is not None and store.storage.root is not None:
         then = time.time() - age
         for dirpath, _, files in os.walk(store.storage.root / target.group_path):
@@ -191,7 +192,21 @@ def make_old_result(store: cpr_zarr.ResultStore, seed: int) -> str:
             then = datetime.now(UTC) - timedelta(hours=2)
             doc["attributes"]["cpr_zarr_provenance"]["created"] = then.isoformat()
             store.storage.set_json(f"{base}/{entry}/zarr.json", doc)
+    rejournal(store, target.group_path)
     return target.group_path
+
+
+def rejournal(store: cpr_zarr.ResultStore, path: str) -> None:
+    """Make the store's catalog say what the group now says (what a rebuild would)."""
+    from cpr_zarr.core import catalog, journal
+    from cpr_zarr.core.inventory import catalog_entry
+
+    journal.note_removing(store.storage, path)
+    journal.note_removed(store.storage, path)
+    record = catalog.committed(store.storage, path)
+    if record is not None:
+        target = catalog.target_for(store.storage, path, record)
+        journal.note_row(store.storage, catalog_entry(store.storage, target))
 
 
 def leftover_race(
