@@ -200,8 +200,23 @@ def _mutations(doc: Any) -> list[tuple[str, Any]]:
 
 
 def _metadata_files(root: Path, *, copies: bool = True) -> list[Path]:
-    names = ("zarr.json", RECORD_COPY) if copies else ("zarr.json",)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name in names)
+    """Group and array documents, provenance records and (``copies``) the record copies and
+    binary digest blocks (read by chunk reads, verify and repair only)."""
+
+    def wanted(path: Path) -> bool:
+        rel = path.relative_to(root).as_posix()
+        if path.name == "zarr.json" or "/cpr_zarr/provenance/" in rel:
+            return True
+        return copies and (rel.endswith(f"/{RECORD_COPY}") or "/cpr_zarr/digests/" in rel)
+
+    return sorted(p for p in root.rglob("*") if p.is_file() and wanted(p))
+
+
+def _listed(file: Path, original: bytes) -> bool:
+    """Whether listings read ``file`` (group documents and provenance records do)."""
+    if "digests" in file.parts:
+        return False
+    return json.loads(original).get("node_type") != "array"
 
 
 class Tally:
@@ -317,7 +332,7 @@ def test_single_bit_flips_over_every_metadata_file(
     start, cpu = time.perf_counter(), time.process_time()
     for file in _metadata_files(root):
         original = file.read_bytes()
-        listed = json.loads(original).get("node_type") != "array"
+        listed = _listed(file, original)
         bits = len(original) * 8
         for bit in sorted(rng.sample(range(bits), min(FLIPS_PER_FILE, bits))):
             damaged = bytearray(original)

@@ -12,6 +12,7 @@ import zarr
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.digests import DigestTree
 from cpr_zarr.core.integrity import load_commit, remove_command
 from cpr_zarr.errors import ChunkVerificationError, InvalidArgumentTypeError, ResultNotFoundError
 from cpr_zarr.model.hashing import chunk_digest
@@ -69,21 +70,31 @@ def forget_reader(storage: Storage, group_path: str) -> None:
         _READERS.pop((storage.url, group_path), None)
 
 
-def _view(
-    record: ArrayRecord, level: int
-) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...], str]:
-    """(dask name hash, shape, chunks, chunk digests, array path) of one level of a result."""
+_View = tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...] | None, str | None, str]
+
+
+def _view(record: ArrayRecord, level: int) -> _View:
+    """(dask name hash, shape, chunks, chunk digests (layout 1), digest-tree root (layout 2),
+    array path) of one level of a result."""
     if level == 0:
         return (
             record.content_hash,
             record.shape,
             record.chunks,
             record.chunk_digests,
+            record.digest_root,
             record.array,
         )
     entry = record.levels[level - 1]
     content_hash = f"{record.content_hash}-level{level}"
-    return content_hash, entry.shape, entry.chunks, entry.chunk_digests, entry.path
+    return (
+        content_hash,
+        entry.shape,
+        entry.chunks,
+        entry.chunk_digests,
+        entry.digest_root,
+        entry.path,
+    )
 
 
 class ChunkReader:
@@ -99,9 +110,6 @@ class ChunkReader:
         self.level = level
         self._set_view(record)
         self.dtype = np.dtype(record.dtype)
-        self.grid = tuple(
-            math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
-        )
         self._array: zarr.Array[Any] | None = None
         self._codec: ChunkCodec | None = None
         self._fill_digests: dict[tuple[int, ...], str] = {}
@@ -110,10 +118,37 @@ class ChunkReader:
         self._check_digest_list()
 
     def _set_view(self, record: ArrayRecord) -> None:
-        self.content_hash, self.shape, self.chunks, self.digests, array = _view(record, self.level)
+        view = _view(record, self.level)
+        self.content_hash, self.shape, self.chunks, self.digests, root, array = view
         # a record read from disk must not send reads outside its group
         self.array_path = parse_member_path(
             array, where=f"result {self.group_path!r} in store {self.storage.url!r}"
+        )
+        self.grid = tuple(
+            math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
+        )
+        # layout 2: the digests are read from the stored digest tree, a block at a time
+        self._tree = (
+            None
+            if root is None
+            else DigestTree(
+                self.storage,
+                self.group_path,
+                self.array_path,
+                math.prod(self.grid),
+                root,
+                self._tree_error,
+            )
+        )
+
+    def _tree_error(self, flat: int, problem: str) -> ChunkVerificationError:
+        index = tuple(int(i) for i in np.unravel_index(flat, self.grid))
+        return ChunkVerificationError(
+            f"Cannot verify {self._where(index)}: {problem}, so its recorded digest is not "
+            f"known. {self._remedy()}",
+            store_url=self.storage.url,
+            group_path=self.group_path,
+            chunk_index=index,
         )
 
     @property
@@ -122,9 +157,12 @@ class ChunkReader:
         return self.record.to_dict()
 
     def _check_digest_list(self) -> None:
-        """The commit record lists one digest (32 hex digits) per chunk of the grid."""
+        """The commit record lists one digest (32 hex digits) per chunk of the grid (layout
+        1; a layout-2 record's root was checked against the content hash or record digest)."""
         expected = math.prod(self.grid)
         digests = self.digests
+        if self._tree is not None:
+            return
         if (
             isinstance(digests, tuple)
             and len(digests) == expected
@@ -298,7 +336,11 @@ class ChunkReader:
             return changed
 
     def _expected(self, index: tuple[int, ...]) -> str:
-        return self.digests[int(np.ravel_multi_index(index, self.grid))]
+        flat = int(np.ravel_multi_index(index, self.grid))
+        if self._tree is not None:
+            return self._tree.digest(flat)
+        digests = self.digests if self.digests is not None else ()  # checked on open
+        return digests[flat]
 
     def _fill_digest(self, block: np.ndarray) -> str:
         """Digest of a fill-value chunk of this shape, computed once per shape."""

@@ -5,7 +5,7 @@ or from the chunks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,13 +13,14 @@ import zarr
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.digests import store_digests
 from cpr_zarr.core.integrity import (
     ABSENT,
-    RECORD_COPY,
     Checker,
     Damage,
     check_array_doc,
     check_arrays,
+    copy_key,
     grid_count,
     is_leftover,
     load_commit,
@@ -28,7 +29,7 @@ from cpr_zarr.core.integrity import (
     read_copy,
     read_doc,
     remove_command,
-    wrap_copy,
+    write_copy,
 )
 from cpr_zarr.core.labels import update_labels_list
 from cpr_zarr.core.progress import Progress, track
@@ -36,7 +37,7 @@ from cpr_zarr.core.provenance import read_records
 from cpr_zarr.core.reader import ChunkReader, forget_reader
 from cpr_zarr.core.table import read_checked_table
 from cpr_zarr.errors import ChunkVerificationError, IntegrityError
-from cpr_zarr.model.hashing import chunk_digest, combine_digests
+from cpr_zarr.model.hashing import ALGORITHM, chunk_digest, combine_digests
 from cpr_zarr.model.layout import canonical_dtype, chunk_grid, parse_group_path
 from cpr_zarr.model.ngff import labels_group_attrs
 from cpr_zarr.model.records import ARRAY_PATH, ArrayRecord, ResultDocument, TableRecord
@@ -77,7 +78,7 @@ def repair(storage: Storage, path: str) -> str:
         copy = read_copy(storage, path)
         if copy is ABSENT:
             raise ValueError("there is none")
-        record = parse_document(storage.url, path, copy, key=RECORD_COPY).record
+        record = parse_document(storage.url, path, copy, key=copy_key(copy)).record
         if record.record_digest is None:
             raise ValueError("it has no record_digest")
         check_arrays(storage, path, record)
@@ -97,7 +98,7 @@ def repair(storage: Storage, path: str) -> str:
     if problems:
         raise c.fail("the data", "does not verify, not repaired: " + problems[0])
     storage.set_json(f"{path}/zarr.json", doc)
-    storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
+    write_copy(storage, path, doc)
     if "/labels/" in path:
         update_labels_list(storage, path.split("/labels/")[0])
     forget_reader(storage, path)
@@ -120,8 +121,14 @@ def _rebuild_from_chunks(storage: Storage, path: str) -> ResultDocument:
     digests = [
         chunk_digest(codec.read(index)) for index, _ in chunk_grid(tuple(shape), tuple(chunks))
     ]
-    actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
-    if actual != content_hash:
+    # the layout that wrote the result is the one whose hash the chunks give
+    for layout in (2, 1):
+        actual = combine_digests(
+            tuple(shape), np.dtype(dtype), tuple(chunks), digests, layout=layout
+        )
+        if actual == content_hash:
+            break
+    else:
         raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
     record = ArrayRecord(
         content_hash=content_hash,
@@ -132,7 +139,10 @@ def _rebuild_from_chunks(storage: Storage, path: str) -> ResultDocument:
         chunk_digests=tuple(digests),
         labels_of=path.split("/labels/")[0] if "/labels/" in path else None,
     )
-    return ResultDocument(record=record).sealed()
+    if layout == 1:
+        record = replace(record, layout=1, algorithm=ALGORITHM)
+    # layout 2: the digest tree is stored again (it may be what was damaged)
+    return ResultDocument(record=store_digests(storage, path, record)).sealed()
 
 
 # -- verifying a whole store -------------------------------------------------------------
@@ -280,18 +290,17 @@ def _check_copy(
     storage: Storage, path: str, repair_damaged: bool, report: VerifyReport
 ) -> list[str]:
     """The record copy (what :func:`repair` rebuilds a marker from) is absent or intact."""
-    c = Checker(storage.url, path, RECORD_COPY)
+    marker = read_doc(storage, f"{path}/zarr.json")
+    c = Checker(storage.url, path, copy_key(marker))
     try:
         copy = read_copy(storage, path)
         if copy is ABSENT:
             return []
-        parse_document(storage.url, path, copy, key=RECORD_COPY)
+        parse_document(storage.url, path, copy, key=copy_key(marker))
         return []
     except (ValueError, IntegrityError) as exc:
         if repair_damaged:
-            storage.set_json(
-                f"{path}/{RECORD_COPY}", wrap_copy(read_doc(storage, f"{path}/zarr.json"))
-            )
+            write_copy(storage, path, marker)
             report.repaired.append(f"rewrote the record copy of {path!r} from its marker")
             return []
         return [str(c.fail("the record copy", f"is damaged ({exc}); --repair rewrites it"))]
