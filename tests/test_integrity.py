@@ -27,6 +27,7 @@ import pytest
 
 import cpr_zarr
 from cpr_zarr.core.integrity import RECORD_COPY
+from cpr_zarr.model.hashing import block_digest
 from cpr_zarr.core.inventory import leftovers, plan_gc
 from cpr_zarr.core.pyramid import level_count, read_level
 from cpr_zarr.core.table import read_table
@@ -395,14 +396,14 @@ def test_record_dtype_shape_and_swapped_chunks_do_not_hash_to_the_path(
     marker = root / paths["img"] / "zarr.json"
     original = marker.read_bytes()
 
-    def swap_digests(d: dict[str, Any]) -> None:
-        digests = d["attributes"]["cpr_zarr"]["chunk_digests"]
-        digests[0], digests[1] = digests[1], digests[0]
+    def swap_roots(d: dict[str, Any]) -> None:  # the base's digest tree for the level's
+        record = d["attributes"]["cpr_zarr"]
+        record["digest_root"] = record["levels"][0]["digest_root"]
 
     for change, field in [
         (lambda d: d["attributes"]["cpr_zarr"].update(dtype="int16"), "dtype"),
         (lambda d: d["attributes"]["cpr_zarr"].update(shape=[20, 24]), "shape"),
-        (swap_digests, "chunk_digests"),
+        (swap_roots, "digest_root"),
     ]:
         _edit(marker, change)
         with pytest.raises(IntegrityError, match=field) as e:
@@ -439,9 +440,14 @@ def test_level_chunks_swapped_with_their_digests_are_refused(tmp_path: Path) -> 
     a.write_bytes(data_b)
     b.write_bytes(data_a)
 
+    # the level's digest block with the two digests swapped, and its root in the record
+    leaves = root / path / "cpr_zarr" / "digests" / "1" / "0" / "0"
+    block = bytearray(leaves.read_bytes())
+    block[0:16], block[16:32] = block[16:32], block[0:16]
+    leaves.write_bytes(bytes(block))
+
     def swap(d: dict[str, Any]) -> None:
-        digests = d["attributes"]["cpr_zarr"]["levels"][0]["chunk_digests"]
-        digests[0], digests[1] = digests[1], digests[0]
+        d["attributes"]["cpr_zarr"]["levels"][0]["digest_root"] = block_digest(bytes(block)).hex()
 
     _edit(root / path / "zarr.json", swap)
     with pytest.raises(IntegrityError, match="record_digest"):
@@ -598,8 +604,8 @@ def test_a_damaged_provenance_record_breaks_nothing_else(
     from cpr_zarr.cli import main
 
     root, paths = small
-    (record,) = (root / paths["vec"] / "provenance").glob("*/zarr.json")
-    _edit(record, lambda d: d["attributes"]["cpr_zarr_provenance"].update(created="yesterday"))
+    (record,) = (root / paths["vec"] / "cpr_zarr" / "provenance").glob("*.json")
+    _edit(record, lambda d: d.update(created="yesterday"))
     store = cpr_zarr.ResultStore(root)
     assert len(store.list()) == 4
     assert store.provenance(paths["vec"]) == []
