@@ -8,9 +8,10 @@ chunk it covers; reading one chunk reads a bounded number of bytes of digest dat
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
@@ -30,6 +31,9 @@ from cpr_zarr.model.hashing import (
 )
 from cpr_zarr.model.layout import DIGEST_BLOCK
 from tests.counting_fs import LOG_ENV
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 # 2 full leaf blocks and a partial one: the tree has two heights (3 leaf blocks, 1 top block)
 COUNT = 2 * DIGEST_BLOCK + 37
@@ -69,7 +73,7 @@ def test_the_tree_has_one_top_block_and_its_root_makes_the_content_hash(count: i
     assert len(heights[-1]) == 1
     assert [sum(len(b) for b in h) // DIGEST_SIZE for h in heights] == tree_counts(count)
     assert b"".join(heights[0]) == leaves
-    for below, above in zip(heights, heights[1:], strict=False):
+    for below, above in itertools.pairwise(heights):
         assert b"".join(above) == b"".join(block_digest(b) for b in below)
     digests = [leaves[i : i + DIGEST_SIZE].hex() for i in range(0, len(leaves), DIGEST_SIZE)]
     shape, dtype, chunks = (max(count, 1),), np.dtype("uint8"), (1,)

@@ -27,11 +27,11 @@ import pytest
 
 import cpr_zarr
 from cpr_zarr.core.integrity import RECORD_COPY
-from cpr_zarr.model.hashing import block_digest
 from cpr_zarr.core.inventory import leftovers, plan_gc
 from cpr_zarr.core.pyramid import level_count, read_level
 from cpr_zarr.core.table import read_table
 from cpr_zarr.errors import CprZarrError, IntegrityError
+from cpr_zarr.model.hashing import block_digest
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -22,13 +22,13 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from cpr_zarr.core.codec import thread_map, worker_count
-from cpr_zarr.errors import ChunkVerificationError
 from cpr_zarr.model.hashing import DIGEST_SIZE, block_digest, digest_tree, tree_counts
 from cpr_zarr.model.layout import DIGEST_BLOCK, digest_block_key
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
+    from cpr_zarr.errors import ChunkVerificationError
     from cpr_zarr.model.records import ArrayRecord
     from cpr_zarr.storage import Storage
 
@@ -113,9 +113,7 @@ class DigestTree:
         out: list[str] = []
         for index in range(-(-self.counts[0] // DIGEST_BLOCK)):
             block = self._block(0, index, index * DIGEST_BLOCK)
-            out.extend(
-                block[i : i + DIGEST_SIZE].hex() for i in range(0, len(block), DIGEST_SIZE)
-            )
+            out.extend(block[i : i + DIGEST_SIZE].hex() for i in range(0, len(block), DIGEST_SIZE))
         return out
 
     def _cached(self, height: int, index: int) -> bytes | None:

@@ -52,12 +52,12 @@ from cpr_zarr.model.hashing import (
     table_hash,
 )
 from cpr_zarr.model.layout import (
+    AUX_DIR,
     HASH_HEX_LENGTH,
     READ_LAYOUTS,
     canonical_dtype,
     parse_group_path,
 )
-from cpr_zarr.model.layout import AUX_DIR
 from cpr_zarr.model.records import (
     ARRAY_PATH,
     DIGEST_FIELD,
@@ -262,7 +262,6 @@ class Checker:
                 f"is {_show(value)}, expected {count} hex digests of {HASH_HEX_LENGTH} digits",
             )
         return value
-
 
     def root(self, mapping: dict[str, Any], key: str, field: str) -> str:
         value = mapping.get(key, ABSENT)

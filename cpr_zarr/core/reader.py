@@ -349,21 +349,34 @@ class ChunkReader:
         return self._fill_digests[block.shape]
 
     def to_dask(self, *, verify: bool = True) -> da.Array:
-        """A lazy Dask array named after the content hash; one read task per stored chunk."""
+        """A lazy Dask array named after the content hash; one read task per stored chunk.
+
+        The graph is Dask's lazy array-reading layer (``da.from_array``) over a view whose
+        every (chunk-aligned) read is a verified chunk read: building it costs no Python
+        object per chunk, so opening a result of a million chunks is as cheap as opening
+        it with ``da.from_zarr``.
+        """
         name = f"cpr-zarr-{self.content_hash}" + ("" if verify else "-unverified")
-        reader_key = f"cpr-zarr-reader-{self.content_hash}"
-        dsk: dict[Any, Any] = {reader_key: self}
         chunks = da.core.normalize_chunks(self.chunks, self.shape)
         meta = np.empty((0,) * len(self.shape), dtype=self.dtype)
         if 0 in self.shape:
             # no chunk is stored, but Dask still wants one (empty) block per chunk it counts
+            dsk: dict[Any, Any] = {}
             for index in np.ndindex(*(len(c) for c in chunks)):
                 block = np.empty(tuple(c[i] for c, i in zip(chunks, index, strict=True)))
                 dsk[(name, *index)] = block.astype(self.dtype)
             return da.Array(dsk, name, chunks, meta=meta)
-        for index, _ in chunk_grid(self.shape, self.chunks):
-            dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
-        return da.Array(dsk, name, chunks, meta=meta)
+        array: da.Array = da.from_array(
+            _ChunkView(self, verify),
+            chunks=chunks,
+            name=name,
+            asarray=False,
+            fancy=False,
+            lock=False,
+            meta=meta,
+            inline_array=False,
+        )
+        return array
 
     def to_numpy(self, *, verify: bool = True) -> np.ndarray:
         """Read everything into one array, one chunk per thread call, each verified as read.
@@ -384,5 +397,20 @@ class ChunkReader:
         return out
 
 
-def _read_chunk(reader: ChunkReader, index: tuple[int, ...], verify: bool) -> np.ndarray:
-    return reader.read_chunk(tuple(index), verify)
+class _ChunkView:
+    """What :meth:`ChunkReader.to_dask` hands to ``da.from_array``: an array-like whose
+    reads, one chunk each (the Dask chunks are the stored chunks), are chunk reads."""
+
+    def __init__(self, reader: ChunkReader, verify: bool) -> None:
+        self.reader = reader
+        self.verify = verify
+        self.shape = reader.shape
+        self.dtype = reader.dtype
+        self.ndim = len(reader.shape)
+
+    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
+        index = tuple((s.start or 0) // c for s, c in zip(key, self.reader.chunks, strict=True))
+        return self.reader.read_chunk(index, self.verify)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ChunkView, (self.reader, self.verify))

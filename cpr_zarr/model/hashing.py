@@ -44,8 +44,8 @@ __all__ = [
     "combine_digests",
     "content_hash_of_root",
     "digest_tree",
-    "tree_counts",
     "table_hash",
+    "tree_counts",
 ]
 
 #: layout 1: the content hash runs over every chunk digest
@@ -74,9 +74,7 @@ def algorithm_for(layout: int) -> str:
     return ALGORITHM if layout == 1 else TREE_ALGORITHM
 
 
-def _header(
-    shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], layout: int
-) -> bytes:
+def _header(shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], layout: int) -> bytes:
     return json.dumps(
         {
             "algorithm": algorithm_for(layout),

@@ -629,7 +629,9 @@ class ArrayRecord(ResultRecord):
     def digest_count(self) -> int:
         if self.chunk_digests is not None:
             return len(self.chunk_digests)
-        return math.prod(-(-s // c) if s else 0 for s, c in zip(self.shape, self.chunks))
+        return math.prod(
+            -(-s // c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
+        )
 
     @property
     def is_label_image(self) -> bool:
