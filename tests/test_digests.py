@@ -209,3 +209,29 @@ def test_reading_one_chunk_reads_a_bounded_amount_of_digest_data(
     # another chunk of the same block: no digest data read again
     assert reader.read_chunk((DIGEST_BLOCK + 6,)).tolist() == [0]
     assert len(digest_reads()) == 2
+
+
+def test_verify_repair_rebuilds_damaged_digest_blocks_from_chunks_that_still_hash(
+    tree_store: tuple[cpr_zarr.ResultStore, cpr_zarr.ZarrTarget, Path],
+) -> None:
+    store, target, group = tree_store
+    leaf, top = block(group, 0, 1), block(group, 1, 0)
+    original = leaf.read_bytes(), top.read_bytes()
+    leaf.write_bytes(b"\0" + original[0][1:])
+    top.unlink()
+    forget_reader(store.storage, target.group_path)
+    report = cpr_zarr.ResultStore(store.url).verify(repair=True)
+    assert report.ok, report.problems
+    assert report.repaired == [
+        f"rebuilt the digest blocks of {target.group_path!r} (arrays ['0']) from its chunks"
+    ]
+    assert (leaf.read_bytes(), top.read_bytes()) == original
+    # changed data is never vouched for by rebuilt digests
+    chunks = group / "0" / "c"
+    (chunks / str(DIGEST_BLOCK + 5)).write_bytes((chunks / "3").read_bytes())  # 8 -> 7
+    leaf.write_bytes(b"\0" + original[0][1:])
+    forget_reader(store.storage, target.group_path)
+    report = cpr_zarr.ResultStore(store.url).verify(repair=True)
+    assert not report.ok
+    assert report.repaired == []
+    assert leaf.read_bytes() != original[0]

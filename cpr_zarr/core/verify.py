@@ -13,7 +13,7 @@ import zarr
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
-from cpr_zarr.core.digests import store_digests
+from cpr_zarr.core.digests import store_digests, write_tree
 from cpr_zarr.core.integrity import (
     ABSENT,
     Checker,
@@ -37,8 +37,19 @@ from cpr_zarr.core.provenance import read_records
 from cpr_zarr.core.reader import ChunkReader, forget_reader
 from cpr_zarr.core.table import read_checked_table
 from cpr_zarr.errors import ChunkVerificationError, IntegrityError
-from cpr_zarr.model.hashing import ALGORITHM, chunk_digest, combine_digests
-from cpr_zarr.model.layout import canonical_dtype, chunk_grid, parse_group_path
+from cpr_zarr.model.hashing import (
+    ALGORITHM,
+    block_digest,
+    chunk_digest,
+    combine_digests,
+    digest_tree,
+)
+from cpr_zarr.model.layout import (
+    canonical_dtype,
+    chunk_grid,
+    digest_block_key,
+    parse_group_path,
+)
 from cpr_zarr.model.ngff import labels_group_attrs
 from cpr_zarr.model.records import ARRAY_PATH, ArrayRecord, ResultDocument, TableRecord
 
@@ -145,6 +156,42 @@ def _rebuild_from_chunks(storage: Storage, path: str) -> ResultDocument:
     return ResultDocument(record=store_digests(storage, path, record)).sealed()
 
 
+def _rebuild_digest_trees(storage: Storage, path: str, record: ArrayRecord) -> str | None:
+    """Rewrite the digest trees (layout 2) of ``path`` whose stored chunks still hash to the
+    root the record holds: a damaged or lost digest block is rebuilt from the data it
+    describes, never from anything the root does not vouch for. What was done, or None."""
+    if record.layout == 1:
+        return None
+    rebuilt = []
+    for reader in _level_readers(storage, path, record):
+        root = record.digest_root
+        if reader.level:
+            root = record.levels[reader.level - 1].digest_root
+        digests = []
+        try:  # the stored values as they are, without consulting any digest
+            for index, _ in chunk_grid(reader.shape, reader.chunks):
+                block = reader.codec.load(index, writeable=False)
+                if block is None:  # not stored: the fill value
+                    block = reader.codec.fill_block(index)
+                digests.append(chunk_digest(block))
+        except Exception:  # a chunk zarr cannot decode: the data itself is damaged
+            continue
+        heights = digest_tree(b"".join(bytes.fromhex(d) for d in digests))
+        if block_digest(heights[-1][0]).hex() != root:
+            continue  # the chunks changed: only removing the result helps
+        stored = [
+            storage.get(f"{path}/{digest_block_key(reader.array_path, height, index)}")
+            for height, level in enumerate(heights)
+            for index in range(len(level))
+        ]
+        if stored != [block for level in heights for block in level]:
+            write_tree(storage, path, reader.array_path, digests)
+            rebuilt.append(reader.array_path)
+    if not rebuilt:
+        return None
+    return f"rebuilt the digest blocks of {path!r} (arrays {rebuilt}) from its chunks"
+
+
 # -- verifying a whole store -------------------------------------------------------------
 
 
@@ -243,6 +290,12 @@ def verify_store(
                 for r in _level_readers(storage, path, record)
             )
         failed = _verify_data(storage, path, record, threads)
+        if failed and repair_damaged and isinstance(record, ArrayRecord):
+            rebuilt = _rebuild_digest_trees(storage, path, record)
+            if rebuilt:
+                report.repaired.append(rebuilt)
+                forget_reader(storage, path)
+                failed = _verify_data(storage, path, record, threads)
         report.failed_chunks += len(failed) if isinstance(record, ArrayRecord) else 0
         report.problems.extend(failed)
         if failed:
