@@ -408,9 +408,28 @@ class _ChunkView:
         self.dtype = reader.dtype
         self.ndim = len(reader.shape)
 
-    def __getitem__(self, key: tuple[slice, ...]) -> np.ndarray:
-        index = tuple((s.start or 0) // c for s, c in zip(key, self.reader.chunks, strict=True))
-        return self.reader.read_chunk(index, self.verify)
+    def __getitem__(self, key: tuple[slice | int, ...]) -> np.ndarray:
+        # Dask asks for one whole chunk; should its optimiser fuse a later selection into
+        # the read, the key is a region (or an index) inside one chunk: read that chunk
+        # and cut the region out of it.
+        index: list[int] = []
+        inner: list[slice | int] = []
+        for k, c, n in zip(key, self.reader.chunks, self.shape, strict=True):
+            if isinstance(k, slice):
+                start = k.start or 0
+                i = start // c
+                stop = n if k.stop is None else k.stop
+                inner.append(slice(start - i * c, stop - i * c, k.step))
+            else:
+                i = int(k) // c
+                inner.append(int(k) - i * c)
+            index.append(i)
+        block = self.reader.read_chunk(tuple(index), self.verify)
+        whole = all(
+            isinstance(r, slice) and r.start == 0 and r.step in (None, 1) and r.stop >= size
+            for r, size in zip(inner, block.shape, strict=True)
+        )
+        return block if whole else block[tuple(inner)]
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_ChunkView, (self.reader, self.verify))
