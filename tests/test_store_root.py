@@ -34,11 +34,11 @@ REPO = Path(__file__).parents[1]
 
 def plain_zarr_members(root: Path) -> list[str]:
     """Every node under the root, listed by plain zarr with warnings as errors (but the
-    one about each result group's own ``cpr_zarr/`` folder)."""
+    ones about each result group's own ``cpr_zarr/`` folder and a table's ``table.parquet``)."""
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warnings.filterwarnings(
-            "ignore", message="Object at cpr_zarr is not recognized as a component"
+            "ignore", message="Object at (cpr_zarr|table.parquet) is not recognized as a comp"
         )
         group = zarr.open_group(root, mode="r")
         return sorted(path for path, _ in group.members(max_depth=None))
