@@ -41,27 +41,27 @@ os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
-import argparse  # noqa: E402
-import contextlib  # noqa: E402
-import json  # noqa: E402
-import subprocess  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import TYPE_CHECKING, Any  # noqa: E402
+import argparse
+import contextlib
+import json
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import dask  # noqa: E402
-import numpy as np  # noqa: E402
-import scipy.ndimage as ndi  # noqa: E402
-from prefect import flow  # noqa: E402
-from prefect_dask import DaskTaskRunner  # noqa: E402
+import dask
+import numpy as np
+import scipy.ndimage as ndi
+from prefect import flow
+from prefect_dask import DaskTaskRunner
 
-import cpr_zarr  # noqa: E402
-from cpr_zarr.decorator import DEFAULT_STORE_ENV  # noqa: E402
-from cpr_zarr.storage import normalize_url  # noqa: E402
+import cpr_zarr
+from cpr_zarr.decorator import DEFAULT_STORE_ENV
+from cpr_zarr.storage import normalize_url
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from nuclei_flow import prefect_api  # noqa: E402  (one Prefect API for the flow and all workers)
+from nuclei_flow import prefect_api
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Mapping, Sequence
@@ -140,7 +140,8 @@ def hpc_style_cluster(
         logs.append(log)
         scheduler = subprocess.Popen(
             [sys.executable, "-m", "dask", "scheduler", "--host", "127.0.0.1", "--port", "0",
-             "--no-dashboard", "--scheduler-file", str(scheduler_file)],
+             "--no-dashboard", "--dashboard-address", "127.0.0.1:0",
+             "--scheduler-file", str(scheduler_file)],
             cwd=folder, stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         procs.append(scheduler)
@@ -155,14 +156,13 @@ def hpc_style_cluster(
                 env.update(worker_env[i])
             log = open(folder / f"worker-{i}.log", "wb")  # noqa: SIM115  (closed below)
             logs.append(log)
-            procs.append(
-                subprocess.Popen(
-                    [sys.executable, "-m", "dask", "worker", address, "--name", f"worker-{i}",
-                     "--nthreads", "1", "--no-dashboard", "--local-directory", str(workdir),
-                     "--death-timeout", "60"],
-                    cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
-                )  # fmt: skip
-            )
+            worker = subprocess.Popen(
+                [sys.executable, "-m", "dask", "worker", address, "--name", f"worker-{i}",
+                 "--nthreads", "1", "--no-dashboard", "--local-directory", str(workdir),
+                 "--death-timeout", "60"],
+                cwd=workdir, env=env, stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            procs.append(worker)
         yield address
     finally:
         # the workers first (each nanny stops its worker), then the scheduler they talk to
@@ -222,9 +222,7 @@ def make_flow(address: str, workers: list[str], store_url: str, records: Any, of
         return dask.annotate(workers=[worker], allow_other_workers=False)
 
     @flow(name="cluster-tiles", task_runner=DaskTaskRunner(address=address))
-    def tiles_flow(
-        tiles: int, shape: list[int], roi: list[list[int]]
-    ) -> list[dict[str, Any]]:
+    def tiles_flow(tiles: int, shape: list[int], roi: list[list[int]]) -> list[dict[str, Any]]:
         out = []
         for tile in range(tiles):
             with on(tile, 0):

@@ -37,13 +37,15 @@ BUCKET = "cpr-zarr-tests"
 SHAPE = (16, 512, 512)  # uint16, 8 MiB; stored as 4 chunks of 16 x 256 x 256
 ROI = (0, 8, 0, 200, 0, 200)  # inside the first chunk
 TILE = re.compile(
-    r"^  tile (\d+): (\S+) \((\S+)\) -> (\S+) \((\S+)\) -> roi mean (\S+) max (\S+) \((\S+)\)$", re.M
+    r"^  tile (\d+): (\S+) \((\S+)\) -> (\S+) \((\S+)\) -> roi mean (\S+) max (\S+) \((\S+)\)$",
+    re.M,
 )
 
 
 def _example() -> ModuleType:
     spec = importlib.util.spec_from_file_location("cluster_flow_example", EXAMPLE)
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -138,7 +140,8 @@ def test_flow_on_separately_started_scheduler_and_workers_writing_to_s3(
 
     # 2. Downstream tasks on other workers read lazily, from S3, not through Dask
     for _, raw_path, raw_worker, smooth_path, smooth_worker, *_, measure_worker in tiles:
-        assert smooth_worker != raw_worker and measure_worker != smooth_worker
+        assert smooth_worker != raw_worker
+        assert measure_worker != smooth_worker
         raw_chunks = {p: s for p, s in reads.items() if f"{raw_path}/0/c/" in p}
         assert len(raw_chunks) == 4  # smooth read every chunk of its input ...
         assert all(set(s) == {key_of[smooth_worker]} for s in raw_chunks.values())  # ... itself
