@@ -149,7 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "date",
             ):
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        # a HEAD response has no body but the object's length (s3fs reads a file's size from it)
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
+        self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)
