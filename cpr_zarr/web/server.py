@@ -86,11 +86,12 @@ class WebServer:
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn, *args)
 
     def read_object(self, key: str) -> bytes:
-        """One object of the store (``FileNotFoundError`` if absent)."""
-        import fsspec
-
-        fs, root = fsspec.core.url_to_fs(self.store.url)
-        return bytes(fs.cat_file(f"{root.rstrip('/')}/{key}"))
+        """One object of the store (``FileNotFoundError`` if absent), through the store's
+        own storage backend (so ``zarrstore://`` and obstore URLs serve too)."""
+        data = self.store.storage.get(key)
+        if data is None:
+            raise FileNotFoundError(f"No object {key!r} in result store {self.store.url!r}")
+        return data
 
     def table_preview(self, group_path: str) -> dict[str, Any]:
         """The first rows of a table result, cached on disk by content hash."""
