@@ -146,9 +146,12 @@ def test_flow_on_separately_started_scheduler_and_workers_writing_to_s3(
         assert len(raw_chunks) == 4  # smooth read every chunk of its input ...
         assert all(set(s) == {key_of[smooth_worker]} for s in raw_chunks.values())  # ... itself
         smooth_chunks = {p: s for p, s in reads.items() if f"{smooth_path}/0/c/" in p}
-        # measure read the one chunk its region of interest overlaps, once
+        # measure read the one chunk its region of interest overlaps, once (its dask.compute
+        # runs on the cluster: the scheduler picks the worker that does the GET)
         assert [p.rsplit("/0/c/", 1)[1] for p in smooth_chunks] == ["0/0/0"], smooth_chunks
-        assert list(smooth_chunks.values()) == [{key_of[measure_worker]: 1}]
+        (signers,) = smooth_chunks.values()
+        assert sum(signers.values()) == 1, signers
+        assert set(signers) <= set(keys), signers
     assert not any(flow_key in signers for signers in reads.values())  # the flow read nothing
     # results crossed Dask as pointers: 2 x 8 MiB and 2 x 16 MiB were written, a few KB moved
     assert sum(transfers.values()) < 256 * 1024, transfers
