@@ -159,8 +159,10 @@ def test_flow_on_separately_started_scheduler_and_workers_writing_to_s3(
         assert sum(signers.values()) == 1, signers
         assert set(signers) <= set(keys), signers
     assert not any(flow_key in signers for signers in reads.values())  # the flow read nothing
-    # results crossed Dask as pointers: 2 x 8 MiB and 2 x 16 MiB were written, a few KB moved
-    assert sum(transfers.values()) < 256 * 1024, transfers
+    # results crossed Dask as pointers: the smallest result is 8 MiB, yet less than half of
+    # that moved between workers in all (the smoothing graph's block borders, ~1 MiB, when
+    # Dask spreads its blocks; Prefect states of a few KB)
+    assert sum(transfers.values()) < 4 * 2**20, transfers
 
     # 3. Every Prefect record persisted, in shared storage, as a small pointer; the workers'
     # own Prefect homes hold none (a worker's home is where no other worker looks)
