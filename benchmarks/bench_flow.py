@@ -363,3 +363,86 @@ class ExampleArtifacts:
         return runs["cached-1"]
 
     track_cached_run_seconds_with_artifacts.unit = "seconds"
+
+
+# -- many small tasks --------------------------------------------------------------------------
+
+
+def tiny_scalar(i: int) -> float:
+    return i * 0.5
+
+
+def tiny_array(i: int) -> np.ndarray:
+    return np.full(8, i, dtype=np.float32)
+
+
+TINY = {"scalar": tiny_scalar, "array": tiny_array}
+
+
+def small_tasks_flow(kind: str, result: str, folder: Path, n: int):
+    """A flow mapping one task over ``n`` new integers, every result persisted."""
+    fn = TINY[result]
+    records = folder / f"records-{kind}"
+    if kind == "prefect":
+        tiny = prefect.task(fn, persist_result=True, result_storage=records)
+    elif kind == "cpr_zarr":
+        tiny = cpr_zarr.task(fn, store=folder / "results.zarr", result_storage=records)
+    elif kind == "cpr_zarr_no_artifacts":
+        tiny = cpr_zarr.task(
+            fn, store=folder / "results.zarr", result_storage=records, artifacts=False
+        )
+    else:
+        raise ValueError(kind)
+
+    @prefect.flow(name=f"small-tasks-{kind}")
+    def many(offset: int) -> list[str]:
+        futures = tiny.map(range(offset, offset + n))
+        futures.wait()
+        return [f.state.name for f in futures]
+
+    return many
+
+
+class ManySmallTasks:
+    """1,000 mapped tasks with tiny results, each run new inputs (nothing cached): the
+    per-task overhead of ``cpr_zarr.task`` (defaults: content-hash cache keys, pointer
+    records, artifacts) against ``prefect.task(persist_result=True)`` (pickle records),
+    with the same runner (Prefect's default thread pool) and the same temporary server.
+    ``cpr_zarr_no_artifacts`` is ``cpr_zarr.task(artifacts=False)``. ``scalar`` tasks
+    return a float (a JSON value for cpr_zarr), ``array`` tasks 8 float32 values (a stored
+    result group for cpr_zarr). Target: ``cpr_zarr`` at most 1.3x ``prefect``."""
+
+    params = ["scalar", "array"]
+    param_names = ["result"]
+    number = 1
+    repeat = (1, 3, 120.0)
+    rounds = 1
+    warmup_time = 0.0
+    timeout = 3600
+
+    def setup(self, result):
+        self.n = 50 if common.size_mode() == "tiny" else 1000
+        self.folder = common.scratch_dir("small-tasks")
+        self._server = contextlib.ExitStack()
+        self._server.enter_context(prefect_server())
+        self.offsets = iter(range(0, 10**9, self.n))
+        kinds = ("prefect", "cpr_zarr", "cpr_zarr_no_artifacts")
+        self.flows = {k: small_tasks_flow(k, result, self.folder, self.n) for k in kinds}
+
+    def teardown(self, result):
+        self._server.close()
+        common.remove(self.folder)
+
+    def run(self, kind: str) -> None:
+        states = self.flows[kind](next(self.offsets))
+        if states != ["Completed"] * self.n:
+            raise RuntimeError(f"{kind}: task states {sorted(set(states))}")
+
+    def time_prefect(self, result):
+        self.run("prefect")
+
+    def time_cpr_zarr(self, result):
+        self.run("cpr_zarr")
+
+    def time_cpr_zarr_no_artifacts(self, result):
+        self.run("cpr_zarr_no_artifacts")

@@ -7,6 +7,13 @@ One volume per size is saved once with cpr_zarr; every reader reads that same gr
 * ``cpr_to_numpy[_unverified]``  ``target.to_numpy(verify=...)`` (whole result only).
 * ``zarr``                       ``zarr.open_array(store, path="<group>/0")[sel]``: the ceiling,
                                  no hashing.
+* ``ceiling``                    (whole only) the machine's ceiling: the same chunk files read and
+                                 Blosc-decoded on all cores into one array, no hashing
+                                 (``common.ceiling_read``).
+
+Targets (issue 19), each measured interleaved in one process: ``track_ceiling_over_to_numpy``
+(ceiling time / verified ``to_numpy`` time) >= 0.9 and ``track_to_numpy_over_get_data``
+(``to_numpy`` time / ``get_data().compute()`` time, both verified) >= 0.9.
 
 Three selections: ``whole`` (everything), ``chunk`` (exactly one stored chunk) and ``region``
 (a box of one chunk's size centred on a chunk corner, so it touches 8 chunks and uses
@@ -65,6 +72,7 @@ class Read:
 
     def setup(self, cache, size, kind):
         store = cpr_zarr.ResultStore(cache["store"], mode="r")
+        self.store_url = cache["store"]
         self.target = store.open(cache["groups"][size])
         self.sel = selection(kind, self.target.chunks)
         self.zarr_array = zarr.open_array(
@@ -96,6 +104,26 @@ class Read:
 
     def time_zarr(self, cache, size, kind):
         self.zarr_array[self.sel]
+
+    def read_ceiling(self):
+        folder = os.path.join(self.store_url, self.target.group_path, "0")
+        return common.ceiling_read(folder, self.target.shape, self.target.chunks)
+
+    def time_ceiling(self, cache, size, kind):
+        self.read_ceiling()
+
+    def track_ceiling_over_to_numpy(self, cache, size, kind):
+        """Ceiling time / verified ``to_numpy()`` time, interleaved in one process (>= 0.9)."""
+        return common.interleaved_ratio(self.read_ceiling, self.target.to_numpy)
+
+    def track_to_numpy_over_get_data(self, cache, size, kind):
+        """Verified ``to_numpy()`` time / ``get_data().compute()`` time, interleaved (>= 0.9)."""
+        return common.interleaved_ratio(
+            self.target.to_numpy, lambda: self.target.get_data().compute()
+        )
+
+    track_ceiling_over_to_numpy.unit = "ceiling/cpr"
+    track_to_numpy_over_get_data.unit = "to_numpy/get_data"
 
     # -- verified / unverified in one process, interleaved -----------------------------------
     # The time_ pairs above run in separate batches; on a VM the drift between two batches
@@ -129,6 +157,9 @@ class Read:
 
     track_verify_ratio_to_numpy.unit = "unverified/verified"
     track_verify_ratio_to_numpy.skip_params = time_cpr_to_numpy.skip_params
+    time_ceiling.skip_params = time_cpr_to_numpy.skip_params
+    track_ceiling_over_to_numpy.skip_params = time_cpr_to_numpy.skip_params
+    track_to_numpy_over_get_data.skip_params = time_cpr_to_numpy.skip_params
 
     def track_pointer_json_bytes(self, cache, size, kind):
         """Size of what Prefect records for this result: the ZarrTarget's JSON."""

@@ -20,6 +20,11 @@ already holds, so a second save into the same store would measure nothing):
 * ``tifffile_zlib``   ``tifffile.imwrite(path, data, compression="zlib")``, what the older cpr
                       project did (Dask input computed first).
 * ``np_save``         ``np.save(path, data)``, uncompressed (Dask input computed first).
+* ``ceiling``         (numpy only) the machine's ceiling for this codec: every chunk copied out
+                      of the array, Blosc-encoded and written as a plain file, one thread per
+                      core (``common.ceiling_save``). ``track_ceiling_over_base_only`` is
+                      ceiling time / base-only save time, the two interleaved in one process
+                      (target >= 0.9).
 
 ``SaveNumpy`` hands the writers a numpy array; ``SaveDask`` a Dask array over the same
 numpy array, chunked like the store (``da.from_array(data, chunks=C)``, built in ``setup``).
@@ -33,6 +38,7 @@ from __future__ import annotations
 import inspect
 import os
 import time
+import uuid
 
 import dask.array as da
 import numpy as np
@@ -208,6 +214,26 @@ class SaveNumpy(_SaveBase):
     def source(self):
         return self.data
 
+    # -- the machine's ceiling: encode the same chunks on all cores, write them as files -----
+
+    def save_ceiling(self):
+        return common.ceiling_save(self.data, self.chunks, self.out)
+
+    def time_ceiling(self, volumes, size):
+        self.save_ceiling()
+
+    def track_ceiling_over_base_only(self, volumes, size):
+        """Ceiling time / ``save(..., levels=1)`` time, interleaved in one process (>= 0.9)."""
+
+        def cpr_zarr_base_only():
+            return self.save_cpr_zarr_base_only()[0].url
+
+        return common.interleaved_ratio(
+            self.save_ceiling, cpr_zarr_base_only, cleanup=common.remove
+        )
+
+    track_ceiling_over_base_only.unit = "ceiling/cpr"
+
     # -- on-disk size (only once: the ratio does not depend on numpy vs Dask input) ---------
 
     def track_compression_ratio_cpr_zarr(self, volumes, size):
@@ -244,9 +270,11 @@ class SaveDask(_SaveBase):
 class ResaveLazyRead:
     """Saving again a result read lazily from the same store, unchanged (``target.get_data()``
     passed on to another task and returned): cpr_zarr knows its content hash from the Dask
-    name, so the save is a lookup. ``recompute`` is the same save of a graph that is not a
-    plain read (``lazy + 0``, same values): every chunk is read, verified and hashed before
-    deduplication finds the stored result - what every re-save cost before."""
+    name, so the save is a lookup. ``resave_saved_graph``: saving again a computed Dask
+    array (``lazy + 0``) that was saved before in this process: known by its Dask name, a
+    lookup too. ``recompute`` is the save of a graph never saved before (``lazy + 0`` under
+    a new name, same values): every chunk is read, verified and hashed before deduplication
+    finds the stored result - what every re-save cost before."""
 
     params = SIZES
     param_names = ["size"]
@@ -266,6 +294,8 @@ class ResaveLazyRead:
         data = common.load_volume(volumes[size])
         target = self.store.save(data, "raw", chunks=self.chunks)
         self.lazy = target.get_data()
+        self.computed = self.lazy + 0
+        self.store.save(self.computed, "raw", chunks=self.chunks)
 
     def teardown(self, volumes, size):
         common.remove(self.out)
@@ -273,5 +303,10 @@ class ResaveLazyRead:
     def time_cpr_zarr_resave(self, volumes, size):
         self.store.save(self.lazy, "raw", chunks=self.chunks)
 
+    def time_cpr_zarr_resave_saved_graph(self, volumes, size):
+        self.store.save(self.computed, "raw", chunks=self.chunks)
+
     def time_recompute(self, volumes, size):
-        self.store.save(self.lazy + 0, "raw", chunks=self.chunks)
+        # a name never saved: cpr_zarr versions that know saved names would look it up
+        fresh = da.map_blocks(np.add, self.lazy, 0, name=f"recompute-{uuid.uuid4().hex}")
+        self.store.save(fresh, "raw", chunks=self.chunks)

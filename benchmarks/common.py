@@ -172,3 +172,115 @@ def tree_bytes(path: str | os.PathLike[str]) -> int:
     if path.is_file():
         return path.stat().st_size
     return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+# -- the machine's ceiling: the same chunks, encoded/decoded on all cores, as plain files -----
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not on Linux
+        return os.cpu_count() or 1
+
+
+def _blosc():
+    """The numcodecs Blosc behind :func:`codec` (zstd-1, byte shuffle; typesize from the data)."""
+    from numcodecs import Blosc
+
+    return Blosc(cname="zstd", clevel=1, shuffle=Blosc.SHUFFLE)
+
+
+def _grid(shape: tuple[int, ...], chunk_shape: tuple[int, ...]):
+    counts = [-(-s // c) for s, c in zip(shape, chunk_shape, strict=True)]
+    for index in np.ndindex(*counts):
+        region = tuple(
+            slice(i * c, min((i + 1) * c, s))
+            for i, c, s in zip(index, chunk_shape, shape, strict=True)
+        )
+        yield index, region
+
+
+def ceiling_save(data: np.ndarray, chunk_shape: tuple[int, ...], folder: Path) -> Path:
+    """Encode every chunk of ``data`` with the same codec on all cores, each written as a file.
+
+    What any chunked writer has to do at least: copy the chunk out of the array
+    (``np.ascontiguousarray``), Blosc it, write ``folder/c/i/j/k`` (zarr's key layout). No
+    hashing, no atomic rename, no metadata, edge chunks not padded. One thread per core.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    blosc = _blosc()
+    root = folder / f"ceiling-{uuid.uuid4().hex[:12]}"
+
+    def one(item):
+        index, region = item
+        encoded = blosc.encode(np.ascontiguousarray(data[region]))
+        path = root.joinpath("c", *map(str, index))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "wb") as f:
+            f.write(encoded)
+
+    with ThreadPoolExecutor(_cores()) as pool:
+        list(pool.map(one, _grid(data.shape, chunk_shape)))
+    return root
+
+
+def ceiling_read(
+    array_folder: str | os.PathLike[str],
+    shape: tuple[int, ...],
+    chunk_shape: tuple[int, ...],
+    dtype: np.dtype = DTYPE,
+) -> np.ndarray:
+    """Read the chunk files of a stored array and decode them on all cores into one array.
+
+    What any reader of these files has to do at least: read each file, Blosc-decode it (into
+    a buffer reused by its thread) and copy it into the output. No hashing. One thread per
+    core.
+    """
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    blosc = _blosc()
+    root = Path(array_folder)
+    out = np.empty(shape, dtype=dtype)
+    local = threading.local()
+
+    def one(item):
+        index, region = item
+        buf = getattr(local, "buf", None)
+        if buf is None:
+            buf = local.buf = np.empty(chunk_shape, dtype=dtype)
+        with open(root.joinpath("c", *map(str, index)), "rb") as f:
+            blosc.decode(f.read(), out=buf)
+        out[region] = buf[tuple(slice(0, r.stop - r.start) for r in region)]
+
+    with ThreadPoolExecutor(_cores()) as pool:
+        list(pool.map(one, _grid(shape, chunk_shape)))
+    return out
+
+
+def interleaved_ratio(
+    numerator, denominator, *, cleanup=None, budget_seconds: float = 60.0, pairs: int = 15
+) -> float:
+    """median time of ``numerator()`` / median time of ``denominator()``, the two called
+    alternately in one process (the order flipped every pair): a ratio free of the drift
+    between separate asv batches on a shared or virtual machine. ``cleanup(result)`` runs
+    after each call, outside the timing (e.g. removes what a save wrote)."""
+    import statistics
+    import time
+
+    times: dict[int, list[float]] = {0: [], 1: []}
+    fns = (numerator, denominator)
+    start = time.perf_counter()
+    for i in range(pairs):
+        for which in (0, 1) if i % 2 else (1, 0):
+            t0 = time.perf_counter()
+            result = fns[which]()
+            times[which].append(time.perf_counter() - t0)
+            if cleanup is not None:
+                cleanup(result)
+            del result
+        if time.perf_counter() - start > budget_seconds and i >= 2:
+            break
+    return statistics.median(times[0]) / statistics.median(times[1])

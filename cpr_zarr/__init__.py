@@ -28,6 +28,7 @@ __all__ = [
     "ResultNotFoundError",
     "ResultStore",
     "StoreError",
+    "Table",
     "TiffSource",
     "UnsupportedResultError",
     "ZarrSource",
@@ -55,7 +56,7 @@ if TYPE_CHECKING:
     from cpr_zarr.core.export import to_ngff_v04, to_ome_tiff
     from cpr_zarr.core.pyramid import read_level
     from cpr_zarr.core.source import TiffSource, ZarrSource
-    from cpr_zarr.core.table import read_table, to_csv
+    from cpr_zarr.core.table import Table, read_table, to_csv
     from cpr_zarr.decorator import ZarrTask, delete_on_rollback, task, written_targets
     from cpr_zarr.errors import (
         AmbiguousReferenceError,
@@ -88,6 +89,7 @@ _LAZY = {
     "TiffSource": "cpr_zarr.core.source",
     "ZarrSource": "cpr_zarr.core.source",
     "read_table": "cpr_zarr.core.table",
+    "Table": "cpr_zarr.core.table",
     "save_table": "cpr_zarr.store",
     "to_csv": "cpr_zarr.core.table",
     "ZarrTask": "cpr_zarr.decorator",

@@ -38,6 +38,7 @@ import contextlib
 import json
 import logging
 import os
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -69,6 +70,8 @@ _MARK = "cpr_zarr"  # metadata_ key marking artifacts made here
 _TASK_TABLE = "task-results"
 _FLOW_TABLE = "flow-results"
 _PAGE = 200
+# a table cell without a value: an em dash ("-" alone is a list item in the V1 UI's markdown)
+_MISSING = "—"
 _PASSES = 20
 _UNITS = {
     "micrometer": "µm",
@@ -113,12 +116,12 @@ def _targets(value: Any) -> list[ZarrTarget]:
 
 def _bytes(n: float | None) -> str:
     if n is None or n != n:
-        return "-"
+        return _MISSING
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if abs(n) < 1024 or unit == "TiB":
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
         n /= 1024
-    return "-"  # pragma: no cover
+    return _MISSING  # pragma: no cover
 
 
 def _kind(target: ZarrTarget, image: ImageMeta | None) -> str:
@@ -132,9 +135,9 @@ def _kind(target: ZarrTarget, image: ImageMeta | None) -> str:
 
 
 def physical_size(target: ZarrTarget, image: ImageMeta | None) -> str:
-    """Extent of each axis with a unit, e.g. ``z 30 µm, y 64 µm, x 64 µm`` ("-" if none)."""
+    """Extent of each axis with a unit, e.g. ``z 30 µm, y 64 µm, x 64 µm`` ("—" if none)."""
     if image is None:
-        return "-"
+        return _MISSING
     parts = []
     for axis, unit, scale, size in zip(
         image.axes, image.units, image.scale, target.shape, strict=False
@@ -142,7 +145,7 @@ def physical_size(target: ZarrTarget, image: ImageMeta | None) -> str:
         if unit is None:
             continue
         parts.append(f"{axis} {size * float(scale):.4g} {_UNITS.get(unit, unit)}")
-    return ", ".join(parts) if parts else "-"
+    return ", ".join(parts) if parts else _MISSING
 
 
 def result_row(target: ZarrTarget, *, cache_hit: bool, task_run: str = "") -> dict[str, str]:
@@ -157,7 +160,7 @@ def result_row(target: ZarrTarget, *, cache_hit: bool, task_run: str = "") -> di
     raw = None
     if kind != "table":
         raw = int(np.prod(target.shape, dtype=np.int64)) * np.dtype(target.dtype).itemsize
-    ratio = f"{raw / stored:.2f}" if raw is not None and stored else "-"
+    ratio = f"{raw / stored:.2f}" if raw is not None and stored else _MISSING
     return {
         "result": target.name,
         "task run": task_run,
@@ -167,7 +170,7 @@ def result_row(target: ZarrTarget, *, cache_hit: bool, task_run: str = "") -> di
         "dtype": target.dtype,
         "stored": _bytes(stored),
         "ratio": ratio,
-        "physical size": physical_size(target, image) if kind != "table" else "-",
+        "physical size": physical_size(target, image) if kind != "table" else _MISSING,
         "cache hit": "yes" if cache_hit else "no",
         "store": target.store_url,
         "group": target.group_path,
@@ -284,7 +287,40 @@ def record_results(
                 )
             )
         if flow_run_id is not None:
+            _update_flow_table_once(client, flow_run_id)
+
+
+_UPDATING: dict[Any, bool] = {}  # flow run id -> another pass was asked for meanwhile
+_UPDATING_LOCK = threading.Lock()
+
+
+def _update_flow_table_once(client: Any, flow_run_id: UUID) -> None:
+    """:func:`update_flow_table`, coalesced between the task threads of this process.
+
+    Each pass lists every task table of the flow run, so one pass per task costs O(tasks)
+    each, O(tasks²) for a flow (1,000 mapped tiny tasks spent most of their time there).
+    While a thread of this process is updating a flow run's table, other threads that
+    finish only ask it for one more pass and return: that pass lists the tables after
+    theirs were written, so their rows are in the table before the updating task ends,
+    as before. Other processes coordinate through the tables themselves (module doc).
+    """
+    with _UPDATING_LOCK:
+        if flow_run_id in _UPDATING:
+            _UPDATING[flow_run_id] = True
+            return
+        _UPDATING[flow_run_id] = False
+    try:
+        while True:
             update_flow_table(client, flow_run_id)
+            with _UPDATING_LOCK:
+                if not _UPDATING[flow_run_id]:
+                    del _UPDATING[flow_run_id]
+                    return
+                _UPDATING[flow_run_id] = False
+    except BaseException:
+        with _UPDATING_LOCK:
+            _UPDATING.pop(flow_run_id, None)
+        raise
 
 
 def _tables(client: Any, flow_run_id: UUID) -> tuple[list[Any], list[Any]]:

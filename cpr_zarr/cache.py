@@ -10,7 +10,10 @@ per GiB of array). This policy hashes
 * ``pathlib.Path`` inputs naming an existing file by path, size and modification time
   (a changed file is a new key; the file is not read),
 
-and everything else the way ``INPUTS`` does. It is a plain ``CachePolicy`` (Prefect's
+and everything else the way ``INPUTS`` does. For a ``cpr_zarr.task`` the key also holds the
+URL of the store the task writes to: the same inputs with another store are another result
+(a cached pointer into the old store would hand back results from a store the task no
+longer writes to, or from one that is gone). It is a plain ``CachePolicy`` (Prefect's
 ``CompoundCachePolicy`` silently replaces subclasses of ``Inputs`` with ``Inputs()``), so
 ``CONTENT_INPUTS + TASK_SOURCE`` composes as expected.
 """
@@ -88,9 +91,14 @@ class ContentInputs(CachePolicy):
         flow_parameters: dict[str, Any] | None,
         **kwargs: Any,
     ) -> str | None:
-        if not inputs:
+        # a cpr_zarr.task's store (task_ctx is None when called outside a task run)
+        store_url = getattr(getattr(task_ctx, "task", None), "store_url", None)
+        if not inputs and store_url is None:
             return None
-        tokens = {k: content_token(v) for k, v in inputs.items() if k not in self.exclude}
+        tokens = {k: content_token(v) for k, v in (inputs or {}).items() if k not in self.exclude}
+        if store_url is not None:
+            # not a parameter name: "cpr_zarr.store" cannot be one
+            tokens["cpr_zarr.store"] = store_url
         try:
             return hash_objects(tokens, raise_on_failure=True)
         except Exception as exc:

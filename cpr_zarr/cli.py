@@ -236,6 +236,9 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
                    f"{plural(cpr.digest_count, 'chunk')}")  # fmt: skip
     if "/labels/" in target.group_path:
         click.echo(f"  label image   of {target.group_path.split('/labels/')[0]}")
+    region = getattr(cpr, "region", None)
+    if region is not None:  # stored with the image, in the Fractal/ngio layout
+        click.echo(f"  feature table of label image {region}")
     ratio = row["ratio"]
     ratio_text = f" (ratio {ratio:.2f})" if isinstance(ratio, float) and ratio == ratio else ""
     raw = "" if row["raw_bytes"] is None else f"{human_bytes(row['raw_bytes'])} raw, "

@@ -145,10 +145,13 @@ def _walk(
         saved = store.save(ngff.Image(array, axes="cyx") if array.ndim == 3 else array, name)
         fields = saved.to_dict() | {"shape": saved.shape, "chunks": saved.chunks}
         return PILTarget(**fields, pil_mode=value.mode)
-    if isinstance(value, pd.DataFrame):
+    if isinstance(value, (pd.DataFrame, table.Table)):
         if store is None:
-            table.encode_table(value, parse_name(name))
+            frame = value.data if isinstance(value, table.Table) else value
+            table.encode_table(frame, parse_name(name))
             return value
+        if isinstance(value, table.Table) and inputs is not None:
+            value = inputs.prepare(value)  # labels=<the input array> names its label image
         return store.save(value, name)
     if isinstance(value, (ZarrTarget, *_JSON_SCALARS)):
         return value
@@ -182,19 +185,24 @@ def _walk(
 
 def _store_getter(
     store: str | os.PathLike[str] | ResultStore | None,
-) -> Callable[[], ResultStore]:
+) -> tuple[str, Callable[[], ResultStore]]:
+    """The store's URL, and a function that opens it."""
     if isinstance(store, ResultStore):
         given = store
-        return lambda: given
+        return given.url, lambda: given
     if store is None:
         store = os.environ.get(DEFAULT_STORE_ENV, "results.zarr")
     # resolve relative paths now (no I/O at import time); open on first use
     url = normalize_url(store)[0]
-    return lambda: open_store(url, mode="a")
+    return url, lambda: open_store(url, mode="a")
 
 
 def _result_name(task_name: str) -> str:
-    return "".join(c if c.isalnum() or c in "_.-" else "_" for c in task_name)
+    """A result name (``[A-Za-z0-9][A-Za-z0-9_.-]{0,99}``) from any task name: other
+    characters become ``_``, leading ones that cannot start a name are dropped (a private
+    ``_helper`` task saves as ``helper``), at most 100 characters, ``result`` if none is left."""
+    name = "".join(c if (c.isascii() and c.isalnum()) or c in "_.-" else "_" for c in task_name)
+    return name.lstrip("_.-")[:100] or "result"
 
 
 def _running_task(body: Callable[..., Any]) -> ZarrTask | None:
@@ -422,7 +430,8 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         _add_artifacts_hook(self)
         self.user_fn = user_fn
         self.store = store
-        self.get_store = _store_getter(store)
+        #: the URL results go to (part of the cache key: see ``cpr_zarr.cache``)
+        self.store_url, self.get_store = _store_getter(store)
         self.numpy_params = _numpy_params(user_fn)
         self.signature = inspect.signature(user_fn)
 
@@ -444,7 +453,10 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         for attr in ("user_fn", "numpy_params", "signature"):
             setattr(new, attr, getattr(self, attr))
         new.store = self.store if store is None else store
-        new.get_store = self.get_store if store is None else _store_getter(store)
+        if store is None:
+            new.store_url, new.get_store = self.store_url, self.get_store
+        else:
+            new.store_url, new.get_store = _store_getter(store)
         new.artifacts = self.artifacts if artifacts is None else artifacts
         _add_artifacts_hook(new)
         return new
@@ -466,7 +478,7 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
             store = self.get_store()
             for pname, value in params.items():
                 where = f"Argument {pname!r} of {self.name}"
-                name = f"{_result_name(self.name)}.input.{pname}"
+                name = _result_name(f"{self.name}.input.{pname}")
                 _walk(value, name, where, None)
                 params[pname] = _walk(value, name, where, _Saver(store, {}))
             args, kwargs = (), params

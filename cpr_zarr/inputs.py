@@ -16,7 +16,8 @@ class InputImages:
     when the output dropped leading non-space axes such as ``c``) is saved with that
     input's metadata; the first matching input in parameter order wins. A returned
     :class:`Image` with any metadata given keeps exactly what it gives, and
-    :class:`Labels` may name their image by the input array the task received.
+    :class:`Labels` may name their image (and a ``cpr_zarr.Table`` its label image) by
+    the input array the task received.
     """
 
     def __init__(self) -> None:
@@ -67,6 +68,12 @@ class InputImages:
         if isinstance(value, Labels):
             image = self._by_id.get(id(value.image), value.image)
             return Labels(value.data, image=image, colors=value.colors)
+        if type(value).__module__ == "cpr_zarr.core.table":  # a Table (pandas is loaded)
+            from cpr_zarr.core.table import Table
+
+            if isinstance(value, Table):
+                return Table(value.data, labels=self._by_id.get(id(value.labels), value.labels))
+            return value
         if isinstance(value, Image):
             if value.has_meta:
                 return value

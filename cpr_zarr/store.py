@@ -322,7 +322,8 @@ class ResultStore:
         if parse_group_path(ref) is None and ("/" in ref or "\\" in ref or ref in (".", "..")):
             raise InvalidReferenceError(
                 f"Reference {ref!r} is not a result of store {self.url!r}: a path reference is "
-                "'<name>-<hash>' or '<name>-<hash>/labels/<name>-<hash>', relative to the store "
+                "'<name>-<hash>', '<name>-<hash>/labels/<name>-<hash>' or "
+                "'<name>-<hash>/tables/<name>-<hash>', relative to the store "
                 "root, without '..', '.', empty segments, a leading '/' or backslashes. Give "
                 "the group path as `cpr-zarr ls` prints it, a content hash or a hash prefix."
             )
@@ -395,7 +396,9 @@ class ResultStore:
         data
             A numpy array (bool, int, uint, float or complex; 1-D to 5-D), a Dask array
             (written chunk by chunk, never held whole in memory), a ``cpr_zarr.Image`` or
-            ``cpr_zarr.Labels`` (array plus NGFF metadata), or a pandas DataFrame (a table).
+            ``cpr_zarr.Labels`` (array plus NGFF metadata), a pandas DataFrame (a table), or
+            a ``cpr_zarr.Table`` (a DataFrame of measurements of a label image, stored with
+            its image in the Fractal/ngio layout).
         name
             Readable part of the group path (letters, digits, ``_ . -``).
         chunks
@@ -475,18 +478,27 @@ class ResultStore:
                 f"metadata {sorted(_METADATA_KEYS)}. Check the spelling, e.g. scale=(2.0, 0.65, "
                 "0.65)."
             )
+        labels = None
+        if type(data).__module__ == "cpr_zarr.core.table":  # a Table (no pandas import else)
+            from cpr_zarr.core.table import Table
+
+            if isinstance(data, Table):
+                data, labels = data.data, data.labels
         try:
-            if type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas"):
+            if labels is not None or (
+                type(data).__name__ == "DataFrame" and type(data).__module__.startswith("pandas")
+            ):
                 given = {"chunks": chunks, "compressor": compressor, **metadata}
                 given = {k: v for k, v in given.items() if v is not None}
                 if given:
                     raise InvalidArgumentError(
                         f"Cannot save table {name!r} to store {self.url!r} with {given!r}: "
-                        "tables are stored one array per column with fixed chunks and codecs, "
+                        "tables are stored as parquet files (or one array per column) with "
+                        "fixed chunks and codecs, "
                         "and have no image metadata. Save the DataFrame without these arguments."
                     )
 
-                target = save_table_to(self.storage, data, name)
+                target = save_table_to(self.storage, data, name, labels=labels)
             else:
                 target = save_array(
                     self.storage, data, name, chunks=chunks, compressor=compressor, **metadata

@@ -135,8 +135,9 @@ def label(mask: np.ndarray, image) -> tuple[cpr_zarr.Labels, int]:  # type: igno
 
 
 @cpr_zarr.task(store=STORE)
-def measure(labels: np.ndarray, image: np.ndarray) -> pd.DataFrame:
-    """One row per nucleus: volume, centroid and intensity (a regionprops table)."""
+def measure(labels: np.ndarray, image: np.ndarray) -> cpr_zarr.Table:
+    """One row per nucleus: volume, centroid and intensity (a regionprops table), stored
+    with the raw image as a feature table of the label image (ngio/Fractal read it)."""
     from skimage.measure import regionprops_table
 
     props = regionprops_table(
@@ -146,7 +147,7 @@ def measure(labels: np.ndarray, image: np.ndarray) -> pd.DataFrame:
     )
     table = pd.DataFrame(props).set_index("label")
     table["volume_um3"] = table["area"] * float(np.prod(VOXEL_SIZE_UM))
-    return table
+    return cpr_zarr.Table(table, labels=labels)
 
 
 def dask_runner(workers: int) -> DaskTaskRunner:

@@ -120,3 +120,41 @@ def test_a_blosc_frame_of_the_wrong_size_is_an_error_not_garbage() -> None:
     sync(array.store_path.store.set("c/1/1/1", buffer))
     with pytest.raises(ValueError, match=r"chunk \(1, 1, 1\) declares 1024 bytes.*2048"):
         codec.read((1, 1, 1))
+
+
+@pytest.mark.parametrize(
+    "compressors",
+    [BloscCodec(cname="zstd", clevel=1, shuffle="shuffle"), ZstdCodec(level=1)],
+    ids=["blosc", "zstd"],
+)
+def test_chunks_through_local_storage_are_zarrs_chunks(tmp_path: Any, compressors: Any) -> None:
+    """With a Storage, chunks go through its get/set (plain files here, no event loop): zarr
+    reads them back, and no temporary file stays behind."""
+    from cpr_zarr.storage._local import LocalStorage
+
+    storage = LocalStorage(tmp_path / "s.zarr")
+    data = _with_special_chunks(microscopy_volume((9, 21, 19)))
+    array = zarr.create_array(
+        storage.zarr_store,
+        name="a/0",
+        shape=data.shape,
+        chunks=(2, 8, 8),
+        dtype=data.dtype,
+        compressors=compressors,
+        fill_value=0,
+    )
+    codec = ChunkCodec(array, storage)
+    grid = list(chunk_grid(data.shape, (2, 8, 8)))
+    for index, region in grid:
+        codec.write(index, data[region])
+    np.testing.assert_array_equal(zarr.open_array(storage.zarr_store, path="a/0")[...], data)
+    files = [p for p in (tmp_path / "s.zarr" / "a" / "0" / "c").rglob("*") if p.is_file()]
+    assert files
+    assert not [p for p in files if "partial" in p.name]
+    assert codec.load((0, 0, 0)) is None  # an all-zero chunk is not stored, like zarr
+    scratch = np.empty((2, 8, 8), dtype=data.dtype)
+    for index, region in grid:
+        np.testing.assert_array_equal(codec.read(index), data[region])
+        block = codec.load(index, out=scratch)
+        if block is not None:  # decoded into the caller's buffer (Blosc) or its own
+            np.testing.assert_array_equal(block, data[region])

@@ -190,6 +190,32 @@ def test_decorator_keeps_prefect_options_and_rejects_generators(tmp_path: Path) 
             yield np.zeros(3)
 
 
+def test_any_task_name_gives_a_valid_result_name(tmp_path: Path) -> None:
+    # a private helper, characters a result name cannot hold, and a name over 100 characters
+    store = str(tmp_path / "r.zarr")
+
+    @cpr_zarr.task(store=store)
+    def _helper(x: int) -> np.ndarray:
+        return np.full(3, x)
+
+    @cpr_zarr.task(store=store, name="__Kernzählung / " + "x" * 150)
+    def odd(image: np.ndarray) -> np.ndarray:
+        return image + 1
+
+    @flow
+    def pipeline() -> list[cpr_zarr.ZarrTarget]:
+        first = _helper(1)
+        return [first, odd(first), odd(np.zeros(2))]
+
+    helper, counted, from_input = pipeline()
+    assert helper.name == "helper"
+    assert counted.name.startswith("Kernz_hlung___xxx")
+    assert len(counted.name) == 100
+    assert from_input.name == counted.name
+    assert len(list(cpr_zarr.ResultStore(store).targets())) == 3
+    np.testing.assert_array_equal(counted.to_numpy(), [2, 2, 2])
+
+
 def test_pil_images_are_stored_as_arrays_and_come_back_as_pil(
     tmp_path: Path, result_storage: Path
 ) -> None:

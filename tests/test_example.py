@@ -100,6 +100,14 @@ def test_example_runs_twice_in_two_processes_second_all_cached(tmp_path: Path) -
     table = cpr_zarr.read_table(by_name["table"])
     assert len(table) == count
     assert (table["volume_um3"] > 0).all()
+    # the measurements are a feature table of the label image, stored with the raw image:
+    # ngio reads them there without cpr_zarr
+    from tests.test_readers import ngio_reads_feature_table
+
+    image_path, _, table_name = by_name["table"].group_path.rpartition("/tables/")
+    assert image_path == by_name["raw"].group_path
+    labels_name = by_name["labels"].group_path.rsplit("/", 1)[1]
+    ngio_reads_feature_table(store.storage.root / image_path, table_name, labels_name, table)  # type: ignore[operator]
     csv = tmp_path / "nuclei_measurements.csv"
     assert len(csv.read_text().splitlines()) == count + 1
     # the stored raw image is the shipped TIFF, bit for bit

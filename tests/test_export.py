@@ -242,3 +242,43 @@ def test_ngff_04_copy_keeps_the_images_ngio_tables(
             table.dataframe.reset_index(), expected, check_dtype=False, check_index_type=False
         )
     assert zarr.open_group(str(out), mode="r")["tables/nuclei"].metadata.zarr_format == 2
+
+
+def test_ngff_04_copy_keeps_cpr_zarr_feature_tables_beside_ngios(
+    local_store: cpr_zarr.ResultStore, tmp_path: Path
+) -> None:
+    """A ``cpr_zarr.Table`` and a table ngio added to the same image are both listed, read
+    by ngio as feature tables of the label image, and copied to the 0.4 export."""
+    import ngio
+    import pandas as pd
+    from ngio.tables import FeatureTable
+
+    image = local_store.save(
+        cpr_zarr.Image(np.arange(32 * 24, dtype=np.uint16).reshape(32, 24)), "img"
+    )
+    labels = (np.arange(32 * 24) % 4).astype(np.uint8).reshape(32, 24)
+    seg = local_store.save(cpr_zarr.Labels(labels, image=image), "seg")
+    seg_name = seg.group_path.rsplit("/", 1)[1]
+    features = pd.DataFrame(
+        {"area": [192.0, 190.0, 191.0]}, index=pd.Index([1, 2, 3], name="label")
+    )
+    ours = local_store.save(cpr_zarr.Table(features, labels=seg), "measure")
+    ours_name = ours.group_path.rsplit("/", 1)[1]
+    container = ngio.open_ome_zarr_container(Path(local_store.url) / image.group_path)
+    container.add_table(
+        "nuclei", FeatureTable(table_data=features, reference_label=seg_name), backend="parquet"
+    )
+    # a later cpr_zarr table keeps ngio's in the list
+    other = local_store.save(cpr_zarr.Table(features * 2, labels=seg), "measure")
+    names = [ours_name, other.group_path.rsplit("/", 1)[1]]
+    assert sorted(container.list_tables()) == sorted([*names, "nuclei"])
+    assert local_store.damaged() == []
+
+    out = to_ngff_v04(image, tmp_path / "img-v2.zarr")
+    copy = ngio.open_ome_zarr_container(out)
+    assert sorted(copy.list_tables()) == sorted([*names, "nuclei"])
+    for name, expected in ((names[0], features), (names[1], features * 2), ("nuclei", features)):
+        table = copy.get_table(name)
+        assert type(table).__name__ == "FeatureTableV1"
+        assert table.reference_label == seg_name
+        pd.testing.assert_frame_equal(table.dataframe, expected, check_index_type=False)

@@ -199,6 +199,31 @@ def test_default_no_cache_setting_and_refresh_cache_and_expiration(tmp_path: Pat
     assert task_run_states(third.state_details.flow_run_id)["expiring"] == ["Completed"]
 
 
+def test_the_same_task_on_another_store_is_not_a_cache_hit(tmp_path: Path) -> None:
+    # the key holds the store: a pointer cached for store A is not a result in store B
+    first, second = str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")
+
+    @cpr_zarr.task(store=first)
+    def smooth(seed: int) -> np.ndarray:
+        return np.full((4, 4), seed, dtype=np.uint8)
+
+    def pipeline_on(store: str) -> tuple[object, object]:
+        @flow
+        def pipeline() -> object:
+            return smooth.with_options(store=store)(7)
+
+        state = pipeline(return_state=True)
+        return state.result(), task_run_states(state.state_details.flow_run_id)["smooth"]
+
+    a, a_states = pipeline_on(first)
+    b, b_states = pipeline_on(second)
+    again, again_states = pipeline_on(first)
+    assert (a_states, b_states, again_states) == (["Completed"], ["Completed"], ["Cached"])
+    assert b.store_url == cpr_zarr.ResultStore(second).url  # type: ignore[attr-defined]
+    assert again == a
+    assert len(list(cpr_zarr.ResultStore(second).targets())) == 1
+
+
 def test_retries_hooks_subflows_and_thread_pool_map(tmp_path: Path, result_storage: Path) -> None:
     store_url = str(tmp_path / "results.zarr")
     attempts: list[int] = []

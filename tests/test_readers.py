@@ -3,13 +3,19 @@
 Kinds: a 2-D image (one level), a 3-D image with a pyramid, scale, units and translation,
 a channel image (``czyx``), a mask (bool), and label images saved from numpy and from Dask.
 Readers: the strict NGFF 0.5 JSON schemas published with the spec (jsonschema),
-ome-zarr-models, napari-ome-zarr and ngio (Fractal's I/O library). The README's table of
-tools points at the tests here.
+ome-zarr-models, napari-ome-zarr, ngio (Fractal's I/O library), ngff-zarr, bioio
+(bioio-ome-zarr) and xarray. Tables (a feature table stored with its image, and a table of
+its own) open in ngio, without cpr_zarr imported, and in pandas/pyarrow. The README's table
+of tools points at the tests here.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -17,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import dask.array as da
 import jsonschema
 import numpy as np
+import pandas as pd
 import pytest
 import referencing
 import zarr
@@ -31,6 +38,9 @@ if TYPE_CHECKING:
     from cpr_zarr import ResultStore, ZarrTarget
 
 SCHEMAS = Path(__file__).parent / "data" / "ngff_schemas"
+# every reader opens the images with a table stored beside them (``tables/``), as a
+# measuring flow leaves them
+pytestmark = pytest.mark.usefixtures("tables")
 
 
 def schema_validator(version: str, name: str) -> jsonschema.protocols.Validator:
@@ -308,3 +318,186 @@ def test_napari_builtin_zarr_reader_opens_level_arrays_not_result_groups(
     np.testing.assert_array_equal(np.asarray(data), case.values)
     with pytest.raises(ValueError, match="No arrays found in zarr group"):
         read_zarr_dataset(str(path))
+
+
+# -- ngff-zarr, bioio, xarray ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ngff_zarr_opens_every_kind(results: dict[str, Kind], kind: str) -> None:
+    import ngff_zarr
+
+    case = results[kind]
+    multiscales = ngff_zarr.from_ngff_zarr(str(local_path(case.target)))
+    assert len(multiscales.images) == case.levels
+    image = multiscales.images[0]
+    assert image.dims == tuple(case.axes)
+    np.testing.assert_array_equal(np.asarray(image.data), case.values)
+    assert image.scale == dict(zip(case.axes, case.scale, strict=True))
+    assert image.translation == pytest.approx(dict(zip(case.axes, case.translation, strict=True)))
+    units = {a: u for a, u in zip(case.axes, case.units, strict=True) if u is not None}
+    assert {a: u for a, u in (image.axes_units or {}).items() if u} == units
+    top = multiscales.images[-1]
+    np.testing.assert_array_equal(
+        np.asarray(top.data), pyramid.read_level(case.target, case.levels - 1).compute()
+    )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_bioio_opens_every_kind(results: dict[str, Kind], kind: str) -> None:
+    import bioio_ome_zarr
+    from bioio import BioImage
+
+    case = results[kind]
+    image = BioImage(str(local_path(case.target)), reader=bioio_ome_zarr.Reader)
+    order = case.axes.upper()
+    np.testing.assert_array_equal(image.get_image_data(order), case.values)
+    assert image.resolution_levels == tuple(range(case.levels))
+    sizes = image.physical_pixel_sizes
+    for axis, value in zip(order, case.scale, strict=True):
+        if axis in "ZYX":
+            assert getattr(sizes, axis) == pytest.approx(value)
+    properties = image.dimension_properties
+    for axis, unit in zip(order, case.units, strict=True):
+        got = getattr(properties, axis).unit  # pint units; no unit: None or dimensionless
+        assert (str(got) if got is not None and str(got) != "dimensionless" else None) == unit
+    if case.levels > 1:
+        image.set_resolution_level(case.levels - 1)
+        np.testing.assert_array_equal(
+            image.get_image_data(order),
+            pyramid.read_level(case.target, case.levels - 1).compute(),
+        )
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_xarray_opens_each_level_of_every_kind(results: dict[str, Kind], kind: str) -> None:
+    """``xr.open_zarr(group, drop_variables=<the other levels>)``: one level as a DataArray
+    with the axes as dimensions and the NGFF metadata in the attributes (the README's call;
+    a whole pyramid does not open: its levels share dimension names with other sizes)."""
+    import xarray as xr
+
+    case = results[kind]
+    levels = [str(n) for n in range(case.levels)]
+    for number, level in enumerate(levels):
+        ds = xr.open_zarr(
+            case.target.store.url,
+            group=case.target.group_path,
+            drop_variables=[other for other in levels if other != level],
+            consolidated=False,
+        )
+        array = ds[level]
+        assert array.dims == tuple(case.axes)
+        expected = case.values if number == 0 else pyramid.read_level(case.target, number).compute()
+        np.testing.assert_array_equal(array.values, expected)
+    (multiscale,) = ds.attrs["ome"]["multiscales"]
+    assert [a.get("unit") for a in multiscale["axes"]] == list(case.units)
+    transforms = multiscale["datasets"][0]["coordinateTransformations"]
+    assert transforms[0]["scale"] == pytest.approx(case.scale)
+
+
+# -- tables ----------------------------------------------------------------------------------
+
+
+def measurements(labels: np.ndarray) -> pd.DataFrame:
+    values = np.unique(labels[labels > 0]).astype(np.int64)
+    return pd.DataFrame(
+        {"voxels": [int((labels == v).sum()) for v in values], "mean_z": values * 0.5},
+        index=pd.Index(values, name="label"),
+    )
+
+
+@pytest.fixture(scope="module")
+def tables(results: dict[str, Kind]) -> dict[str, tuple[ZarrTarget, pd.DataFrame]]:
+    case = results["labels"]
+    store = case.target.store
+    features = measurements(case.values)
+    own = pd.DataFrame({"sample": ["a", "b", "c"], "dose": [0.5, 1.0, 2.0]})
+    return {
+        "feature": (store.save(cpr_zarr.Table(features, labels=case.target), "measure"), features),
+        "own": (store.save(own, "plate"), own),
+    }
+
+
+NGIO_WITHOUT_CPR_ZARR = """
+    import json, sys
+    import ngio
+    image, expected = sys.argv[1], json.loads(sys.argv[2])
+    container = ngio.open_ome_zarr_container(image)
+    assert container.list_tables() == [expected["table"]], container.list_tables()
+    assert container.list_tables(filter_types="feature_table") == [expected["table"]]
+    table = container.get_table(expected["table"])
+    assert type(table).__name__ == "FeatureTableV1", type(table)
+    assert table.reference_label == expected["labels"], table.reference_label
+    assert table.reference_label in container.list_labels()
+    df = table.dataframe
+    assert df.index.name == "label", df.index.name
+    assert df.index.tolist() == expected["label"], df.index.tolist()
+    assert list(df.columns) == list(expected["columns"]), list(df.columns)
+    for column, values in expected["columns"].items():
+        assert df[column].tolist() == values, column
+    assert "cpr_zarr" not in sys.modules
+    print("ok", len(df))
+"""
+
+
+def ngio_reads_feature_table(image: Path, table: str, labels: str, df: pd.DataFrame) -> None:
+    """ngio, in a process that never imports cpr_zarr, reads ``table`` of ``image`` as a
+    feature table of ``labels`` with the values of ``df``."""
+    expected = {
+        "table": table,
+        "labels": labels,
+        "label": df.index.tolist(),
+        "columns": {str(c): df[c].tolist() for c in df.columns},
+    }
+    proc = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(NGIO_WITHOUT_CPR_ZARR), str(image),
+         json.dumps(expected)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok"), proc.stdout
+
+
+def test_ngio_reads_a_feature_table_of_its_label_image_without_cpr_zarr(
+    results: dict[str, Kind], tables: dict[str, tuple[ZarrTarget, pd.DataFrame]]
+) -> None:
+    target, df = tables["feature"]
+    image_path, _, name = target.group_path.rpartition("/tables/")
+    assert image_path == results["image-3d-pyramid"].target.group_path
+    labels = results["labels"].target.group_path.rsplit("/", 1)[1]
+    ngio_reads_feature_table(Path(target.store_url) / image_path, name, labels, df)
+    # and cpr_zarr reads it back as the same DataFrame, verified
+    pd.testing.assert_frame_equal(cpr_zarr.read_table(target), df, check_exact=True)
+
+
+def test_ngio_pandas_and_pyarrow_read_a_table_of_its_own(
+    tables: dict[str, tuple[ZarrTarget, pd.DataFrame]],
+) -> None:
+    from ngio.tables import open_table
+
+    target, df = tables["own"]
+    group = Path(target.store_url) / target.group_path
+    table = open_table(str(group), mode="r")
+    assert type(table).__name__ == "GenericTable"
+    pd.testing.assert_frame_equal(table.dataframe, df, check_exact=True)
+    pd.testing.assert_frame_equal(pd.read_parquet(group / "table.parquet"), df, check_exact=True)
+
+
+def test_the_readme_table_of_tools_has_a_row_per_reader_each_backed_by_tests() -> None:
+    """Every reader this file tests has a row in the README's table, and every row names
+    tests that exist (``file::test``)."""
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    section = readme.split("## Viewers: OME-NGFF images, pyramids, labels and tables")[1]
+    rows = [
+        line
+        for line in section.split("\n## ")[0].splitlines()
+        if line.startswith("| ") and not line.startswith(("| Tool", "| ---"))
+    ]
+    tools = [row.split(" | ")[0] for row in rows]
+    for reader in ("ngio", "ngff-zarr", "bioio", "xarray", "napari-ome-zarr", "pandas"):
+        assert any(reader in tool for tool in tools), (reader, tools)
+    for row in rows:
+        named = re.findall(r"`(test_\w+\.py)::(\w+)`", row)
+        assert named, row
+        for file, name in named:
+            assert f"def {name}(" in (Path(__file__).parent / file).read_text(), (file, name)

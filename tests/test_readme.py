@@ -122,6 +122,7 @@ def check_viewers(ns: dict[str, Any], code: str) -> None:
 
     image, labels, table = viewers_flow()
     assert labels.group_path.startswith(f"{image.group_path}/labels/")
+    assert table.group_path.startswith(f"{image.group_path}/tables/measure-")  # a feature table
     frame = cpr_zarr.read_table(table)
     assert list(frame.columns) == ["label", "area"]
     assert int(frame["area"].sum()) == int((ns["volume"][:8] > 3000).sum())

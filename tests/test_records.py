@@ -78,6 +78,13 @@ def every_kind(local_store: cpr_zarr.ResultStore) -> dict[str, cpr_zarr.ZarrTarg
         "labels": labels,
         "table": store.save(frame, "table"),
         "empty_table": store.save(pd.DataFrame(), "nothing"),
+        "feature_table": store.save(
+            cpr_zarr.Table(
+                pd.DataFrame({"area": [4.0, 2.5]}, index=pd.Index([1, 3], name="label")),
+                labels=labels,
+            ),
+            "features",
+        ),
         "pil": pil_image(store),
         "vector": store.save(np.linspace(0, 1, 7), "vector"),
         "empty": store.save(np.zeros((0, 4), dtype=np.float32), "empty"),
@@ -247,7 +254,9 @@ def test_a_record_with_a_wrong_type_is_an_integrity_error_naming_the_field(
     doc = json.loads((root / target.group_path / "zarr.json").read_text())
     record = doc["attributes"]["cpr_zarr"]
     record["table"]["columns_dtype"] = 7
-    record["content_hash"] = table_hash(record["table"], record["digests"])
+    record["content_hash"] = table_hash(
+        record["table"], record["digests"], algorithm=record["algorithm"]
+    )
     record["record_digest"] = record_digest(doc["attributes"])
     path = f"table-{record['content_hash']}"
     (root / target.group_path).rename(root / path)
@@ -303,7 +312,9 @@ def test_record_keys_are_written_in_one_place() -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("kind", ["image", "labels", "table", "empty_table", "pil", "empty"])
+@pytest.mark.parametrize(
+    "kind", ["image", "labels", "table", "empty_table", "feature_table", "pil", "empty"]
+)
 def test_info_works_on_every_kind_of_result(
     every_kind: dict[str, cpr_zarr.ZarrTarget], kind: str
 ) -> None:
@@ -313,7 +324,7 @@ def test_info_works_on_every_kind_of_result(
     text = runner.invoke(main, ["info", store_url, target.group_path], catch_exceptions=False)
     assert text.exit_code == 0, text.output
     record = catalog.load(target.store.storage, target.group_path)
-    what = "stored array" if kind in ("table", "empty_table") else "chunk"
+    what = "stored array" if "table" in kind else "chunk"
     count = record.digest_count
     assert f"{count} {what}{'s' * (count != 1)}" in text.output
     doc = runner.invoke(
@@ -324,6 +335,9 @@ def test_info_works_on_every_kind_of_result(
     assert out["kind"] == record.kind == ("table" if "table" in kind else "array")
     assert out["chunk_count"] == record.digest_count
     assert out["algorithm"] == record.algorithm
-    assert (out["ome"] is None) == (kind in ("table", "empty_table"))
+    assert (out["ome"] is None) == ("table" in kind)
+    if kind == "feature_table":
+        labels = every_kind["labels"].group_path
+        assert f"feature table of label image {labels}" in text.output
     if kind == "pil":
         assert [a["name"] for a in out["ome"]["multiscales"][0]["axes"]] == ["c", "y", "x"]

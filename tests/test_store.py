@@ -255,6 +255,42 @@ class _CountTasks(dask.callbacks.Callback):
         self.count += 1
 
 
+class _TaskResults(dask.callbacks.Callback):
+    """Keeps the result of every Dask task executed while it is active."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.results: list[object] = []
+
+    def _posttask(self, key: object, result: object, *args: object) -> None:
+        self.results.append(result)
+
+
+def test_a_whole_lazy_read_decodes_into_one_array_not_a_concatenation(
+    local_store: cpr_zarr.ResultStore,
+) -> None:
+    data = microscopy_volume((20, 50, 45))
+    data[:10, :16, :16] = 0  # an all-zero chunk, not stored
+    target = local_store.save(data, name="img", chunks=(10, 16, 16))  # 2 x 4 x 3 chunks
+    lazy = target.get_data()
+    with _TaskResults() as tasks:
+        whole = lazy.compute()
+    np.testing.assert_array_equal(whole, data)
+    blocks = [r for r in tasks.results if isinstance(r, np.ndarray) and r.shape != whole.shape]
+    assert len(blocks) == 24  # one read per chunk, each a view of the result: nothing copied
+    assert all(np.shares_memory(block, whole) for block in blocks)
+    again = lazy.compute()
+    assert not np.shares_memory(again, whole)  # every compute has its own output
+    # other schedulers, other graphs: the same values (blocks from other processes are copied)
+    np.testing.assert_array_equal(lazy.compute(scheduler="sync"), data)
+    np.testing.assert_array_equal(lazy.compute(scheduler="processes", num_workers=2), data)
+    both, plus = dask.compute(lazy, lazy + 1)
+    np.testing.assert_array_equal(both, data)
+    np.testing.assert_array_equal(plus, data + 1)
+    np.testing.assert_array_equal(dask.compute(lazy, optimize_graph=False)[0], data)
+    np.testing.assert_array_equal(lazy[5:15, 10:40].compute(), data[5:15, 10:40])
+
+
 def test_saving_a_lazy_read_again_computes_nothing(tmp_path: Path) -> None:
     store = cpr_zarr.ResultStore(tmp_path / "r.zarr")
     volume = microscopy_volume((16, 64, 64))
@@ -278,6 +314,38 @@ def test_saving_a_lazy_read_again_computes_nothing(tmp_path: Path) -> None:
     assert copied.content_hash == first.content_hash
     assert copied.store_url == other.url
     np.testing.assert_array_equal(copied.to_numpy(), volume)
+
+
+def test_a_dask_array_saved_before_in_this_process_is_not_computed_again(tmp_path: Path) -> None:
+    """Its Dask name identifies its values (Dask's own contract): the second save is a
+    lookup of the committed result, with the same metadata or another name."""
+    store = cpr_zarr.ResultStore(tmp_path / "r.zarr")
+    volume = microscopy_volume((16, 64, 64))
+    lazy = da.from_array(volume, chunks=(8, 32, 32)) * 2 + 1  # a computation, not a read
+    random = da.random.default_rng(7).integers(0, 9, size=(8, 40), chunks=(4, 20))
+    first, first_random = store.save(lazy, "a", chunks=(8, 32, 32)), store.save(random, "r")
+    with _CountTasks() as counted:
+        assert store.save(lazy, "a", chunks=(8, 32, 32)) == first
+        assert store.save(lazy, "b", chunks=(8, 32, 32)).content_hash == first.content_hash
+        assert store.save(random, "r") == first_random  # one array object: its seeds are fixed
+    assert counted.count == 0
+    np.testing.assert_array_equal(first.to_numpy(), volume * 2 + 1)
+    # what the name does not fix is computed: another chunk shape, dtype, store, or a
+    # result removed since
+    for save in (
+        lambda: store.save(lazy, "a", chunks=(16, 32, 32)),
+        lambda: store.save(lazy.astype("float32"), "a", chunks=(8, 32, 32)),
+        lambda: cpr_zarr.ResultStore(tmp_path / "other.zarr").save(lazy, "a", chunks=(8, 32, 32)),
+    ):
+        with _CountTasks() as counted:
+            save()
+        assert counted.count > 0
+    store.delete(first)
+    with _CountTasks() as counted:
+        again = store.save(lazy, "a", chunks=(8, 32, 32))
+    assert counted.count > 0
+    assert again == first
+    np.testing.assert_array_equal(again.to_numpy(), volume * 2 + 1)
 
 
 def test_incomplete_groups_are_never_returned(local_store: cpr_zarr.ResultStore) -> None:
@@ -485,7 +553,7 @@ def test_store_locations_that_cannot_be_opened(tmp_path: Path) -> None:
         cpr_zarr.ResultStore(a_file)
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_text("meow")
-    with pytest.raises(StoreError, match="not empty and is not a Zarr store"):
+    with pytest.raises(StoreError, match=r"not empty \(it holds .*\) and is not a Zarr store"):
         cpr_zarr.ResultStore(tmp_path / "photos")
     assert sorted(os.listdir(tmp_path / "photos")) == ["cat.jpg"]
     with pytest.raises(StoreError, match="Protocol not known: nosuch"):

@@ -35,7 +35,12 @@ if TYPE_CHECKING:
 
     from playwright.sync_api import Browser, Page
 
-pytestmark = pytest.mark.usefixtures("prefect_server")
+pytestmark = [
+    pytest.mark.usefixtures("prefect_server"),
+    # one xdist worker runs them all: the module's fixtures (a flow run, a server, a
+    # browser) then start once, not once per worker
+    pytest.mark.xdist_group("web"),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 SCREENSHOTS = os.environ.get("CPR_ZARR_SCREENSHOTS")

@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 LABELS_DIR = "labels"
+TABLES_DIR = "tables"
 
 
 def target_for(storage: Storage, path: str, record: ResultRecord) -> ZarrTarget:
@@ -44,19 +45,21 @@ def target_for(storage: Storage, path: str, record: ResultRecord) -> ZarrTarget:
 
 
 def candidate_paths(storage: Storage, *, nested: bool = False) -> list[str]:
-    """Result group paths under the root; with ``nested``, label images inside them too
-    (one more listing per result, so saves, which only need the top level, skip it)."""
+    """Result group paths under the root; with ``nested``, the label images and tables
+    inside them too (two more listings per result, so saves, which only need the top
+    level, skip them)."""
     top = sorted(p for p in storage.list_dir("") if parse_group_path(p) is not None)
     if not nested:
         return top
     out = []
     for path in top:
         out.append(path)
-        out.extend(
-            f"{path}/{LABELS_DIR}/{child}"
-            for child in sorted(storage.list_dir(f"{path}/{LABELS_DIR}"))
-            if parse_group_path(child) is not None
-        )
+        for folder in (LABELS_DIR, TABLES_DIR):
+            out.extend(
+                f"{path}/{folder}/{child}"
+                for child in sorted(storage.list_dir(f"{path}/{folder}"))
+                if parse_group_path(child) is not None
+            )
     return out
 
 

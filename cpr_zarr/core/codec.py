@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 
     import zarr
 
+    from cpr_zarr.storage import Storage
+
 __all__ = ["ChunkCodec", "parse_compressor", "thread_map", "worker_count"]
 
 
@@ -127,17 +129,26 @@ def parse_compressor(compressor: object, *, where: str = "the array") -> Any:
 def _is_fill(block: np.ndarray, fill: np.ndarray) -> bool:
     """True if every element has exactly the fill value's bits (``-0.0`` is not ``0.0``)."""
     size = block.dtype.itemsize
-    if size not in (1, 2, 4, 8):
+    if size not in (1, 2, 4, 8) or not block.flags.c_contiguous:
         return bool(np.array_equal(block, np.broadcast_to(fill, block.shape), equal_nan=True))
-    bits, fill_bits = block.view(f"u{size}"), fill.view(f"u{size}")
-    return not bits.any() if fill_bits == 0 else bool((bits == fill_bits).all())
+    bits, fill_bits = block.reshape(-1).view(f"u{size}"), fill.view(f"u{size}")
+    if bits.size and (bits[0] != fill_bits or bits[-1] != fill_bits):
+        return False  # most chunks tell at their first or last value: no scan
+    # count_nonzero is a SIMD loop; ``any()`` would cast every element to bool first
+    return np.count_nonzero(bits) == 0 if fill_bits == 0 else bool((bits == fill_bits).all())
 
 
 class ChunkCodec:
-    """Encode + store, or load + decode, whole chunks of one zarr v3 array."""
+    """Encode + store, or load + decode, whole chunks of one zarr v3 array.
 
-    def __init__(self, array: zarr.Array[Any]) -> None:
+    With ``storage`` (the :class:`~cpr_zarr.storage.Storage` the array lives in), chunk
+    bytes go through its ``get``/``set`` (on local disk: plain file reads and atomic
+    writes in the calling thread); without, through the zarr store's event loop.
+    """
+
+    def __init__(self, array: zarr.Array[Any], storage: Storage | None = None) -> None:
         self.array = array
+        self.storage = storage
         meta: Any = array.metadata
         self.shape: tuple[int, ...] = tuple(array.shape)
         self.chunks: tuple[int, ...] = tuple(array.chunks)
@@ -172,7 +183,7 @@ class ChunkCodec:
             self._encode_key: Callable[[tuple[int, ...]], str] = meta.encode_chunk_key
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (ChunkCodec, (self.array,))
+        return (ChunkCodec, (self.array, self.storage))
 
     def region(self, index: tuple[int, ...]) -> tuple[slice, ...]:
         """The array region of chunk ``index``."""
@@ -197,10 +208,21 @@ class ChunkCodec:
             full[tuple(slice(0, s) for s in block.shape)] = block
         if not self._write_empty and _is_fill(full, self._fill):
             return  # like zarr: a missing chunk reads as the fill value
-        data: Any = self._prototype.nd_buffer.from_numpy_array(full)
-        for codec in self._codecs:
-            data = codec._encode_sync(data, self._spec)
-        sync(self._store.set(self._key(index), data))
+        key = self._key(index)
+        if self._blosc_into:  # what zarr's [bytes, blosc] chain does, minus its wrappers
+            encoded = self._codecs[1]._blosc_codec.encode(full.reshape(-1).view(np.uint8))
+            if self.storage is not None:
+                self.storage.set(key, encoded)
+                return
+            data: Any = self._prototype.buffer.from_bytes(encoded)
+        else:
+            data = self._prototype.nd_buffer.from_numpy_array(full)
+            for codec in self._codecs:
+                data = codec._encode_sync(data, self._spec)
+            if self.storage is not None:
+                self.storage.set(key, data.to_bytes())
+                return
+        sync(self._store.set(key, data))
 
     def read(self, index: tuple[int, ...], *, writeable: bool = True) -> np.ndarray:
         """The values of chunk ``index`` (its region only; may be a view of the decoded chunk).
@@ -216,16 +238,40 @@ class ChunkCodec:
         """What a missing chunk ``index`` reads as: the fill value over its region."""
         return np.full(self._valid_shape(index), self._fill, dtype=self.dtype)
 
-    def load(self, index: tuple[int, ...], *, writeable: bool = True) -> np.ndarray | None:
-        """Like :meth:`read`, but ``None`` if the chunk is not stored (fast path only)."""
+    def load(
+        self, index: tuple[int, ...], *, writeable: bool = True, out: np.ndarray | None = None
+    ) -> np.ndarray | None:
+        """Like :meth:`read`, but ``None`` if the chunk is not stored (fast path only).
+
+        ``out``: a C-contiguous array of the chunk shape and dtype that the chunk may be
+        decoded into (reused by callers that copy the values on: no fresh allocation, no
+        page faults); the result is then a view of it.
+        """
         if not self.fast:
             return np.asarray(self.array[self.region(index)])
-        raw = sync(self._store.get(self._key(index), self._prototype))
+        raw: Any
+        if self.storage is not None:
+            raw = self.storage.get(self._key(index))
+        else:
+            raw = sync(self._store.get(self._key(index), self._prototype))
         if raw is None:
             return None
         if self._blosc_into:
-            full = np.empty(self.chunks, dtype=self.dtype)
-            frame = raw.as_numpy_array()
+            if (
+                out is not None
+                and out.shape == self.chunks
+                and out.dtype == self.dtype
+                and out.flags.c_contiguous
+                and out.flags.writeable
+            ):
+                full = out
+            else:
+                full = np.empty(self.chunks, dtype=self.dtype)
+            frame = (
+                np.frombuffer(raw, dtype=np.uint8)
+                if isinstance(raw, bytes)
+                else raw.as_numpy_array()
+            )
             # the frame header's uncompressed size (bytes 4-8) must fill the chunk exactly,
             # else a damaged frame could leave part of ``full`` uninitialised
             declared = int.from_bytes(bytes(frame[4:8]), "little") if frame.size >= 16 else -1
@@ -236,7 +282,7 @@ class ChunkCodec:
                 )
             blosc.decompress(frame, full)
             return self._valid(index, full)
-        data: Any = raw
+        data: Any = self._prototype.buffer.from_bytes(raw) if isinstance(raw, bytes) else raw
         for codec in reversed(self._codecs[1:]):
             data = codec._decode_sync(data, self._spec)
         full = np.asarray(self._codecs[0]._decode_sync(data, self._spec).as_numpy_array())

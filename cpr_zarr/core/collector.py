@@ -210,6 +210,10 @@ def _remove_claimed(storage: Storage, path: str, claim: str) -> str:
         from cpr_zarr.core.labels import update_labels_list
 
         update_labels_list(storage, path.split("/labels/")[0])
+    if "/tables/" in path:  # and of its tables
+        from cpr_zarr.core.table import update_tables_list
+
+        update_tables_list(storage, path.split("/tables/")[0])
     forget_reader(storage, path)
     return REMOVED
 

@@ -42,7 +42,9 @@ from cpr_zarr.errors import IntegrityError, RecordError, UnsupportedResultError
 from cpr_zarr.model.hashing import (
     ALGORITHM,
     TABLE_ALGORITHM,
+    TABLE_ALGORITHMS,
     TABLE_DTYPE,
+    TABLE_PARQUET_ALGORITHM,
     combine_digests,
     table_hash,
 )
@@ -50,8 +52,11 @@ from cpr_zarr.model.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dty
 from cpr_zarr.model.records import (
     ARRAY_PATH,
     DIGEST_FIELD,
+    TABLE_FILE,
+    TABLES_DIR,
     ArrayRecord,
     ResultDocument,
+    TableAttrs,
     TableRecord,
     TableSchema,
     ValueSpec,
@@ -260,6 +265,8 @@ def check_record(
     c.expect(attrs, "content_hash", content_hash, "cpr_zarr.content_hash")
     c.expect(attrs, "name", name, "cpr_zarr.name")
     kind = attrs.get("kind", ABSENT)
+    if f"/{TABLES_DIR}/" in group_path and kind != "table":
+        raise c.fail("cpr_zarr.kind", f"is {_show(kind)} in an image's tables, expected 'table'")
     if kind == "table":
         _check_table_record(c, attrs, attributes, content_hash)
     elif kind == "array":
@@ -432,14 +439,19 @@ def _check_ome(
 def _check_table_record(
     c: Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
 ) -> None:
-    c.expect(attrs, "algorithm", TABLE_ALGORITHM, "cpr_zarr.algorithm")
+    algorithm = attrs.get("algorithm", ABSENT)
+    if algorithm not in TABLE_ALGORITHMS:
+        raise c.fail(
+            "cpr_zarr.algorithm", f"is {_show(algorithm)}, expected one of {TABLE_ALGORITHMS}"
+        )
     c.expect(attrs, "dtype", TABLE_DTYPE, "cpr_zarr.dtype")
     schema = c.dict_field(attrs, "table", "cpr_zarr.table")
     digests = c.dict_field(attrs, "digests", "cpr_zarr.digests")
     if not all(isinstance(v, str) and _HEX_RE.fullmatch(v) for v in digests.values()):
         raise c.fail("cpr_zarr.digests", f"is {_show(digests)}, expected hex digests")
+    region = _check_region(c, attrs, algorithm)
     try:
-        actual = table_hash(schema, digests)
+        actual = table_hash(schema, digests, algorithm=algorithm, region=region)
     except ValueError as exc:
         raise c.fail("cpr_zarr.table", f"cannot be hashed ({exc})") from exc
     if actual != content_hash:
@@ -458,6 +470,33 @@ def _check_table_record(
             raise c.fail(f"cpr_zarr.{key}", "is set on a table result")
     if "ome" in attributes:
         raise c.fail("attributes.ome", "is set on a table result")
+    if algorithm == TABLE_PARQUET_ALGORITHM:
+        # what ngio reads (the table's type and its label image) is what the record says
+        region_name = None if region is None else region.rsplit("/", 1)[-1]
+        for key, wanted in TableAttrs(region=region_name).to_dict().items():
+            c.expect(attributes, key, wanted, f"attributes.{key}")
+
+
+def _check_region(c: Checker, attrs: dict[str, Any], algorithm: object) -> str | None:
+    """The label image a feature table describes: in the same image as the table's group."""
+    inside = f"/{TABLES_DIR}/" in c.group_path
+    region = attrs.get("region", ABSENT)
+    if region is ABSENT and not inside:
+        return None
+    image = c.group_path.split(f"/{TABLES_DIR}/")[0]
+    if algorithm == TABLE_ALGORITHM or not inside:
+        raise c.fail("cpr_zarr.region", f"is {_show(region)} on a table not stored with an image")
+    if (
+        not isinstance(region, str)
+        or parse_group_path(region) is None
+        or region.split("/labels/")[0] != image
+        or "/labels/" not in region
+    ):
+        raise c.fail(
+            "cpr_zarr.region",
+            f"is {_show(region)}, expected a label image of {image!r} ('{image}/labels/<name>')",
+        )
+    return region
 
 
 # -- checking stored array metadata ------------------------------------------------------
@@ -595,6 +634,10 @@ def _codes_dtype(categories: int) -> str:
 
 
 def _check_table_arrays(storage: Storage, path: str, record: TableRecord) -> None:
+    if record.is_parquet:  # one file: its values are checked when read (core.table)
+        if not storage.exists(f"{path}/{TABLE_FILE}"):
+            raise Checker(storage.url, path, TABLE_FILE).fail("the file", "is missing")
+        return
     schema = record.table
     types = _table_array_types(schema)
     docs: dict[str, Any] = {}

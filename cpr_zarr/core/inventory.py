@@ -40,6 +40,7 @@ __all__ = [
     "leftovers",
     "lineage",
     "list_results",
+    "parent_image",
     "plan_gc",
     "referenced_hashes",
     "result_rows",
@@ -201,9 +202,8 @@ def leftovers(storage: Storage, min_age_seconds: float) -> list[Removal]:
 
 
 def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:
-    """Label groups a killed label save left inside an image (no commit marker of their own).
-
-    Images in ``skip`` (removed whole as leftovers) are not looked into.
+    """Label and table groups a killed save left inside an image (no commit marker of their
+    own). Images in ``skip`` (removed whole as leftovers) are not looked into.
     """
     from cpr_zarr.core.integrity import is_leftover
     from cpr_zarr.model.layout import parse_group_path
@@ -212,12 +212,21 @@ def label_leftovers(storage: Storage, skip: set[str]) -> list[tuple[str, str]]:
     for image in catalog.candidate_paths(storage):
         if image in skip:
             continue
-        for entry in sorted(storage.list_dir(f"{image}/labels")):
-            path = f"{image}/labels/{entry}"
-            # never committed: no marker and no record copy (a damaged marker is not a leftover)
-            if parse_group_path(path) is not None and is_leftover(storage, path):
-                out.append((path, "incomplete label image (never committed)"))
+        for folder, what in (("labels", "label image"), ("tables", "table")):
+            for entry in sorted(storage.list_dir(f"{image}/{folder}")):
+                path = f"{image}/{folder}/{entry}"
+                # never committed: no marker and no record copy (a damaged one is not a leftover)
+                if parse_group_path(path) is not None and is_leftover(storage, path):
+                    out.append((path, f"incomplete {what} (never committed)"))
     return out
+
+
+def parent_image(path: str) -> str | None:
+    """The image a label image or table is stored in (``<image>/labels|tables/<name>``)."""
+    for folder in ("/labels/", "/tables/"):
+        if folder in path:
+            return path.split(folder)[0]
+    return None
 
 
 def referenced_hashes(result_storage: str | os.PathLike[str]) -> set[str]:
@@ -279,9 +288,10 @@ def plan_gc(
     protected: set[str] = set()
     if keep_referenced is not None:
         protected = referenced_hashes(keep_referenced) | recent_hashes(storage, frame, grace)
-    # an image holding a protected label image is protected too (deleting it deletes them)
+    # an image holding a protected label image or table is protected too (deleting it
+    # deletes them)
     paths = dict(zip(frame["hash"], frame["group_path"], strict=True))
-    parent_of = {h: p.split("/labels/")[0] for h, p in paths.items() if "/labels/" in p}
+    parent_of = {h: parent for h, p in paths.items() if (parent := parent_image(p)) is not None}
     path_to_hash = {p: h for h, p in paths.items()}
     protected |= {
         path_to_hash[parent_of[h]]
@@ -322,7 +332,13 @@ def plan_gc(
                 int(rows.loc[h, "stored_bytes"]),
                 h,
                 stamp=str(int(rows.loc[h, "records"])),
-                labels=tuple(sorted(paths[c] for c, p in parent_of.items() if p == path)),
+                labels=tuple(
+                    sorted(
+                        paths[c]
+                        for c, p in parent_of.items()
+                        if p == path and "/labels/" in paths[c]
+                    )
+                ),
             )
         )
     return plan

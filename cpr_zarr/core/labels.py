@@ -27,7 +27,8 @@ from cpr_zarr.model.ngff import (
 )
 
 if TYPE_CHECKING:
-    from cpr_zarr.model.records import ArrayRecord
+    from cpr_zarr.core.pyramid import LevelPlan
+    from cpr_zarr.model.records import ArrayRecord, LevelRecord
     from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
@@ -87,11 +88,33 @@ class SaveSpec:
                 )
         return found
 
+    def level_plans(
+        self, shape: tuple[int, ...], chunks: tuple[int, ...], dtype: np.dtype
+    ) -> list[LevelPlan]:
+        """How each pyramid level of this save is made (none without image metadata)."""
+        from cpr_zarr.core import pyramid
+
+        if self.meta is None:
+            return []
+        if self.steps is not None:
+            steps = list(self.steps)
+        else:
+            steps = pyramid.plan_levels(shape, self.meta, self.levels)
+        method = "nearest" if self.label_of is not None or dtype == np.bool_ else "mean"
+        return pyramid.plan_pyramid(shape, chunks, steps, method)
+
     def group_attributes(
-        self, storage: Storage, path: str, record: ArrayRecord, *, base: np.ndarray | None = None
+        self,
+        storage: Storage,
+        path: str,
+        record: ArrayRecord,
+        *,
+        base: np.ndarray | None = None,
+        made: list[LevelRecord] | None = None,
     ) -> tuple[dict[str, Any] | None, ArrayRecord]:
-        """Write the pyramid levels; return the ``ome`` attribute and the record completed
-        with the image metadata, the levels and the image a label image belongs to."""
+        """Write the pyramid levels (unless ``made``: made in the same pass as the base);
+        return the ``ome`` attribute and the record completed with the image metadata, the
+        levels and the image a label image belongs to."""
         from cpr_zarr.core import pyramid
 
         name = record.name
@@ -100,14 +123,17 @@ class SaveSpec:
         label = self.label_of is not None
         doc = storage.get_json(f"{path}/0/zarr.json") or {}
         shape = tuple(doc.get("shape", ()))
-        if self.steps is not None:
-            steps = list(self.steps)
-        else:
-            steps = pyramid.plan_levels(shape, self.meta, self.levels)
         method = "nearest" if label or doc.get("data_type") == "bool" else "mean"
-        records = pyramid.write_levels(
-            storage, path, steps, method, list(self.meta.axes), base=base
-        )
+        if made is not None:
+            records = made
+        else:
+            if self.steps is not None:
+                steps = list(self.steps)
+            else:
+                steps = pyramid.plan_levels(shape, self.meta, self.levels)
+            records = pyramid.write_levels(
+                storage, path, steps, method, list(self.meta.axes), base=base
+            )
         levels = [("0", (1,) * len(shape))]
         cumulative = (1,) * len(shape)
         for level in records:

@@ -1,14 +1,25 @@
-"""Reading results: lazy Dask arrays whose every chunk is verified as it is read."""
+"""Reading results: lazy Dask arrays whose every chunk is verified as it is read.
+
+Whole reads are decoded in place: :meth:`ChunkReader.to_numpy` decodes each chunk into a
+buffer reused by its thread and copies it into the output, and a result's lazy array
+(:class:`ResultArray`), computed whole, has its read tasks copy their chunks straight into
+one output array, which is returned as it is (no per-chunk arrays, no concatenation).
+"""
 
 from __future__ import annotations
 
 import math
 import threading
+import uuid
+import weakref
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
+import dask.core
 import numpy as np
 import zarr
+from dask.array.core import finalize, slices_from_chunks
+from dask.utils import ensure_dict
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
@@ -21,7 +32,7 @@ from cpr_zarr.model.records import ArrayRecord
 if TYPE_CHECKING:
     from cpr_zarr.storage import Storage
 
-__all__ = ["ChunkReader", "forget_reader", "open_reader"]
+__all__ = ["ChunkReader", "ResultArray", "forget_reader", "open_reader"]
 
 # verified readers by (store URL, group path): a result's record is checked once per process.
 # Content-hashed groups never change; a deleted or damaged one is forgotten (forget_reader)
@@ -167,12 +178,19 @@ class ChunkReader:
     @property
     def codec(self) -> ChunkCodec:
         if self._codec is None:
-            self._codec = ChunkCodec(self.array)
+            self._codec = ChunkCodec(self.array, self.storage)
         return self._codec
 
-    def _read_chunk(self, index: tuple[int, ...], verify: bool, *, writeable: bool) -> np.ndarray:
+    def _read_chunk(
+        self,
+        index: tuple[int, ...],
+        verify: bool,
+        *,
+        writeable: bool,
+        scratch: np.ndarray | None = None,
+    ) -> np.ndarray:
         try:
-            block = self.codec.load(index, writeable=writeable)
+            block = self.codec.load(index, writeable=writeable, out=scratch)
         except Exception as exc:
             raise ChunkVerificationError(
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
@@ -227,9 +245,17 @@ class ChunkReader:
             )
 
     def read_chunk(
-        self, index: tuple[int, ...], verify: bool = True, *, writeable: bool = True
+        self,
+        index: tuple[int, ...],
+        verify: bool = True,
+        *,
+        writeable: bool = True,
+        scratch: np.ndarray | None = None,
     ) -> np.ndarray:
         """Read (and by default verify) one chunk; ``writeable=False`` may give a read-only view.
+
+        ``scratch``: a C-contiguous array of the chunk shape and dtype to decode into (the
+        result may then be a view of it: copy it out before ``scratch`` is reused).
 
         A chunk that fails is read once more if the result was re-saved since this reader
         opened it (another process deleted it and saved the same content again, maybe with
@@ -238,11 +264,26 @@ class ChunkReader:
         """
         generation = self._generation
         try:
-            return self._read_chunk(index, verify, writeable=writeable)
+            return self._read_chunk(index, verify, writeable=writeable, scratch=scratch)
         except ChunkVerificationError:
             if not self.refresh(since=generation):
                 raise
-        return self._read_chunk(index, verify, writeable=writeable)
+        return self._read_chunk(index, verify, writeable=writeable, scratch=scratch)
+
+    def read_into(self, index: tuple[int, ...], out: np.ndarray, verify: bool = True) -> np.ndarray:
+        """Read (and verify) chunk ``index`` into ``out``, the whole array's output; returns
+        the view of ``out`` it filled. Decoded in this thread's reused chunk buffer."""
+        # the record's grid, not the codec's: opening the array (damaged metadata) must fail
+        # inside read_chunk, which reports it as a ChunkVerificationError
+        region = tuple(
+            slice(i * c, min((i + 1) * c, s))
+            for i, c, s in zip(index, self.chunks, self.shape, strict=True)
+        )
+        view = out[region]
+        view[...] = self.read_chunk(
+            index, verify, writeable=False, scratch=_scratch(self.chunks, self.dtype)
+        )
+        return view
 
     def refresh(self, *, since: int | None = None) -> bool:
         """Re-read the commit record and array metadata; whether either changed.
@@ -321,7 +362,10 @@ class ChunkReader:
             return da.Array(dsk, name, chunks, meta=meta)
         for index, _ in chunk_grid(self.shape, self.chunks):
             dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
-        return da.Array(dsk, name, chunks, meta=meta)
+        array = ResultArray(dsk, name, chunks, meta=meta)  # type: ignore[no-untyped-call]
+        array._cpr_reader = self
+        array._cpr_verify = verify
+        return array
 
     def to_numpy(self, *, verify: bool = True) -> np.ndarray:
         """Read everything into one array, one chunk per thread call, each verified as read.
@@ -333,14 +377,107 @@ class ChunkReader:
         """
         out = np.empty(self.shape, dtype=self.dtype)
 
-        def one(item: tuple[tuple[int, ...], tuple[slice, ...]]) -> None:
-            index, region = item
-            out[region] = self.read_chunk(index, verify, writeable=False)
+        def one(index: tuple[int, ...]) -> None:
+            self.read_into(index, out, verify)
 
-        grid = list(chunk_grid(self.shape, self.chunks))
+        grid = [index for index, _ in chunk_grid(self.shape, self.chunks)]
         list(thread_map(one, grid, worker_count(remote=self.storage.remote)))
         return out
 
 
 def _read_chunk(reader: ChunkReader, index: tuple[int, ...], verify: bool) -> np.ndarray:
     return reader.read_chunk(tuple(index), verify)
+
+
+# -- decoding buffers and whole reads through Dask ----------------------------------------
+
+_SCRATCH = threading.local()
+
+
+def _scratch(chunks: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """This thread's chunk-sized decoding buffer (one per thread, replaced on another shape):
+    a fresh array per chunk would cost a page fault per 4 KiB written."""
+    buf: np.ndarray | None = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.shape != chunks or buf.dtype != dtype:
+        buf = _SCRATCH.buf = np.empty(chunks, dtype=dtype)
+    return buf
+
+
+# output arrays of whole reads in progress, by read token: each process (thread pool,
+# worker process, cluster worker) makes its own on first use, and it lives while a read
+# task's view of it does
+_OUTPUTS: weakref.WeakValueDictionary[str, np.ndarray] = weakref.WeakValueDictionary()
+_OUTPUTS_LOCK = threading.Lock()
+
+
+def _output(token: str, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    with _OUTPUTS_LOCK:
+        out = _OUTPUTS.get(token)
+        if out is None:
+            out = np.empty(shape, dtype=dtype)  # untouched pages cost nothing
+            _OUTPUTS[token] = out
+        return out
+
+
+def _read_into(reader: ChunkReader, index: tuple[int, ...], verify: bool, token: str) -> np.ndarray:
+    """Dask task of a whole read: chunk ``index`` decoded into the read's shared output."""
+    return reader.read_into(tuple(index), _output(token, reader.shape, reader.dtype), verify)
+
+
+def _assemble(results: Any, shape: tuple[int, ...], chunks: tuple[tuple[int, ...], ...]) -> Any:
+    """Finalize a whole read: the shared output array if every block is its view in place
+    (all read by threads of one process); else Dask's concatenation (blocks that came from
+    other processes are copies)."""
+    blocks = list(dask.core.flatten(results, container=list))
+    regions = slices_from_chunks(chunks)
+    base = blocks[0].base if blocks and isinstance(blocks[0], np.ndarray) else None
+    if (
+        isinstance(base, np.ndarray)
+        and base.shape == shape
+        and base.flags.c_contiguous
+        and len(blocks) == len(regions)
+        and all(_in_place(b, base, r) for b, r in zip(blocks, regions, strict=True))
+    ):
+        return base
+    return finalize(results)
+
+
+def _in_place(block: Any, base: np.ndarray, region: tuple[slice, ...]) -> bool:
+    if not isinstance(block, np.ndarray) or block.base is not base:
+        return False
+    expected = base[region]
+    return (
+        block.shape == expected.shape
+        and block.strides == expected.strides
+        and block.__array_interface__["data"][0] == expected.__array_interface__["data"][0]
+    )
+
+
+class ResultArray(da.Array):
+    """The lazy array of a stored result (:meth:`ChunkReader.to_dask`): a plain Dask array,
+    one read task per stored chunk, which when computed whole (``.compute()`` of the array
+    itself) decodes every chunk straight into one output array, as ``to_numpy`` does.
+
+    Any operation on it (slicing, arithmetic, ``map_blocks``) gives a plain Dask array that
+    reads only the chunks it needs.
+    """
+
+    _cpr_reader: ChunkReader
+    _cpr_verify: bool
+
+    def __dask_optimize__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        reader = getattr(self, "_cpr_reader", None)
+        if reader is None:
+            return da.Array.__dask_optimize__(dsk, keys, **kwargs)
+        token = uuid.uuid4().hex  # one per compute: concurrent computes never share output
+        # the graph also holds Dask's finalize task (and whatever else is computed with it):
+        # only this array's read tasks are replaced
+        graph: dict[Any, Any] = dict(ensure_dict(dsk))
+        reader_key = f"cpr-zarr-reader-{reader.content_hash}"
+        graph[reader_key] = reader
+        for index, _ in chunk_grid(reader.shape, reader.chunks):
+            graph[(self.name, *index)] = (_read_into, reader_key, index, self._cpr_verify, token)
+        return graph
+
+    def __dask_postcompute__(self) -> tuple[Any, tuple[Any, ...]]:
+        return _assemble, (self.shape, self.chunks)

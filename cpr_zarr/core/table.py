@@ -13,11 +13,34 @@ same DataFrame gives the same group whatever the process; every array is re-hash
 read. The pointer is a :class:`~cpr_zarr.ZarrTarget` with ``dtype == "table"`` and
 ``shape == (rows, columns)``; :func:`read_table` (and ``cpr_zarr.task`` inputs) turn it back
 into a DataFrame with the same dtypes, index and column names.
+
+Since the Fractal/ngio layout (issue #17) a table is saved as one parquet file instead, the
+form OME-Zarr tools read (ngio, Fractal's feature explorer, pandas, polars, DuckDB)::
+
+    <name>-<hash>/                     a table of its own, or, for a :class:`Table` of a
+    <image>/tables/<name>-<hash>/      label image's measurements, inside that image
+      zarr.json      the commit marker: Fractal/ngio attributes (``backend: parquet``, a
+                     ``feature_table`` naming its label image by ``region.path``, or a
+                     ``generic_table``) beside the cpr_zarr record (schema, one digest per
+                     decoded array of the encoding above, ``region``)
+      table.parquet  the values (pyarrow, with pandas' metadata: index, dtypes)
+
+The image's ``tables/zarr.json`` lists its tables (``{"tables": [...]}``), rewritten like
+its ``labels`` list (:func:`update_tables_list`). The content hash covers the schema, the
+digests of the decoded values (:data:`~cpr_zarr.model.hashing.TABLE_PARQUET_ALGORITHM`)
+and the label image, so it does not depend on parquet's bytes (another pyarrow writes
+other bytes for the same values); reading decodes the file and re-hashes every value. A
+DataFrame that parquet cannot hold exactly (object columns mixing types, NaN beside None
+in a text column, ...) is stored in the column layout above, which round-trips it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -32,18 +55,28 @@ from cpr_zarr.core.integrity import load_commit, remove_command, write_marker
 from cpr_zarr.core.lease import Lease, checkpoint
 from cpr_zarr.errors import (
     ChunkVerificationError,
+    InvalidArgumentError,
     InvalidArgumentTypeError,
     UnsupportedResultError,
 )
-from cpr_zarr.model.hashing import TABLE_DTYPE, chunk_digest, table_hash
-from cpr_zarr.model.layout import group_path, parse_name
+from cpr_zarr.model.hashing import (
+    TABLE_DTYPE,
+    TABLE_PARQUET_ALGORITHM,
+    chunk_digest,
+    table_hash,
+)
+from cpr_zarr.model.layout import group_path, parse_group_path, parse_name
 from cpr_zarr.model.records import (
+    TABLE_FILE,
+    TABLES_DIR,
     ColumnSpec,
     ResultDocument,
+    TableAttrs,
     TableIndex,
     TableRecord,
     TableSchema,
     ValueSpec,
+    tables_group_attrs,
 )
 from cpr_zarr.storage import open_storage
 
@@ -55,6 +88,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "TABLE_DTYPE",
+    "Table",
     "encode_table",
     "is_table",
     "read_checked_table",
@@ -62,7 +96,10 @@ __all__ = [
     "save_table",
     "table_hash",
     "to_csv",
+    "update_tables_list",
 ]
+
+logger = logging.getLogger("cpr_zarr")
 
 _JSON_NAME = (str, int, float, bool, type(None))
 
@@ -323,18 +360,233 @@ def encode_table(
     return schema, arrays
 
 
-def save_table(storage: Storage, df: pd.DataFrame, name: str = "table") -> ZarrTarget:
+@dataclass(frozen=True, eq=False)
+class Table:
+    """Measurements of a label image, to be stored with it: a Fractal/ngio *feature table*.
+
+    Return ``cpr_zarr.Table(df, labels=labels)`` from a task (or ``store.save`` it) and
+    ``df`` is stored as ``<image>/tables/<name>-<hash>/`` in the image of the label image
+    ``labels``, a feature table whose ``region.path`` names ``labels`` and which ngio,
+    Fractal's tools and napari plugins reading ngio tables find there. It stays a
+    content-hashed result: verified when read, stored once, read back as the same DataFrame.
+
+    Parameters
+    ----------
+    data
+        The DataFrame: one row per label, keyed by an index (or a column) named ``label``
+        holding the label values (integers).
+    labels
+        The label image result (a ``ZarrTarget``), or, inside a ``cpr_zarr.task``, the
+        input array the task received for it.
+    """
+
+    data: Any
+    labels: Any
+
+
+def _region(storage: Storage, labels: object, df: pd.DataFrame, name: str) -> str:
+    """The group path of the label image a feature table describes, checked."""
+    from cpr_zarr.model.records import ArrayRecord
+    from cpr_zarr.target import ZarrTarget
+
+    if not isinstance(labels, ZarrTarget):
+        raise InvalidArgumentTypeError(
+            f"Table(labels=...) must be the label image result (a ZarrTarget), got "
+            f"{type(labels).__name__} for table {name!r}. Inside a cpr_zarr.task pass the input "
+            "array the task received for the label image."
+        )
+    if labels.store_url != storage.url:
+        raise InvalidArgumentError(
+            f"Table {name!r} is stored with its label image's image, but label image "
+            f"{labels.group_path!r} is in store {labels.store_url!r}, not {storage.url!r}. "
+            "Save the table to that store."
+        )
+    record = catalog.load(storage, labels.group_path)
+    if not (isinstance(record, ArrayRecord) and record.is_label_image):
+        raise InvalidArgumentError(
+            f"Table(labels=...) must be a label image (saved as cpr_zarr.Labels), but "
+            f"{labels.group_path!r} in store {storage.url!r} is not one. Pass the label image "
+            f"the measurements of table {name!r} were made on."
+        )
+    index = df.index
+    keyed = (index.name == "label" and index.nlevels == 1) or "label" in df.columns
+    key = index if index.name == "label" and index.nlevels == 1 else df.get("label")
+    if not keyed or key is None or not pd.api.types.is_integer_dtype(key.dtype):
+        raise UnsupportedResultError(
+            f"Table {name!r} of label image {labels.group_path!r} must key its rows by label "
+            f"value: an index (or a column) named 'label' of integers (Fractal/ngio feature "
+            f"tables); it has index {list(index.names)!r} and columns {list(df.columns)[:10]!r}. "
+            "E.g. df.set_index('label'), or df.index.name = 'label'."
+        )
+    return labels.group_path
+
+
+def _digests(arrays: dict[str, np.ndarray], *, canonical: bool) -> dict[str, str]:
+    """One digest per array; ``canonical``: values under a missing-value mask count as 0
+    (what a nullable column holds there is not part of its values, and parquet drops it)."""
+    out = {}
+    for key, values in sorted(arrays.items()):
+        if canonical and key.endswith("values") and values.dtype.kind in "biufc":
+            mask = arrays.get(key[: -len("values")] + "mask")
+            if mask is not None and mask.any():
+                values = np.where(mask, np.zeros((), values.dtype), values)
+        out[key] = _digest(values)
+    return out
+
+
+def _from_parquet(raw: bytes, schema: TableSchema) -> pd.DataFrame:
+    """The DataFrame of a stored parquet file, with the column names and dtypes of ``schema``
+    (pandas' parquet metadata restores them; this covers readers of another pandas)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    df = pq.read_table(pa.BufferReader(raw)).to_pandas()
+    for i, spec in enumerate(schema.columns):
+        column = df.iloc[:, i]
+        if str(column.dtype) != spec.dtype and spec.kind in ("numpy", "string", "masked"):
+            # left as read if it does not convert: verification then names the column
+            with contextlib.suppress(TypeError, ValueError):
+                df.isetitem(i, column.astype(spec.dtype))
+    df.columns = pd.Index([c.name for c in schema.columns], dtype=schema.columns_dtype)
+    return df
+
+
+def _to_parquet(
+    df: pd.DataFrame, schema: TableSchema, digests: dict[str, str], name: str
+) -> bytes | None:
+    """The parquet file of ``df``, or None if reading it back does not give ``df`` exactly."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        buffer = io.BytesIO()
+        pq.write_table(pa.Table.from_pandas(df), buffer)
+        raw = buffer.getvalue()
+        back_schema, back_arrays = encode_table(_from_parquet(raw, schema), name)
+    except (pa.ArrowException, TypeError, ValueError, UnsupportedResultError) as exc:
+        logger.info("Table %r is not stored as parquet: %s: %s", name, type(exc).__name__, exc)
+        return None
+    if back_schema != schema or _digests(back_arrays, canonical=True) != digests:
+        logger.info("Table %r is not stored as parquet: parquet does not keep it exactly", name)
+        return None
+    return raw
+
+
+def update_tables_list(storage: Storage, image_path: str) -> None:
+    """Make ``<image>/tables/zarr.json`` list every committed table of the image.
+
+    As :func:`cpr_zarr.core.labels.update_labels_list` does for label images: each writer
+    lists after committing, writes the list, and re-lists until what it wrote is what it
+    sees, so concurrent writers lose no table. Tables other tools (ngio) added to the list
+    stay listed while their group exists.
+    """
+    folder = f"{image_path}/{TABLES_DIR}"
+    key = f"{folder}/zarr.json"
+    for _ in range(10):
+        current = storage.get_json(key)
+        attrs = current.get("attributes") if isinstance(current, dict) else None
+        listed = attrs.get(TABLES_DIR) if isinstance(attrs, dict) else None
+        entries = storage.list_dir(folder)
+        ours = [
+            entry
+            for entry in sorted(entries)
+            if parse_group_path(entry) is not None
+            and catalog.committed(storage, f"{folder}/{entry}") is not None
+        ]
+        others = [
+            n
+            for n in (listed if isinstance(listed, list) else [])
+            if isinstance(n, str) and parse_group_path(n) is None and n in entries
+        ]
+        doc = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": tables_group_attrs(ours + others),
+        }
+        if current == doc:
+            return
+        storage.set_json(key, doc)
+
+
+def save_table(
+    storage: Storage, df: pd.DataFrame, name: str = "table", *, labels: object = None
+) -> ZarrTarget:
     """Store a DataFrame as a content-hashed table group; the same table is stored once.
+
+    As one parquet file in the Fractal/ngio layout (module doc); with ``labels`` (a label
+    image result), as a feature table of it inside its image. A DataFrame that parquet
+    cannot hold exactly is stored one zarr array per column (not with ``labels``).
 
     Raises
     ------
     UnsupportedResultError
-        For MultiIndex columns, duplicate column names or columns of unsupported dtypes.
+        For MultiIndex columns, duplicate column names or columns of unsupported dtypes;
+        with ``labels``, for rows not keyed by integer ``label`` values or values parquet
+        cannot hold exactly.
+    InvalidArgumentError
+        If ``labels`` is not a label image of this store.
     """
     name = parse_name(name)
     storage.check_writable()
     schema, arrays = encode_table(df, name)
-    digests = {key: _digest(arr) for key, arr in sorted(arrays.items())}
+    region = None if labels is None else _region(storage, labels, df, name)
+    digests = _digests(arrays, canonical=True)
+    raw = _to_parquet(df, schema, digests, name)
+    if raw is None and region is not None:
+        raise UnsupportedResultError(
+            f"Cannot store table {name!r} as a feature table of {region!r} in store "
+            f"{storage.url!r}: parquet (what ngio and Fractal read) does not hold its values "
+            "exactly (an object column mixing types, NaN beside None in a text column, an "
+            "empty categorical...). Convert those columns (e.g. df[col].astype(str)), or "
+            "save the DataFrame without labels= (stored as a table of its own)."
+        )
+    if raw is None:
+        return _save_columns(storage, df, name, schema, arrays)
+    content_hash = table_hash(
+        schema.to_dict(), digests, algorithm=TABLE_PARQUET_ALGORITHM, region=region
+    )
+    image = None if region is None else region.split("/labels/")[0]
+    if image is None:
+        path = group_path(name, content_hash)
+        found = catalog.find(storage, content_hash, preferred=path)
+        if found is not None:
+            return found
+    else:
+        path = f"{image}/{TABLES_DIR}/{group_path(name, content_hash)}"
+        existing = catalog.committed(storage, path)
+        if existing is not None:
+            update_tables_list(storage, image)  # a crash may have left it unlisted
+            return catalog.target_for(storage, path, existing)
+    checkpoint("save.hashed")
+    with Lease(storage, path):  # keeps gc away while the table is written (cpr_zarr.core.lease)
+        storage.set(f"{path}/{TABLE_FILE}", raw)
+        record = TableRecord(
+            content_hash=content_hash,
+            name=name,
+            shape=(len(df), len(df.columns)),
+            chunks=(max(1, len(df)), max(1, len(df.columns))),
+            table=schema,
+            digests=digests,
+            algorithm=TABLE_PARQUET_ALGORITHM,
+            region=region,
+        )
+        attrs = TableAttrs.of(record).to_dict()
+        write_marker(storage, path, ResultDocument(record=record, extra=attrs))
+        checkpoint("save.committed")
+    if image is not None:
+        update_tables_list(storage, image)
+    return catalog.target_for(storage, path, record)
+
+
+def _save_columns(
+    storage: Storage,
+    df: pd.DataFrame,
+    name: str,
+    schema: TableSchema,
+    arrays: dict[str, np.ndarray],
+) -> ZarrTarget:
+    """Store a table one zarr array per column (the layout of release 0.1)."""
+    digests = _digests(arrays, canonical=False)
     content_hash = table_hash(schema.to_dict(), digests)
     path = group_path(name, content_hash)
     found = catalog.find(storage, content_hash, preferred=path)
@@ -421,6 +673,8 @@ def read_checked_table(
     storage: Storage, path: str, record: TableRecord, *, verify: bool = True
 ) -> pd.DataFrame:
     """The DataFrame of a table whose record and array metadata were checked already."""
+    if record.is_parquet:
+        return _read_parquet(storage, path, record, verify=verify)
     schema, digests = record.table, record.digests
     arrays: dict[str, np.ndarray] = {}
     for key, expected in digests.items():
@@ -476,6 +730,56 @@ def read_checked_table(
     df.index = index
     df.columns = pd.Index([c.name for c in schema.columns], dtype=schema.columns_dtype)
     return df
+
+
+def _read_parquet(
+    storage: Storage, path: str, record: TableRecord, *, verify: bool
+) -> pd.DataFrame:
+    """The DataFrame of a parquet table, every decoded value re-hashed (``verify``)."""
+    raw = storage.get(f"{path}/{TABLE_FILE}")
+    try:
+        if raw is None:
+            raise FileNotFoundError(f"{TABLE_FILE} is missing")
+        df = _from_parquet(raw, record.table)
+    except Exception as exc:  # damaged bytes: pyarrow raises many kinds of errors
+        raise ChunkVerificationError(
+            f"Cannot read {TABLE_FILE} of table {path!r} in store {storage.url!r}: "
+            f"{type(exc).__name__}: {exc}. The file is damaged, unreadable or missing. To "
+            f"resolve: remove the result (store.delete(ref), or "
+            f"`{remove_command(storage.url, path)}`) and re-run the task that produced it.",
+            store_url=storage.url,
+            group_path=path,
+            chunk_index=(0,),
+        ) from exc
+    if not verify:
+        return df
+    try:
+        schema, arrays = encode_table(df)
+        digests = _digests(arrays, canonical=True)
+    except UnsupportedResultError:
+        schema, digests = None, {}
+    if schema != record.table:
+        what = "its columns, dtypes or index"
+    else:
+        wrong = [k for k in sorted(set(digests) | set(record.digests))
+                 if digests.get(k) != record.digests.get(k)]  # fmt: skip
+        if not wrong:
+            return df
+        head = wrong[0].split("/", 1)[0]
+        column = (
+            f"column {record.table.columns[int(head[1:])].name!r}"
+            if head[0] == "c" and head[1:].isdigit() and int(head[1:]) < len(record.table.columns)
+            else "the index"
+        )
+        what = f"{column} (array {wrong[0]!r})"
+    raise ChunkVerificationError(
+        f"Verification failed for {what} of table {path!r} in store {storage.url!r}: "
+        f"{TABLE_FILE} does not hold the values recorded when it was saved. Delete the "
+        "result and re-run the task that produced it.",
+        store_url=storage.url,
+        group_path=path,
+        chunk_index=(0,),
+    )
 
 
 def to_csv(target: ZarrTarget, path: str | os.PathLike[str], **kwargs: Any) -> None:

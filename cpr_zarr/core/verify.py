@@ -100,6 +100,10 @@ def repair(storage: Storage, path: str) -> str:
     storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
     if "/labels/" in path:
         update_labels_list(storage, path.split("/labels/")[0])
+    if "/tables/" in path:
+        from cpr_zarr.core.table import update_tables_list
+
+        update_tables_list(storage, path.split("/tables/")[0])
     forget_reader(storage, path)
     return f"rebuilt the commit record of {path!r} {how}"
 
@@ -243,7 +247,9 @@ def verify_store(
         read_records(storage, path, damaged=damaged)
         report.problems.extend(d.message for d in damaged)
         index = (
-            [] if "/labels/" in path else _check_labels_index(storage, path, repair_damaged, report)
+            []
+            if "/" in path  # label images and tables have no label images
+            else _check_labels_index(storage, path, repair_damaged, report)
         )
         report.problems.extend(index)
         if bad_copy or index:

@@ -23,16 +23,18 @@ completes.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import threading
 import uuid
+from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
 import dask.array as da
 import numpy as np
 import zarr
 
-from cpr_zarr.core import catalog, labels
+from cpr_zarr.core import catalog, labels, pyramid
 from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.core.compute import compute
@@ -51,6 +53,7 @@ from cpr_zarr.model.layout import (
 from cpr_zarr.model.records import ArrayRecord, ResultDocument
 
 if TYPE_CHECKING:
+    from cpr_zarr.model.records import LevelRecord
     from cpr_zarr.storage import Storage
     from cpr_zarr.target import ZarrTarget
 
@@ -164,6 +167,7 @@ def _save_numpy(
     digests = digest_chunks(data, [s for _, s in grid], workers=worker_count())
     content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
     path = spec.path(name, content_hash)
+    plans = spec.level_plans(data.shape, chunk_shape, dtype)
     for _ in range(_ATTEMPTS):
         found = spec.find(storage, content_hash, path)
         if found is not None:
@@ -180,8 +184,16 @@ def _save_numpy(
                 compressor,
                 dimension_names=spec.dimension_names,
             )
+            builder = None
+            if plans:  # pyramid levels, made from the base chunks as they are written
+                names, codecs = pyramid.open_levels(
+                    storage, path, plans, dtype, array.compressors, spec.dimension_names
+                )
+                builder = pyramid.LevelBuilder(plans, codecs, names)
             with SaveProgress(path, len(digests), data.nbytes, count_keys(storage, array_path)):
-                write_chunks(ChunkCodec(array), data, grid, workers=workers)
+                write_chunks(
+                    ChunkCodec(array, storage), data, grid, workers=workers, levels=builder
+                )
             checkpoint("save.written")
             if not _array_present(storage, path):
                 continue  # removed under us by something outside the protocol: write again
@@ -196,6 +208,7 @@ def _save_numpy(
                 digests,
                 spec=spec,
                 base=data,
+                levels=None if builder is None else builder.records(),
             )
     raise _gone_error(storage, path)
 
@@ -248,12 +261,23 @@ def write_chunks(
     grid: list[tuple[tuple[int, ...], tuple[slice, ...]]],
     *,
     workers: int,
+    levels: pyramid.LevelBuilder | None = None,
 ) -> None:
-    """Encode and store every chunk of in-memory ``data`` on ``workers`` threads."""
+    """Encode and store every chunk of in-memory ``data`` on ``workers`` threads.
+
+    With ``levels``, each stored chunk is also passed on to the pyramid levels (the same
+    copy, still in cache), in the order that keeps few level chunks open at once.
+    """
+    if levels is not None:
+        regions = dict(grid)
+        grid = [(index, regions[index]) for index in levels.order(list(regions))]
 
     def one(item: tuple[tuple[int, ...], tuple[slice, ...]]) -> None:
         index, region = item
-        codec.write(index, np.ascontiguousarray(data[region]))
+        block = np.ascontiguousarray(data[region])
+        codec.write(index, block)
+        if levels is not None:
+            levels.add(index, block)
 
     list(thread_map(one, grid, workers))
 
@@ -283,6 +307,7 @@ def _save_dask(
     known = _already_stored(storage, data, dtype, chunk_shape, name, spec)
     if known is not None:
         return known
+    graph_key = _graph_key(storage, data, dtype, chunk_shape)
     if data.dtype != dtype:
         data = data.astype(dtype)
     aligned = da.core.normalize_chunks(chunk_shape, data.shape)
@@ -303,31 +328,57 @@ def _save_dask(
             compressor,
             dimension_names=spec.dimension_names,
         )
-        digest_blocks = da.map_blocks(
-            write_block,
-            data,
-            codec=ChunkCodec(array),
-            chunks=tuple((1,) * len(c) for c in data.chunks),
-            dtype=object,
-            meta=np.empty((0,) * data.ndim, dtype=object),
-            name=f"cpr-zarr-write-{token}",
-        )
+        plans = spec.level_plans(tuple(int(s) for s in data.shape), chunk_shape, dtype)
+        staged_levels: list[str] = []
+        level_digests: list[list[str]] = []
+        if plans:  # pyramid levels in the same graph, made from the blocks as they are written
+            staged_levels, level_codecs = pyramid.open_levels(
+                storage, staging, plans, dtype, array.compressors, spec.dimension_names
+            )
+            work: Any = pyramid.pyramid_graph(
+                data, ChunkCodec(array, storage), plans, level_codecs, token
+            )
+        else:
+            work = da.map_blocks(
+                write_block,
+                data,
+                codec=ChunkCodec(array, storage),
+                chunks=tuple((1,) * len(c) for c in data.chunks),
+                dtype=object,
+                meta=np.empty((0,) * data.ndim, dtype=object),
+                name=f"cpr-zarr-write-{token}",
+            )
         with SaveProgress(
             f"{name} (streaming)",
-            digest_blocks.npartitions,
+            math.prod(len(c) for c in data.chunks),
             int(data.nbytes),
             count_keys(storage, f"{staging}/{ARRAY_PATH}"),
         ):
-            (digest_grid,) = compute(digest_blocks)
-        digests = [str(d) for d in np.asarray(digest_grid).ravel(order="C")]
+            (computed,) = compute(work)
+        if plans:
+            digests, *level_digests = computed
+        else:
+            digests = [str(d) for d in np.asarray(computed).ravel(order="C")]
         content_hash = combine_digests(data.shape, dtype, chunk_shape, digests)
         path = spec.path(name, content_hash)
+        _remember(graph_key, content_hash)
         found = spec.find(storage, content_hash, path)
         if found is not None:
             return found
         checkpoint("save.hashed")
         with Lease(storage, path):
             _move(storage, f"{staging}/{ARRAY_PATH}", f"{path}/{ARRAY_PATH}")
+            levels = None
+            if plans:
+                levels = pyramid.move_levels(
+                    storage,
+                    staging,
+                    path,
+                    plans,
+                    staged_levels,
+                    level_digests,
+                    spec.dimension_names,
+                )
             checkpoint("save.written")
             return _commit(
                 storage,
@@ -339,6 +390,7 @@ def _save_dask(
                 chunk_shape,
                 digests,
                 spec=spec,
+                levels=levels,
             )
     finally:
         staging_lease.release()
@@ -351,6 +403,38 @@ def _save_dask(
 
 
 _READ_NAME = re.compile(rf"cpr-zarr-([0-9a-f]{{{HASH_HEX_LENGTH}}})(?:-unverified)?")
+_SAVED_GRAPHS: OrderedDict[tuple[Any, ...], str] = OrderedDict()
+_SAVED_GRAPHS_MAX = 4096
+_SAVED_GRAPHS_LOCK = threading.Lock()
+
+
+def _graph_key(
+    storage: Storage, data: da.Array, dtype: np.dtype, chunk_shape: tuple[int, ...]
+) -> tuple[Any, ...]:
+    """What identifies a save of a Dask array in this process: its name (Dask's identity of
+    its values), the stored dtype, shape and chunk shape (the hash depends on them), the store."""
+    shape = tuple(int(s) for s in data.shape)
+    return (storage.url, str(data.name), dtype.str, shape, tuple(chunk_shape))
+
+
+def _remember(key: tuple[Any, ...], content_hash: str) -> None:
+    with _SAVED_GRAPHS_LOCK:
+        _SAVED_GRAPHS[key] = content_hash
+        _SAVED_GRAPHS.move_to_end(key)
+        while len(_SAVED_GRAPHS) > _SAVED_GRAPHS_MAX:
+            _SAVED_GRAPHS.popitem(last=False)
+
+
+def _known_hash(
+    storage: Storage, data: da.Array, dtype: np.dtype, chunks: tuple[int, ...]
+) -> str | None:
+    """The content hash of a Dask array: from its name if it was read from a result, or if
+    an array of this name was saved before in this process (see :func:`_already_stored`)."""
+    match = _READ_NAME.fullmatch(str(data.name))
+    if match is not None:
+        return match[1]
+    with _SAVED_GRAPHS_LOCK:
+        return _SAVED_GRAPHS.get(_graph_key(storage, data, dtype, chunks))
 
 
 def _already_stored(
@@ -361,19 +445,26 @@ def _already_stored(
     name: str,
     spec: labels.SaveSpec,
 ) -> ZarrTarget | None:
-    """The committed result a lazy array was read from, if it is saved again unchanged.
+    """The committed result a lazy array is known to hold, if any: a lookup, no compute.
 
-    A result read lazily (``target.get_data()``) is a Dask array named after its content
-    hash (:meth:`~cpr_zarr.core.reader.ChunkReader.to_dask`); any operation on it (slicing,
-    arithmetic, ``astype``, ``rechunk``) gives another name. Saved again unchanged into the
-    store that holds it, with the same chunk shape, its content hash is known without
-    computing anything: the save costs a lookup, not a read of every chunk. Any other graph
-    (a computation, random data) is computed, because only its values can tell its hash.
+    Known are (1) a result read lazily (``target.get_data()``): a Dask array named after
+    its content hash (:meth:`~cpr_zarr.core.reader.ChunkReader.to_dask`), saved again
+    unchanged; (2) a Dask array whose name was saved before in this process, into this
+    store, with the same dtype and chunk shape. A Dask name is Dask's own identity of the
+    values (``tokenize`` of the graph's inputs: Dask computes one key once and shares it
+    between collections), so this holds exactly as far as Dask's does; random arrays are
+    covered too (``da.random`` draws its seeds into the graph, so one array object always
+    computes the same values; a new call gives a new name). It cannot hold for block
+    functions that are not pure (unseeded randomness, reading files that change under the
+    same name, e.g. ``da.from_zarr`` of an array rewritten in place): such an array saved
+    twice in one process gets the first save's result. Names are not trusted across
+    processes, and the result must still be committed in the store (one read of its
+    marker), else the array is computed. Any other graph is computed, because only its
+    values can tell its hash.
     """
-    match = _READ_NAME.fullmatch(str(data.name))
-    if match is None:
+    content_hash = _known_hash(storage, data, dtype, chunk_shape)
+    if content_hash is None:
         return None
-    content_hash = match[1]
     found = spec.find(storage, content_hash, spec.path(name, content_hash))
     if (
         found is None
@@ -433,6 +524,7 @@ def _commit(
     *,
     spec: labels.SaveSpec | None = None,
     base: np.ndarray | None = None,
+    levels: list[LevelRecord] | None = None,
 ) -> ZarrTarget:
     """Write the NGFF metadata and pyramid levels, then the commit marker.
 
@@ -456,7 +548,9 @@ def _commit(
         chunk_digests=tuple(digests),
     )
     # NGFF metadata and pyramid levels (written now, before the commit marker)
-    ome, record = (spec or labels.SaveSpec(None)).group_attributes(storage, path, record, base=base)
+    ome, record = (spec or labels.SaveSpec(None)).group_attributes(
+        storage, path, record, base=base, made=levels
+    )
     # seals the record (record_digest), writes its copy, then the marker
     write_marker(storage, path, ResultDocument(record=record, ome=ome))
     checkpoint("save.committed")
@@ -485,9 +579,11 @@ def _move(storage: Storage, src: str, dst: str) -> None:
 
 def _reencode(storage: Storage, src: str, dst: str) -> None:
     """Copy every chunk of array ``src`` into the existing array ``dst``, in ``dst``'s codecs."""
-    source = ChunkCodec(zarr.open_array(storage.zarr_store, path=src, mode="r", zarr_format=3))
+    source = ChunkCodec(
+        zarr.open_array(storage.zarr_store, path=src, mode="r", zarr_format=3), storage
+    )
     target = _create_array(storage, dst, source.shape, source.dtype, source.chunks, compressor=None)
-    codec = ChunkCodec(target)
+    codec = ChunkCodec(target, storage)
     logger.info(
         "Result array %s in store %s was created by another writer with other codecs; "
         "storing this save's chunks in its codecs.",

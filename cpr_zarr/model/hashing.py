@@ -25,7 +25,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ALGORITHM",
     "TABLE_ALGORITHM",
+    "TABLE_ALGORITHMS",
     "TABLE_DTYPE",
+    "TABLE_PARQUET_ALGORITHM",
     "array_fingerprint",
     "chunk_digest",
     "combine_digests",
@@ -36,6 +38,11 @@ ALGORITHM = "xxh3_128-per-chunk+blake2b-128"
 # tables (cpr_zarr.core.table): the dtype their pointers carry, and their hash algorithm
 TABLE_DTYPE = "table"
 TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
+# tables stored as one parquet file (the Fractal/ngio layout): the same digests of decoded
+# values (values under a missing-value mask zeroed), and the label image a feature table
+# belongs to (``region``), which is part of what it is
+TABLE_PARQUET_ALGORITHM = "cpr-table-2:xxh3_128+blake2b-128"
+TABLE_ALGORITHMS = (TABLE_ALGORITHM, TABLE_PARQUET_ALGORITHM)
 
 
 def _canonical_bytes(block: np.ndarray) -> memoryview:
@@ -77,14 +84,25 @@ def array_fingerprint(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def table_hash(schema: dict[str, Any], digests: dict[str, str]) -> str:
+def table_hash(
+    schema: dict[str, Any],
+    digests: dict[str, str],
+    *,
+    algorithm: str = TABLE_ALGORITHM,
+    region: str | None = None,
+) -> str:
     """The content hash of a table: its schema and the digest of every stored array.
 
-    Here, not beside the table code, so that checking a table's record (every listing does)
-    does not import pandas.
+    ``algorithm`` is :data:`TABLE_ALGORITHM` (one zarr array per column) or
+    :data:`TABLE_PARQUET_ALGORITHM` (one parquet file; ``region`` is then the label image a
+    feature table describes, or None). Here, not beside the table code, so that checking a
+    table's record (every listing does) does not import pandas.
     """
+    content: dict[str, Any] = {"algorithm": algorithm, "schema": schema, "digests": digests}
+    if algorithm != TABLE_ALGORITHM:
+        content["region"] = region
     canonical = json.dumps(
-        {"algorithm": TABLE_ALGORITHM, "schema": schema, "digests": digests},
+        content,
         sort_keys=True,
         separators=(",", ":"),
     )

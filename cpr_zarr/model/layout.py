@@ -50,6 +50,7 @@ _GROUP_RE = re.compile(
     rf"(?P<name>[A-Za-z0-9][A-Za-z0-9_.-]{{0,99}})-(?P<hash>[0-9a-f]{{{HASH_HEX_LENGTH}}})"
 )
 _LABELS = "labels"
+_TABLES = "tables"
 _MEMBER_SEGMENT_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,199}")
 _SUPPORTED_KINDS = {
     "b": "bool",
@@ -84,8 +85,9 @@ def group_path(name: str, content_hash: str) -> str:
 def parse_group_path(path: str) -> tuple[str, str] | None:
     """Split a group path into ``(name, content_hash)``; ``None`` if it is not a result path.
 
-    A result path is ``<name>-<hash>`` (a result at the root) or
-    ``<name>-<hash>/labels/<name>-<hash>`` (a label image inside its image); the pair returned
+    A result path is ``<name>-<hash>`` (a result at the root),
+    ``<name>-<hash>/labels/<name>-<hash>`` (a label image inside its image) or
+    ``<name>-<hash>/tables/<name>-<hash>`` (a table stored with its image); the pair returned
     is the last group's. Nothing else is one: no ``..`` or ``.`` segment, no empty segment,
     no leading ``/``, no backslash, so a path read from a user, a pointer or a record can
     never name a place outside the store.
@@ -93,7 +95,7 @@ def parse_group_path(path: str) -> tuple[str, str] | None:
     if not isinstance(path, str):
         return None
     parts = path.split("/")
-    if len(parts) == 3 and parts[1] == _LABELS:
+    if len(parts) == 3 and parts[1] in (_LABELS, _TABLES):
         if _GROUP_RE.fullmatch(parts[0]) is None:
             return None
         parts = parts[2:]

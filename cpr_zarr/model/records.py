@@ -11,7 +11,9 @@ is written) and ``from_dict`` (the parser every reader goes through):
   :class:`LevelArrayAttrs`, the attributes of the level's own array;
 * :class:`TableSchema` (:class:`ColumnSpec`, :class:`ValueSpec`, :class:`TableIndex`):
   the schema inside a table record;
-* :class:`ProvenanceRecord`: one provenance record of a result.
+* :class:`ProvenanceRecord`: one provenance record of a result;
+* :class:`TableAttrs`: the Fractal/ngio attributes of a parquet table's group (what ngio and
+  Fractal's tools read), and :func:`tables_group_attrs`, the ``tables`` list of an image.
 
 Versions
     The commit record carries its format version in ``layout`` (:data:`LAYOUT_VERSION`), the
@@ -44,7 +46,12 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from cpr_zarr.errors import RecordError
-from cpr_zarr.model.hashing import ALGORITHM, TABLE_ALGORITHM, TABLE_DTYPE
+from cpr_zarr.model.hashing import (
+    ALGORITHM,
+    TABLE_ALGORITHM,
+    TABLE_DTYPE,
+    TABLE_PARQUET_ALGORITHM,
+)
 from cpr_zarr.model.layout import LAYOUT_VERSION
 from cpr_zarr.model.ngff import ImageMeta
 
@@ -58,6 +65,8 @@ __all__ = [
     "LAYOUT_VERSION",
     "PROVENANCE_ATTR",
     "STORE_LAYOUT",
+    "TABLES_DIR",
+    "TABLE_FILE",
     "ArrayRecord",
     "ColumnSpec",
     "LevelArrayAttrs",
@@ -66,12 +75,14 @@ __all__ = [
     "ResultDocument",
     "ResultRecord",
     "StoreRoot",
+    "TableAttrs",
     "TableIndex",
     "TableRecord",
     "TableSchema",
     "ValueSpec",
     "parse_result_record",
     "record_digest",
+    "tables_group_attrs",
 ]
 
 #: the group attribute holding the commit record (and the store root's attributes)
@@ -84,6 +95,10 @@ ARRAY_PATH = "0"
 STORE_LAYOUT = 1
 #: the group attribute holding a provenance record
 PROVENANCE_ATTR = "cpr_zarr_provenance"
+#: the folder of an image's tables (Fractal/ngio layout: ``<image>/tables/<name>``)
+TABLES_DIR = "tables"
+#: the file holding a parquet table's values, inside its group (ngio's parquet backend)
+TABLE_FILE = "table.parquet"
 #: the kinds of table value encodings (``ValueSpec.kind``)
 VALUE_KINDS = frozenset({"numpy", "datetime", "object", "string", "masked", "category"})
 
@@ -660,7 +675,14 @@ class ArrayRecord(ResultRecord):
 @dataclass(frozen=True, slots=True, kw_only=True)
 class TableRecord(ResultRecord):
     """The commit record of a table result: its schema and one digest per stored array
-    (sorted by array path), which hash to ``content_hash``."""
+    (sorted by array path), which hash to ``content_hash``.
+
+    ``algorithm`` tells the stored form: :data:`TABLE_ALGORITHM`, one zarr array per column
+    (release 0.1), or :data:`TABLE_PARQUET_ALGORITHM`, one parquet file
+    (:data:`TABLE_FILE`; the digests are then those of the decoded values). ``region`` is
+    the group path of the label image a feature table describes (it then lives in that
+    image's ``tables/``); None for a table of its own.
+    """
 
     kind: ClassVar[str] = "table"
 
@@ -668,12 +690,18 @@ class TableRecord(ResultRecord):
     digests: Mapping[str, str]
     algorithm: str = TABLE_ALGORITHM
     dtype: str = TABLE_DTYPE
+    region: str | None = None
 
-    _FIELDS: ClassVar[tuple[str, ...]] = (*ResultRecord._FIELDS, "table", "digests")
+    _FIELDS: ClassVar[tuple[str, ...]] = (*ResultRecord._FIELDS, "table", "digests", "region")
 
     @property
     def digest_count(self) -> int:
         return len(self.digests)
+
+    @property
+    def is_parquet(self) -> bool:
+        """Whether the values are one parquet file (else one zarr array per column)."""
+        return self.algorithm == TABLE_PARQUET_ALGORITHM
 
     def to_dict(self) -> dict[str, Any]:
         known: dict[str, Any] = {
@@ -687,9 +715,10 @@ class TableRecord(ResultRecord):
             "chunks": list(self.chunks),
             "table": self.table.to_dict(),
             "digests": dict(self.digests),
+            "region": self.region,
             DIGEST_FIELD: self.record_digest,
         }
-        unset = {DIGEST_FIELD} if self.record_digest is None else set()
+        unset = {k for k in (DIGEST_FIELD, "region") if known[k] is None}
         return _emit(known, unset, self.keys, self.extra)
 
     @classmethod
@@ -699,7 +728,52 @@ class TableRecord(ResultRecord):
         digests = f.mapping("digests")
         if not all(isinstance(v, str) for v in digests.values()):
             raise f.fail("digests", "an object of array path -> hex digest")
-        return cls(**fields, table=TableSchema.from_dict(f.raw("table")), digests=_frozen(digests))
+        return cls(
+            **fields,
+            table=TableSchema.from_dict(f.raw("table")),
+            digests=_frozen(digests),
+            region=f.text("region") if f.has("region") else None,
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableAttrs:
+    """The Fractal/ngio attributes of a parquet table's group, beside its commit record.
+
+    What ngio 1.1 writes for a table on its parquet backend (Fractal's table specification,
+    version 1): a ``feature_table`` keyed by ``label`` that names its label image by
+    ``region.path`` (``../labels/<label group>``, as ngio writes it), or a ``generic_table``.
+    Derived from the commit record (:meth:`of`) and checked against it on every read, so
+    they can never disagree with it.
+    """
+
+    region: str | None = None
+
+    @classmethod
+    def of(cls, record: TableRecord) -> TableAttrs:
+        region = record.region
+        return cls(region=None if region is None else region.rsplit("/", 1)[-1])
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.region is None:
+            return {"backend": "parquet", "table_version": "1", "type": "generic_table"}
+        return {
+            "backend": "parquet",
+            "index_key": "label",
+            "index_type": "int",
+            "table_version": "1",
+            "type": "feature_table",
+            "region": {"path": f"../labels/{self.region}"},
+            "instance_key": "label",
+            "categorical_columns": [],
+            "measurement_columns": [],
+            "metadata_columns": [],
+        }
+
+
+def tables_group_attrs(names: list[str]) -> dict[str, Any]:
+    """The attributes of an image's ``tables`` group: the names of its tables (Fractal/ngio)."""
+    return {"tables": list(names)}
 
 
 def parse_result_record(data: object) -> ArrayRecord | TableRecord:

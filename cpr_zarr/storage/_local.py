@@ -10,8 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import zarr
-from zarr.core.buffer import default_buffer_prototype
-from zarr.core.sync import sync
 
 from cpr_zarr.storage.base import Entry, Storage, register, registered
 
@@ -22,6 +20,8 @@ if TYPE_CHECKING:
 
 __all__ = ["LocalStorage"]
 
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0)
+
 
 class LocalStorage(Storage):
     """A folder on a file system with POSIX rename and ``link`` (local disk, NFS, Lustre)."""
@@ -31,6 +31,7 @@ class LocalStorage(Storage):
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         super().__init__(str(path), read_only=read_only)
         self.root = path
+        self._root = str(path)
         self._zarr = zarr.storage.LocalStore(path, read_only=read_only)
 
     def __reduce__(self) -> tuple[object, ...]:
@@ -42,14 +43,33 @@ class LocalStorage(Storage):
 
     def get(self, key: str) -> bytes | None:
         try:  # a plain file read: no round trip to zarr's event loop
-            return (self.root / key).read_bytes()
+            with open(os.path.join(self._root, key), "rb") as f:
+                return f.read()
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             return None
 
     def set(self, key: str, data: bytes) -> None:
-        # zarr's LocalStore writes a temporary file and renames it: readers see the old or
-        # the new bytes, never a part
-        sync(self._zarr.set(key, default_buffer_prototype().buffer.from_bytes(data)))
+        # like zarr's LocalStore, a temporary file renamed over the key: readers see the old
+        # or the new bytes, never a part. Done here, in the calling thread: chunk writes from
+        # a pool of threads then run in parallel, not queued on zarr's event loop
+        self.check_writable()
+        path = os.path.join(self._root, key)
+        folder, name = os.path.split(path)
+        # hidden and ".partial": never counted as a chunk, never read as one
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
+        try:
+            fd = os.open(tmp, _CREATE, 0o666)
+        except FileNotFoundError:
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o666)
+        try:
+            with open(fd, "wb") as f:  # large writes go straight to the file, not copied
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
 
     def set_if_not_exists(self, key: str, data: bytes) -> bool:
         # write a private temporary file, then hard-link it under the final name: link()
