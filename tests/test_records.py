@@ -10,6 +10,7 @@ import ast
 import dataclasses
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +155,8 @@ def test_store_root_and_provenance_records(local_store: cpr_zarr.ResultStore) ->
     assert record.extra == {"note": "kept", "run": 3}
     assert record.output == "v"
     assert record.task_name is None
+    assert record.pid == os.getpid()  # the process that wrote it
+    assert record.worker is None  # not a Dask worker (tests/test_cluster.py: on workers)
     assert record.created_at.tzinfo is not None
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import logging
+import os
 import platform
 import sys
 import uuid
@@ -98,6 +99,20 @@ def render(value: Any, depth: int = 0) -> Any:
     return redact_text(repr(value))[:200]
 
 
+def dask_worker_address() -> str | None:
+    """The address of the Dask worker this code runs on, or None outside a Dask worker task.
+
+    Never imports distributed: a process that has not imported it runs no Dask worker.
+    """
+    worker_module = sys.modules.get("distributed.worker")
+    if worker_module is None:
+        return None
+    try:
+        return str(worker_module.get_worker().address)
+    except (ValueError, AttributeError):  # not inside a worker's task
+        return None
+
+
 def input_hashes(value: Any) -> list[str]:
     """Content hashes of every ``ZarrTarget`` inside a parameter value."""
     if isinstance(value, ZarrTarget):
@@ -159,7 +174,10 @@ def write_record(
     full = {
         "created": now.isoformat(timespec="milliseconds"),
         "output": output,
+        # the process that wrote it: on a cluster, which job and worker made the result
         "host": platform.node(),
+        "pid": os.getpid(),
+        "worker": dask_worker_address(),
         "versions": _versions(),
         "argv": sys.argv[:1],
         **(record or {}),

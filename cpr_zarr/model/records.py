@@ -891,6 +891,7 @@ class ResultDocument:
 _PROVENANCE_STRINGS = (
     "output",
     "host",
+    "worker",
     "task_name",
     "task_run_id",
     "task_run_name",
@@ -908,12 +909,16 @@ class ProvenanceRecord:
     which flow run, from which parameters and input results (``inputs``: content hashes).
 
     Only ``created`` (an ISO time) is required; the task and flow fields are null for direct
-    saves. Fields given to ``save(provenance=...)`` that are not listed here are in ``extra``.
+    saves. ``host``, ``pid`` and ``worker`` (the Dask worker's address, when a Dask worker
+    saved it) name the process that wrote the result. Fields given to ``save(provenance=...)``
+    that are not listed here are in ``extra``.
     """
 
     created: str
     output: str | None = None
     host: str | None = None
+    pid: int | None = None
+    worker: str | None = None
     versions: Mapping[str, Any] = field(default_factory=_empty)
     argv: tuple[Any, ...] = ()
     task_name: str | None = None
@@ -933,6 +938,8 @@ class ProvenanceRecord:
         "created",
         "output",
         "host",
+        "pid",
+        "worker",
         "versions",
         "argv",
         "task_name",
@@ -954,12 +961,13 @@ class ProvenanceRecord:
     def to_dict(self) -> dict[str, Any]:
         known: dict[str, Any] = {"created": self.created}
         known.update({k: getattr(self, k) for k in _PROVENANCE_STRINGS})
+        known["pid"] = self.pid
         known["versions"] = dict(self.versions)
         known["argv"] = list(self.argv)
         known["parameters"] = dict(self.parameters)
         known["inputs"] = list(self.inputs)
         known = {k: known[k] for k in self._FIELDS}
-        unset = {k for k in _PROVENANCE_STRINGS if known[k] is None}
+        unset = {k for k in (*_PROVENANCE_STRINGS, "pid") if known[k] is None}
         unset |= {k for k in ("versions", "argv", "parameters", "inputs") if not known[k]}
         return _emit(known, unset, self.keys, self.extra)
 
@@ -972,8 +980,10 @@ class ProvenanceRecord:
         except ValueError:
             raise f.fail("created", "an ISO time such as '2026-11-30T10:00:00.000+00:00'") from None
         strings = {k: f.opt_text(k) for k in _PROVENANCE_STRINGS}
+        pid = f.integer("pid", minimum=0) if f.data.get("pid") is not None else None
         return cls(
             created=created,
+            pid=pid,
             versions=_frozen(f.mapping("versions")) if f.has("versions") else _EMPTY,
             argv=tuple(f.array("argv")) if f.has("argv") else (),
             parameters=_frozen(f.mapping("parameters")) if f.has("parameters") else _EMPTY,
