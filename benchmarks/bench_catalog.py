@@ -70,17 +70,8 @@ def make_store(url: str, n: int, **options: Any) -> Any:
     # every result gets a copy of the first one's provenance record (writing a new one
     # costs more than everything else here: package versions, secret redaction)
     (produced,) = read_provenance(storage, first.group_path)
-    documents = {
-        key: storage.get(f"{first.group_path}/{PROVENANCE}/{key}")
-        for key in (
-            "zarr.json",
-            *(
-                f"{d}/zarr.json"
-                for d in storage.list_dir(f"{first.group_path}/{PROVENANCE}")
-                if d != "zarr.json"
-            ),
-        )
-    }
+    source = f"{first.group_path}/{PROVENANCE}"
+    documents = {e.key: storage.get(f"{source}/{e.key}") for e in storage.walk(source)}
     chance = journal.COMPACT_CHANCE
     journal.COMPACT_CHANCE = 10**12  # compact once at the end, not while generating
     try:

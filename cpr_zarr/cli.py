@@ -267,6 +267,8 @@ def info_command(store: str, ref: str, as_json: bool) -> None:
             f", flow run {r['flow_run_name']} ({r['flow_name']})" if r.get("flow_run_name") else ""
         )
         click.echo(f"  {r['created']}  {who}{flow} as {r['output']!r} on {r.get('host', '?')}")
+        if r.get("worker"):
+            click.echo(f"    written by  Dask worker {r['worker']} (pid {r.get('pid', '?')})")
         if r.get("parameters"):
             click.echo(f"    parameters  {json.dumps(r['parameters'], default=str)[:300]}")
         if r.get("source_hash"):

@@ -33,6 +33,8 @@ class FaultyProxy(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.requests: Counter[tuple[str, str]] = Counter()
         self.statuses: Counter[tuple[str, str, int]] = Counter()  # (method, path, status)
+        # (method, path, access key id of the request's signature): which client sent it
+        self.signers: Counter[tuple[str, str, str]] = Counter()
         self.faults: list[str] = []  # consumed one per matching request: "503" or "reset"
         self.fault_filter = ""  # only requests whose "METHOD path" contains this
         self.always_fail = ""  # like fault_filter, but never consumed
@@ -50,6 +52,7 @@ class FaultyProxy(ThreadingHTTPServer):
         with self.lock:
             self.requests.clear()
             self.statuses.clear()
+            self.signers.clear()
 
     def count(self, method: str, contains: str = "") -> int:
         with self.lock:
@@ -62,6 +65,15 @@ class FaultyProxy(ThreadingHTTPServer):
             for (m, p, status), n in self.statuses.items():
                 if m == method and p.endswith(path_suffix):
                     out[status] += n
+            return out
+
+    def signed_by(self, method: str, contains: str = "") -> Counter[str]:
+        """Requests per access key id (from the SigV4 ``Authorization`` header)."""
+        with self.lock:
+            out: Counter[str] = Counter()
+            for (m, p, key), n in self.signers.items():
+                if m == method and contains in p:
+                    out[key] += n
             return out
 
     def keys(self, method: str, contains: str = "") -> list[str]:
@@ -92,8 +104,11 @@ class _Handler(BaseHTTPRequestHandler):
         body = self._body()
         path = urllib.parse.urlsplit(self.path).path
         label = f"{self.command} {self.path}"
+        credential = self.headers.get("Authorization", "").partition("Credential=")[2]
+        signer = credential.split("/", 1)[0] or "-"
         with self.server.lock:
             self.server.requests[(self.command, path)] += 1
+            self.server.signers[(self.command, path, signer)] += 1
             fault = None
             if self.server.always_fail and self.server.always_fail in label:
                 fault = "503"
@@ -134,7 +149,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "date",
             ):
                 self.send_header(key, value)
-        self.send_header("Content-Length", str(len(data)))
+        # a HEAD response has no body but the object's length (s3fs reads a file's size from it)
+        length = resp.getheader("Content-Length", "0") if self.command == "HEAD" else len(data)
+        self.send_header("Content-Length", str(length))
         self.end_headers()
         if self.command != "HEAD":
             self.wfile.write(data)

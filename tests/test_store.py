@@ -84,9 +84,13 @@ def test_group_layout_codec_and_attributes(local_store: cpr_zarr.ResultStore) ->
     assert target.chunks == (64, 256, 256)  # about 8 MiB of uint16
     group = zarr.open_group(local_store.url, path=target.group_path, mode="r")
     meta = group.attrs["cpr_zarr"]
-    assert meta["layout"] == 1
-    assert meta["algorithm"] == "xxh3_128-per-chunk+blake2b-128"
-    assert len(meta["chunk_digests"]) == 2 * 2 * 2
+    assert meta["layout"] == 2
+    assert meta["algorithm"] == "xxh3_128-per-chunk+blake2b-128-tree1024"
+    assert "chunk_digests" not in meta  # beside the data, as one binary block of 8 digests
+    assert len(meta["digest_root"]) == 32
+    block = local_store.storage.get(f"{target.group_path}/cpr_zarr/digests/0/0/0")
+    assert block is not None
+    assert len(block) == 2 * 2 * 2 * 16
     array = group["0"]
     assert array.metadata.zarr_format == 3
     blosc = array.metadata.to_dict()["codecs"][-1]
@@ -169,7 +173,7 @@ def test_dedup_writes_no_data(store: cpr_zarr.ResultStore) -> None:
     assert len(added) == 2
     assert {key.split("/")[0] for key in added} == {first.group_path, "_catalog"}
     assert next(k for k in added if k.startswith(first.group_path)).startswith(
-        f"{first.group_path}/provenance/"
+        f"{first.group_path}/cpr_zarr/provenance/"
     )
     assert next(k for k in added if k.startswith("_catalog")).startswith("_catalog/log/")
 

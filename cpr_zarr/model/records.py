@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
@@ -50,12 +51,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from cpr_zarr.errors import RecordError
 from cpr_zarr.model.hashing import (
-    ALGORITHM,
     TABLE_ALGORITHM,
     TABLE_DTYPE,
     TABLE_PARQUET_ALGORITHM,
+    TREE_ALGORITHM,
 )
-from cpr_zarr.model.layout import LAYOUT_VERSION
+from cpr_zarr.model.layout import LAYOUT_VERSION, READ_LAYOUTS
 from cpr_zarr.model.ngff import ImageMeta
 
 if TYPE_CHECKING:
@@ -269,6 +270,15 @@ class StoreRoot:
         return {"zarr_format": 3, "node_type": "group", "attributes": {COMMIT_ATTR: self.to_dict()}}
 
 
+def _digest_fields(f: _Fields) -> dict[str, Any]:
+    """``chunk_digests`` (layout 1) or ``digest_root`` (layout 2): one of them is stored."""
+    if f.has("chunk_digests"):
+        return {"chunk_digests": f.texts("chunk_digests"), "digest_root": None}
+    if not f.has("digest_root"):
+        raise f.fail("digest_root", "the root of the chunk digests' tree (layout 1: chunk_digests)")
+    return {"chunk_digests": None, "digest_root": f.text("digest_root")}
+
+
 # -- pyramid levels ------------------------------------------------------------------------
 
 
@@ -278,17 +288,27 @@ class LevelRecord:
 
     ``step`` is the downsampling from the level before; ``path`` the level's array inside
     the group (``"1"``, or ``"1-2x2"``... when another writer's plan holds ``"1"``).
+    Its chunk digests are ``chunk_digests`` (layout 1, and records being built in memory)
+    or the root of their digest tree, ``digest_root`` (layout 2, as stored).
     """
 
     path: str
     step: tuple[int, ...]
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
-    chunk_digests: tuple[str, ...]
+    chunk_digests: tuple[str, ...] | None = None
+    digest_root: str | None = None
     extra: Mapping[str, Any] = field(default_factory=_empty)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
-    _FIELDS: ClassVar[tuple[str, ...]] = ("path", "step", "shape", "chunks", "chunk_digests")
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "path",
+        "step",
+        "shape",
+        "chunks",
+        "chunk_digests",
+        "digest_root",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         known = {
@@ -296,9 +316,11 @@ class LevelRecord:
             "step": list(self.step),
             "shape": list(self.shape),
             "chunks": list(self.chunks),
-            "chunk_digests": list(self.chunk_digests),
+            "chunk_digests": None if self.chunk_digests is None else list(self.chunk_digests),
+            "digest_root": self.digest_root,
         }
-        return _emit(known, set(), self.keys, self.extra)
+        unset = {k for k in ("chunk_digests", "digest_root") if known[k] is None}
+        return _emit(known, unset, self.keys, self.extra)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "levels[0]") -> LevelRecord:
@@ -308,7 +330,7 @@ class LevelRecord:
             step=f.integers("step", minimum=1),
             shape=f.integers("shape"),
             chunks=f.integers("chunks", minimum=1),
-            chunk_digests=f.texts("chunk_digests"),
+            **_digest_fields(f),
             extra=f.extra(),
             keys=f.keys(),
         )
@@ -575,11 +597,11 @@ class ResultRecord:
     @staticmethod
     def _common(f: _Fields) -> dict[str, Any]:
         layout = f.integer("layout")
-        if layout != LAYOUT_VERSION:
+        if layout not in READ_LAYOUTS:
             raise RecordError(
                 f"{f.name('layout')} is {layout!r}: the result was written by a cpr_zarr with "
-                f"record layout {layout}, and this one reads layout {LAYOUT_VERSION}. Upgrade "
-                "cpr_zarr to read it.",
+                f"record layout {layout}, and this one reads layouts {sorted(READ_LAYOUTS)}. "
+                "Upgrade cpr_zarr to read it.",
                 field=f.name("layout"),
             )
         return {
@@ -600,16 +622,20 @@ class ResultRecord:
 class ArrayRecord(ResultRecord):
     """The commit record of an array result (images, label images, PIL images, plain arrays).
 
-    ``chunk_digests`` lists one digest per chunk of the base array (C order) and, with shape,
-    dtype and chunks, hashes to ``content_hash``; ``image`` is the NGFF metadata (None for
+    The chunk digests of the base array (C order) hash, with shape, dtype and chunks, to
+    ``content_hash``: in layout 1 ``chunk_digests`` lists them; in layout 2 ``digest_root``
+    is the root of their digest tree (stored beside the data, see
+    :func:`~cpr_zarr.model.hashing.digest_tree`), and a record built in memory by a writer
+    carries ``chunk_digests`` until the commit stores the tree. ``image`` is the NGFF metadata (None for
     arrays saved without it), ``levels`` the downsampled levels, ``labels_of`` the group path
     of the image a label image belongs to.
     """
 
     kind: ClassVar[str] = "array"
 
-    chunk_digests: tuple[str, ...]
-    algorithm: str = ALGORITHM
+    chunk_digests: tuple[str, ...] | None = None
+    digest_root: str | None = None
+    algorithm: str = TREE_ALGORITHM
     array: str = ARRAY_PATH
     image: ImageMeta | None = None
     levels: tuple[LevelRecord, ...] = ()
@@ -619,6 +645,7 @@ class ArrayRecord(ResultRecord):
         *ResultRecord._FIELDS,
         "array",
         "chunk_digests",
+        "digest_root",
         "image",
         "levels",
         "labels_of",
@@ -626,7 +653,11 @@ class ArrayRecord(ResultRecord):
 
     @property
     def digest_count(self) -> int:
-        return len(self.chunk_digests)
+        if self.chunk_digests is not None:
+            return len(self.chunk_digests)
+        return math.prod(
+            -(-s // c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
+        )
 
     @property
     def is_label_image(self) -> bool:
@@ -643,13 +674,15 @@ class ArrayRecord(ResultRecord):
             "shape": list(self.shape),
             "dtype": self.dtype,
             "chunks": list(self.chunks),
-            "chunk_digests": list(self.chunk_digests),
+            "chunk_digests": None if self.chunk_digests is None else list(self.chunk_digests),
+            "digest_root": self.digest_root,
             "image": None if self.image is None else self.image.to_dict(),
             "levels": [level.to_dict() for level in self.levels],
             "labels_of": self.labels_of,
             DIGEST_FIELD: self.record_digest,
         }
-        unset = {k for k in ("image", "labels_of", DIGEST_FIELD) if known[k] is None}
+        optional = ("chunk_digests", "digest_root", "image", "labels_of", DIGEST_FIELD)
+        unset = {k for k in optional if known[k] is None}
         if not self.levels:
             unset.add("levels")
         return _emit(known, unset, self.keys, self.extra)
@@ -676,7 +709,7 @@ class ArrayRecord(ResultRecord):
         return cls(
             **fields,
             array=f.text("array"),
-            chunk_digests=f.texts("chunk_digests"),
+            **_digest_fields(f),
             image=image,
             levels=levels,
             labels_of=f.text("labels_of") if f.has("labels_of") else None,
@@ -869,6 +902,7 @@ class ResultDocument:
 _PROVENANCE_STRINGS = (
     "output",
     "host",
+    "worker",
     "task_name",
     "task_run_id",
     "task_run_name",
@@ -886,12 +920,16 @@ class ProvenanceRecord:
     which flow run, from which parameters and input results (``inputs``: content hashes).
 
     Only ``created`` (an ISO time) is required; the task and flow fields are null for direct
-    saves. Fields given to ``save(provenance=...)`` that are not listed here are in ``extra``.
+    saves. ``host``, ``pid`` and ``worker`` (the Dask worker's address, when a Dask worker
+    saved it) name the process that wrote the result. Fields given to ``save(provenance=...)``
+    that are not listed here are in ``extra``.
     """
 
     created: str
     output: str | None = None
     host: str | None = None
+    pid: int | None = None
+    worker: str | None = None
     versions: Mapping[str, Any] = field(default_factory=_empty)
     argv: tuple[Any, ...] = ()
     task_name: str | None = None
@@ -911,6 +949,8 @@ class ProvenanceRecord:
         "created",
         "output",
         "host",
+        "pid",
+        "worker",
         "versions",
         "argv",
         "task_name",
@@ -932,12 +972,13 @@ class ProvenanceRecord:
     def to_dict(self) -> dict[str, Any]:
         known: dict[str, Any] = {"created": self.created}
         known.update({k: getattr(self, k) for k in _PROVENANCE_STRINGS})
+        known["pid"] = self.pid
         known["versions"] = dict(self.versions)
         known["argv"] = list(self.argv)
         known["parameters"] = dict(self.parameters)
         known["inputs"] = list(self.inputs)
         known = {k: known[k] for k in self._FIELDS}
-        unset = {k for k in _PROVENANCE_STRINGS if known[k] is None}
+        unset = {k for k in (*_PROVENANCE_STRINGS, "pid") if known[k] is None}
         unset |= {k for k in ("versions", "argv", "parameters", "inputs") if not known[k]}
         return _emit(known, unset, self.keys, self.extra)
 
@@ -950,8 +991,10 @@ class ProvenanceRecord:
         except ValueError:
             raise f.fail("created", "an ISO time such as '2026-11-30T10:00:00.000+00:00'") from None
         strings = {k: f.opt_text(k) for k in _PROVENANCE_STRINGS}
+        pid = f.integer("pid", minimum=0) if f.data.get("pid") is not None else None
         return cls(
             created=created,
+            pid=pid,
             versions=_frozen(f.mapping("versions")) if f.has("versions") else _EMPTY,
             argv=tuple(f.array("argv")) if f.has("argv") else (),
             parameters=_frozen(f.mapping("parameters")) if f.has("parameters") else _EMPTY,
