@@ -74,14 +74,21 @@ def test_lookups_and_listings_cost_the_same_requests_at_any_store_size(
             operation()
             costs[size, name] = {m: proxy.count(m) for m in ("GET", "HEAD", "PUT", "DELETE")}
         assert len(store.list()) == size
-    for name in operations:
+    for name in ("open by prefix", "open by hash", "dedup check"):
         assert costs[3, name] == costs[15, name], name
         assert sum(costs[15, name].values()) <= 8, (name, costs[15, name])
-    # without compaction a listing reads each journal segment since: at most COMPACT_AFTER
-    store.save(tiny(99), "late")
-    proxy.reset_counts()
-    store.list()
-    assert proxy.count("GET") == costs[15, "list"]["GET"] + 1
+    # a listing: two LISTs and the snapshot, plus each journal segment written since the last
+    # compaction (a writable listing compacts past COMPACT_AFTER)
+    bound = 3 + journal.COMPACT_AFTER
+    for size in (3, 15):
+        assert costs[size, "list"]["GET"] <= bound
+        assert costs[size, "list"]["PUT"] == 0
+    for i in range(2 * journal.COMPACT_AFTER):
+        store.save(tiny(100 + i), f"late{i}")
+        proxy.reset_counts()
+        store.list()
+        # at most COMPACT_AFTER + 1 segments, then its compaction lists the snapshots
+        assert proxy.count("GET") <= bound + 2, i
 
 
 # -- compaction -------------------------------------------------------------------------------
