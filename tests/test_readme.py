@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.ndimage as ndi
 
 import cpr_zarr
 
 if TYPE_CHECKING:
-    import pytest
-
     from tests.s3_server import S3Server
 
 ROOT = Path(__file__).parents[1]
