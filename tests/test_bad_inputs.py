@@ -393,18 +393,24 @@ def test_a_damaged_table_chunk_names_store_group_array_and_chunk(
 
 
 def test_a_damaged_digest_list_is_an_integrity_error_not_an_index_error(
-    local_store: ResultStore,
+    tmp_path: Path,
 ) -> None:
-    target = local_store.save(IMAGE, "img", chunks=(2, 8, 8))
-    marker = local_store.storage.root / target.group_path / "zarr.json"  # type: ignore[operator]
+    """Layout 1 (digests listed in the record): a store written before layout 2."""
+    import shutil
+    from pathlib import Path as _Path
+
+    data = _Path(__file__).parent / "data" / "layout-1"
+    shutil.copytree(data / "results.zarr", tmp_path / "results.zarr")
+    expected = json.loads((data / "expected.json").read_text())
+    fresh = cpr_zarr.ResultStore(tmp_path / "results.zarr")
+    marker = tmp_path / "results.zarr" / expected["image"] / "zarr.json"
     doc = json.loads(marker.read_text())
     del doc["attributes"]["cpr_zarr"]["chunk_digests"][-1]
     marker.write_text(json.dumps(doc))
-    fresh = cpr_zarr.ResultStore(local_store.url)  # no cached reader
     # caught when opening, by the record check (the digests no longer hash to the content
     # hash); the reader's own digest-list check is the second line behind it
     with pytest.raises(cpr_zarr.IntegrityError, match="chunk_digests"):
-        fresh.open(target.group_path).to_numpy()
+        fresh.open(expected["image"]).to_numpy()
     record = ArrayRecord.from_dict(json.loads(marker.read_text())["attributes"]["cpr_zarr"])
-    with pytest.raises(ChunkVerificationError, match=r"chunk_digests \(7 entries\) must list"):
-        ChunkReader(fresh.storage, target.group_path, record).to_numpy()
+    with pytest.raises(ChunkVerificationError, match=r"chunk_digests \(17 entries\) must list"):
+        ChunkReader(fresh.storage, expected["image"], record).to_numpy()

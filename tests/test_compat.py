@@ -308,3 +308,81 @@ def test_a_zarr_reader_still_reads_the_old_store() -> None:
         str(DATA / "results.zarr"), path=f"{EXPECTED['vector']['group_path']}/0"
     )
     np.testing.assert_array_equal(array[:], np.arange(10, dtype="float32"))
+
+
+# -- layout 1 (written by 78d981f, before layout 2), see tests/data/make_layout_1.py --------
+
+LAYOUT_1 = Path(__file__).parent / "data" / "layout-1"
+LAYOUT_1_EXPECTED: dict[str, Any] = json.loads((LAYOUT_1 / "expected.json").read_text())
+
+
+@pytest.fixture
+def layout_1_store(tmp_path: Path) -> cpr_zarr.ResultStore:
+    shutil.copytree(LAYOUT_1 / "results.zarr", tmp_path / "results.zarr")
+    return cpr_zarr.ResultStore(tmp_path / "results.zarr")
+
+
+def test_a_layout_1_store_opens_verifies_lists_and_gcs(
+    layout_1_store: cpr_zarr.ResultStore,
+) -> None:
+    from cpr_zarr.core.inventory import plan_gc
+
+    store, want = layout_1_store, LAYOUT_1_EXPECTED
+    report = store.verify()
+    assert report.ok, report.problems
+    assert report.results == 4
+    image = store.open(want["image"])
+    record = catalog.load(store.storage, image.group_path)
+    assert isinstance(record, ArrayRecord)
+    assert record.layout == 1
+    assert record.chunk_digests is not None
+    assert record.digest_root is None
+    np.testing.assert_array_equal(image.to_numpy(), np.array(want["image_values"]))
+    for number in (1, 2):
+        assert cpr_zarr.read_level(image, number).compute().shape == record.levels[number - 1].shape
+    labels = store.open(want["label_image"])
+    np.testing.assert_array_equal(labels.to_numpy(), np.array(want["label_values"]))
+    assert cpr_zarr.read_table(store.open(want["table"]))["b"].tolist() == ["x", "y", "z"]
+    frame = store.list()
+    assert sorted(frame["group_path"]) == sorted(
+        want[k] for k in ("image", "label_image", "vector", "table")
+    )
+    (direct,) = store.provenance(image)
+    assert direct["note"] == "layout 1"
+    # nothing of a committed layout-1 result is a leftover to gc
+    assert plan_gc(store.storage, leftover_age=0) == []
+    # a layout-1 result is removed whole (its record copy first)
+    store.delete(want["vector"])
+    assert not (Path(store.url) / want["vector"]).exists()
+    assert store.verify().ok
+
+
+def test_a_layout_1_store_takes_layout_2_results_and_repairs_both(
+    layout_1_store: cpr_zarr.ResultStore,
+) -> None:
+    """New saves into an old store write layout 2 only (same values: another content hash,
+    as the layout is hashed); a lost marker of either layout is rebuilt from its copy."""
+    store, want = layout_1_store, LAYOUT_1_EXPECTED
+    root = Path(store.url)
+    again = store.save(np.array(want["image_values"], dtype=np.uint16), "volume", chunks=(2, 8, 8))
+    assert again.group_path != want["image"]
+    assert catalog.load(store.storage, again.group_path).layout == 2  # type: ignore[union-attr]
+    assert (root / again.group_path / "cpr_zarr" / "record.json").is_file()
+    assert not (root / again.group_path / "cpr_zarr_record").exists()
+    assert not (root / again.group_path / "provenance").exists()
+    assert len(store.provenance(again)) == 1
+    old_marker = root / want["image"] / "zarr.json"
+    new_marker = root / again.group_path / "zarr.json"
+    old_doc, new_doc = old_marker.read_text(), new_marker.read_text()
+    old_marker.write_text("{}")
+    new_marker.write_text("{}")
+    fresh = cpr_zarr.ResultStore(root)
+    report = fresh.verify(repair=True)
+    assert report.ok, report.problems
+    assert len(report.repaired) == 2
+    assert json.loads(old_marker.read_text()) == json.loads(old_doc)
+    assert json.loads(new_marker.read_text()) == json.loads(new_doc)
+    assert (root / want["image"] / "cpr_zarr_record" / "zarr.json").is_file()
+    np.testing.assert_array_equal(
+        fresh.open(again.group_path).to_numpy(), fresh.open(want["image"]).to_numpy()
+    )

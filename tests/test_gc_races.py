@@ -184,13 +184,11 @@ def make_old_result(store: cpr_zarr.ResultStore, seed: int) -> str:
     from datetime import UTC, datetime, timedelta
 
     target = store.save(data_for(seed), name="v", chunks=(6, 20, 20))
-    base = f"{target.group_path}/provenance"
+    base = f"{target.group_path}/cpr_zarr/provenance"
     for entry in store.storage.list_dir(base):
-        if entry != "zarr.json":
-            doc = store.storage.get_json(f"{base}/{entry}/zarr.json")
-            then = datetime.now(UTC) - timedelta(hours=2)
-            doc["attributes"]["cpr_zarr_provenance"]["created"] = then.isoformat()
-            store.storage.set_json(f"{base}/{entry}/zarr.json", doc)
+        doc = store.storage.get_json(f"{base}/{entry}")
+        doc["created"] = (datetime.now(UTC) - timedelta(hours=2)).isoformat()
+        store.storage.set_json(f"{base}/{entry}", doc)
     return target.group_path
 
 

@@ -31,6 +31,7 @@ from cpr_zarr.core.inventory import leftovers, plan_gc
 from cpr_zarr.core.pyramid import level_count, read_level
 from cpr_zarr.core.table import read_table
 from cpr_zarr.errors import CprZarrError, IntegrityError
+from cpr_zarr.model.hashing import block_digest
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -207,8 +208,23 @@ def _mutations(doc: Any) -> list[tuple[str, Any]]:
 
 
 def _metadata_files(root: Path, *, copies: bool = True) -> list[Path]:
-    names = ("zarr.json", RECORD_COPY) if copies else ("zarr.json",)
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.name in names)
+    """Group and array documents, provenance records and (``copies``) the record copies and
+    binary digest blocks (read by chunk reads, verify and repair only)."""
+
+    def wanted(path: Path) -> bool:
+        rel = path.relative_to(root).as_posix()
+        if path.name == "zarr.json" or "/cpr_zarr/provenance/" in rel:
+            return True
+        return copies and (rel.endswith(f"/{RECORD_COPY}") or "/cpr_zarr/digests/" in rel)
+
+    return sorted(p for p in root.rglob("*") if p.is_file() and wanted(p))
+
+
+def _listed(file: Path, original: bytes) -> bool:
+    """Whether listings read ``file`` (group documents and provenance records do)."""
+    if "digests" in file.parts:
+        return False
+    return json.loads(original).get("node_type") != "array"
 
 
 class Tally:
@@ -324,7 +340,7 @@ def test_single_bit_flips_over_every_metadata_file(
     start, cpu = time.perf_counter(), time.process_time()
     for file in _metadata_files(root):
         original = file.read_bytes()
-        listed = json.loads(original).get("node_type") != "array"
+        listed = _listed(file, original)
         bits = len(original) * 8
         for bit in sorted(rng.sample(range(bits), min(FLIPS_PER_FILE, bits))):
             damaged = bytearray(original)
@@ -388,14 +404,14 @@ def test_record_dtype_shape_and_swapped_chunks_do_not_hash_to_the_path(
     marker = root / paths["img"] / "zarr.json"
     original = marker.read_bytes()
 
-    def swap_digests(d: dict[str, Any]) -> None:
-        digests = d["attributes"]["cpr_zarr"]["chunk_digests"]
-        digests[0], digests[1] = digests[1], digests[0]
+    def swap_roots(d: dict[str, Any]) -> None:  # the base's digest tree for the level's
+        record = d["attributes"]["cpr_zarr"]
+        record["digest_root"] = record["levels"][0]["digest_root"]
 
     for change, field in [
         (lambda d: d["attributes"]["cpr_zarr"].update(dtype="int16"), "dtype"),
         (lambda d: d["attributes"]["cpr_zarr"].update(shape=[20, 24]), "shape"),
-        (swap_digests, "chunk_digests"),
+        (swap_roots, "digest_root"),
     ]:
         _edit(marker, change)
         with pytest.raises(IntegrityError, match=field) as e:
@@ -432,9 +448,14 @@ def test_level_chunks_swapped_with_their_digests_are_refused(tmp_path: Path) -> 
     a.write_bytes(data_b)
     b.write_bytes(data_a)
 
+    # the level's digest block with the two digests swapped, and its root in the record
+    leaves = root / path / "cpr_zarr" / "digests" / "1" / "0" / "0"
+    block = bytearray(leaves.read_bytes())
+    block[0:16], block[16:32] = block[16:32], block[0:16]
+    leaves.write_bytes(bytes(block))
+
     def swap(d: dict[str, Any]) -> None:
-        digests = d["attributes"]["cpr_zarr"]["levels"][0]["chunk_digests"]
-        digests[0], digests[1] = digests[1], digests[0]
+        d["attributes"]["cpr_zarr"]["levels"][0]["digest_root"] = block_digest(bytes(block)).hex()
 
     _edit(root / path / "zarr.json", swap)
     with pytest.raises(IntegrityError, match="record_digest"):
@@ -591,8 +612,8 @@ def test_a_damaged_provenance_record_breaks_nothing_else(
     from cpr_zarr.cli import main
 
     root, paths = small
-    (record,) = (root / paths["vec"] / "provenance").glob("*/zarr.json")
-    _edit(record, lambda d: d["attributes"]["cpr_zarr_provenance"].update(created="yesterday"))
+    (record,) = (root / paths["vec"] / "cpr_zarr" / "provenance").glob("*.json")
+    _edit(record, lambda d: d.update(created="yesterday"))
     store = cpr_zarr.ResultStore(root)
     assert len(store.list()) == len(paths)
     assert store.provenance(paths["vec"]) == []

@@ -39,7 +39,7 @@ def test_results_without_provenance_are_never_removed_by_age(
     local_store: cpr_zarr.ResultStore,
 ) -> None:
     fresh = local_store.save(microscopy_volume(), "fresh")
-    shutil.rmtree(f"{local_store.url}/{fresh.group_path}/provenance")
+    shutil.rmtree(f"{local_store.url}/{fresh.group_path}/cpr_zarr/provenance")
     assert plan_gc(local_store.storage, older_than=0.0) == []
     aged = local_store.save(microscopy_volume(seed=3), "aged")
     assert [r.path for r in plan_gc(local_store.storage, older_than=0.0)] == [aged.group_path]

@@ -54,6 +54,7 @@ LAYERS: dict[str, list[str]] = {
         "core.progress",
         "core.lease",
         "core.arrays",
+        "core.digests",
         "core.integrity",
         "core.catalog",
         "core.reader",

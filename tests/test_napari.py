@@ -136,3 +136,28 @@ def test_open_command_takes_several_results(made: tuple, monkeypatch: pytest.Mon
     assert "To view this store:" in whole.output
     assert f"{store.url}/{out['raw'].group_path}" in whole.output
     assert out["old_raw"].group_path not in whole.output
+
+
+def test_napari_builtin_reader_opens_a_result_group(made: tuple) -> None:  # type: ignore[type-arg]
+    """napari's own zarr reader (plugin "napari", no cpr_zarr code) opens result groups.
+
+    Layout 2 keeps cpr_zarr's data out of the zarr hierarchy, so a result group's members are
+    its arrays (and ``labels/``, which napari's reader enters instead: an image with label
+    images still fails there). It reads no OME metadata: scale 1, an Image layer even for a
+    label image (napari-ome-zarr and the cpr-zarr plugin give both).
+    """
+    from napari.components import ViewerModel
+    from napari.plugins import _initialize_plugins
+    from zarr.errors import ZarrUserWarning
+
+    _initialize_plugins()  # registers napari's built-in readers (npe2), as the app does
+    store, out = made
+    viewer = ViewerModel()
+    for key in ("nuclei", "mask"):
+        with pytest.warns(ZarrUserWarning, match="Object at cpr_zarr"):
+            viewer.open(f"{store.url}/{out[key].group_path}", plugin="napari")
+        layer = viewer.layers[-1]
+        data = layer.data[0] if layer.multiscale else layer.data
+        np.testing.assert_array_equal(np.asarray(data), out[key].to_numpy())
+        np.testing.assert_allclose(layer.scale, (1.0, 1.0, 1.0))
+    assert [type(layer).__name__ for layer in viewer.layers] == ["Image", "Image"]

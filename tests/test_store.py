@@ -84,9 +84,13 @@ def test_group_layout_codec_and_attributes(local_store: cpr_zarr.ResultStore) ->
     assert target.chunks == (64, 256, 256)  # about 8 MiB of uint16
     group = zarr.open_group(local_store.url, path=target.group_path, mode="r")
     meta = group.attrs["cpr_zarr"]
-    assert meta["layout"] == 1
-    assert meta["algorithm"] == "xxh3_128-per-chunk+blake2b-128"
-    assert len(meta["chunk_digests"]) == 2 * 2 * 2
+    assert meta["layout"] == 2
+    assert meta["algorithm"] == "xxh3_128-per-chunk+blake2b-128-tree1024"
+    assert "chunk_digests" not in meta  # beside the data, as one binary block of 8 digests
+    assert len(meta["digest_root"]) == 32
+    block = local_store.storage.get(f"{target.group_path}/cpr_zarr/digests/0/0/0")
+    assert block is not None
+    assert len(block) == 2 * 2 * 2 * 16
     array = group["0"]
     assert array.metadata.zarr_format == 3
     blosc = array.metadata.to_dict()["codecs"][-1]
@@ -166,7 +170,7 @@ def test_dedup_writes_no_data(store: cpr_zarr.ResultStore) -> None:
     added = set(store_files(store)) - set(snapshot)
     assert {k for k, v in store_files(store).items() if snapshot.get(k) not in (None, v)} == set()
     assert len(added) == 1  # one provenance record, nothing else
-    assert added.pop().startswith(f"{first.group_path}/provenance/")
+    assert added.pop().startswith(f"{first.group_path}/cpr_zarr/provenance/")
 
 
 def test_flipped_byte_in_a_chunk_is_detected_with_store_group_and_chunk(

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cpr_zarr.core import catalog
-from cpr_zarr.core.integrity import RECORD_COPY
+from cpr_zarr.core.integrity import RECORD_COPIES
 from cpr_zarr.core.lease import (
     CLAIM_PREFIX,
     LEASE_DIR,
@@ -116,9 +116,10 @@ def snapshot(storage: Storage, path: str) -> Snapshot:
 
 
 def _record_count(storage: Storage, path: str) -> str:
-    from cpr_zarr.core.provenance import PROVENANCE, read_records
+    from cpr_zarr.core.provenance import PROVENANCE_DIRS, read_records
 
-    fresh_list_dir(storage, f"{path}/{PROVENANCE}")  # drops a cached listing of the records
+    for folder in PROVENANCE_DIRS:  # drops a cached listing of the records
+        fresh_list_dir(storage, f"{path}/{folder}")
     return str(len(read_records(storage, path)))
 
 
@@ -195,7 +196,7 @@ def _remove_claimed(storage: Storage, path: str, claim: str) -> str:
         # our claim after each batch so that waiting writers know we are alive.
         present = storage.delete_tree(
             path,
-            first=(RECORD_COPY, "zarr.json"),
+            first=(*RECORD_COPIES, "zarr.json"),
             keep=_is_claim,
             trash=f"{TRASH_PARENT}/.gc-{uuid.uuid4().hex}",
             on_batch=lambda: put(storage, claim),

@@ -5,8 +5,10 @@ served, its commit record (the ``cpr_zarr`` attributes of the group's ``zarr.jso
 checked against it, and the stored array metadata against the record, without reading a
 chunk:
 
-* arrays: ``shape``, ``dtype``, ``chunks`` and ``chunk_digests`` must hash to the content
-  hash (:func:`~cpr_zarr.model.hashing.combine_digests`); tables: the schema (column names,
+* arrays: ``shape``, ``dtype``, ``chunks`` and ``chunk_digests`` (layout 1) or the root of
+  the stored digest tree, ``digest_root`` (layout 2, :mod:`cpr_zarr.core.digests`), must hash
+  to the content hash (:func:`~cpr_zarr.model.hashing.combine_digests`,
+  :func:`~cpr_zarr.model.hashing.content_hash_of_root`); tables: the schema (column names,
   dtypes, index) and the per-array digests (:func:`~cpr_zarr.model.hashing.table_hash`);
 * pyramid levels are bound to the base: level ``n``'s path starts with ``n``, its shape
   and chunks follow from the base and its step, and the ``ome`` multiscales must be
@@ -18,7 +20,8 @@ chunk:
   chunk grid, chunk key encoding, little-endian bytes codec and zero fill value.
 
 A group is a *leftover* (never committed, removable by gc) only when neither its marker
-``zarr.json`` nor the record copy written just before it (:data:`RECORD_COPY`) exists:
+``zarr.json`` nor the record copy written just before it (:data:`RECORD_COPY`, in layout 1
+:data:`RECORD_COPY_V1`) exists:
 damage changes what a file says, never whether it exists, so a damaged marker is never
 mistaken for a leftover. :func:`repair` rebuilds a damaged marker from the copy, or from the
 base array's chunks when they hash to the content hash in the path.
@@ -32,23 +35,31 @@ import json
 import math
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from zarr.core.metadata.v3 import ArrayV3Metadata
 
+from cpr_zarr.core.digests import store_digests
 from cpr_zarr.errors import IntegrityError, RecordError, UnsupportedResultError
 from cpr_zarr.model.hashing import (
-    ALGORITHM,
     TABLE_ALGORITHM,
     TABLE_ALGORITHMS,
     TABLE_DTYPE,
     TABLE_PARQUET_ALGORITHM,
+    algorithm_for,
     combine_digests,
+    content_hash_of_root,
     table_hash,
 )
-from cpr_zarr.model.layout import HASH_HEX_LENGTH, LAYOUT_VERSION, canonical_dtype, parse_group_path
+from cpr_zarr.model.layout import (
+    AUX_DIR,
+    HASH_HEX_LENGTH,
+    READ_LAYOUTS,
+    canonical_dtype,
+    parse_group_path,
+)
 from cpr_zarr.model.records import (
     ARRAY_PATH,
     DIGEST_FIELD,
@@ -67,7 +78,9 @@ if TYPE_CHECKING:
     from cpr_zarr.storage import Storage
 
 __all__ = [
+    "RECORD_COPIES",
     "RECORD_COPY",
+    "RECORD_COPY_V1",
     "Damage",
     "check_array_doc",
     "check_arrays",
@@ -78,13 +91,16 @@ __all__ = [
     "read_doc",
     "record_digest",
     "remove_command",
+    "write_copy",
     "write_marker",
 ]
 
-# the copy is a zarr group of its own, holding the marker document as one attribute: plain zarr
-# lists it as a subgroup (a loose file would warn "not recognized as a component"), and OME
-# readers do not mistake it for an image (no top-level "ome")
-RECORD_COPY = "cpr_zarr_record/zarr.json"
+# layout 2: the copy is the marker document as a plain object in the group's non-node folder
+# (zarr and OME tools see no extra subgroup; napari's built-in reader descended into one)
+RECORD_COPY = f"{AUX_DIR}/record.json"
+# layout 1: the copy was a zarr group of its own, holding the marker document as one attribute
+RECORD_COPY_V1 = "cpr_zarr_record/zarr.json"
+RECORD_COPIES = (RECORD_COPY, RECORD_COPY_V1)
 _COPY_ATTR = "cpr_zarr_record"
 
 
@@ -92,9 +108,28 @@ def wrap_copy(doc: dict[str, Any]) -> dict[str, Any]:
     return {"zarr_format": 3, "node_type": "group", "attributes": {_COPY_ATTR: doc}}
 
 
+def copy_key(doc: Any) -> str:
+    """Where the record copy of marker document ``doc`` lives (by its record layout)."""
+    try:
+        layout = doc["attributes"]["cpr_zarr"]["layout"]
+    except (KeyError, TypeError):
+        layout = None
+    return RECORD_COPY_V1 if layout == 1 else RECORD_COPY
+
+
+def write_copy(storage: Storage, path: str, doc: dict[str, Any]) -> None:
+    """Write the record copy of marker document ``doc``, in its layout's form."""
+    key = copy_key(doc)
+    storage.set_json(f"{path}/{key}", wrap_copy(doc) if key == RECORD_COPY_V1 else doc)
+
+
 def read_copy(storage: Storage, path: str) -> Any:
-    """The marker document kept in the record copy (as stored, if not wrapped: damage)."""
+    """The marker document kept in the record copy (as stored, if not wrapped: damage);
+    :data:`ABSENT` if the group has none."""
     copy = read_doc(storage, f"{path}/{RECORD_COPY}")
+    if copy is not ABSENT:
+        return copy
+    copy = read_doc(storage, f"{path}/{RECORD_COPY_V1}")
     if isinstance(copy, dict) and isinstance(copy.get("attributes"), dict):
         inner = copy["attributes"].get(_COPY_ATTR)
         if isinstance(inner, dict):
@@ -146,16 +181,21 @@ def is_absent(doc: Any) -> bool:
 
 
 def write_marker(storage: Storage, path: str, document: ResultDocument) -> ResultDocument:
-    """Commit a result: seal its record, write the record copy, then the marker.
+    """Commit a result: store its digest trees, seal its record, write the record copy, then
+    the marker.
 
+    An array record built in memory carries its chunk digests; they are stored as digest
+    trees (:func:`~cpr_zarr.core.digests.store_digests`) and the record keeps their roots.
     The record digest (:func:`~cpr_zarr.model.records.record_digest`) covers the record
     and its ``ome`` attributes. The copy lets :func:`repair` rebuild a damaged marker;
     written before the marker, it never makes an uncommitted group look committed (only
     the marker does). Returns the sealed document.
     """
+    if isinstance(document.record, ArrayRecord):
+        document = replace(document, record=store_digests(storage, path, document.record))
     sealed = document.sealed()
     doc = sealed.to_dict()
-    storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
+    write_copy(storage, path, doc)
     storage.set_json(f"{path}/zarr.json", doc)
     return sealed
 
@@ -228,6 +268,14 @@ class Checker:
             )
         return value
 
+    def root(self, mapping: dict[str, Any], key: str, field: str) -> str:
+        value = mapping.get(key, ABSENT)
+        if not isinstance(value, str) or not _HEX_RE.fullmatch(value):
+            raise self.fail(
+                field, f"is {_show(value)}, expected a digest-tree root of {HASH_HEX_LENGTH} hex"
+            )
+        return value
+
 
 def _show(value: Any) -> str:
     if value is ABSENT:
@@ -261,7 +309,11 @@ def check_record(
     c.expect(doc, "node_type", "group", "node_type")
     attributes = c.dict_field(doc, "attributes", "attributes")
     attrs = c.dict_field(attributes, "cpr_zarr", "attributes.cpr_zarr")
-    c.expect(attrs, "layout", LAYOUT_VERSION, "cpr_zarr.layout")
+    layout = attrs.get("layout", ABSENT)
+    if type(layout) is not int or layout not in READ_LAYOUTS:
+        raise c.fail(
+            "cpr_zarr.layout", f"is {_show(layout)}, expected one of {sorted(READ_LAYOUTS)}"
+        )
     c.expect(attrs, "content_hash", content_hash, "cpr_zarr.content_hash")
     c.expect(attrs, "name", name, "cpr_zarr.name")
     kind = attrs.get("kind", ABSENT)
@@ -294,7 +346,8 @@ def check_record(
 def _check_array_record(
     c: Checker, attrs: dict[str, Any], attributes: dict[str, Any], content_hash: str
 ) -> None:
-    c.expect(attrs, "algorithm", ALGORITHM, "cpr_zarr.algorithm")
+    layout = attrs["layout"]
+    c.expect(attrs, "algorithm", algorithm_for(layout), "cpr_zarr.algorithm")
     c.expect(attrs, "array", ARRAY_PATH, "cpr_zarr.array")
     shape = c.ints(attrs, "shape", "cpr_zarr.shape", minimum=0, length=None)
     if not 1 <= len(shape) <= 5:
@@ -308,14 +361,21 @@ def _check_array_record(
         raise c.fail("cpr_zarr.dtype", f"is {_show(dtype)}, expected a numpy dtype name")
     chunks = c.ints(attrs, "chunks", "cpr_zarr.chunks", minimum=1, length=len(shape))
     count = grid_count(shape, chunks)
-    digests = c.digests(attrs, "chunk_digests", "cpr_zarr.chunk_digests", count)
-    actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
+    if layout == 1:
+        digests = c.digests(attrs, "chunk_digests", "cpr_zarr.chunk_digests", count)
+        actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests, layout=1)
+        fields = "chunk_digests"
+    else:
+        root = c.root(attrs, "digest_root", "cpr_zarr.digest_root")
+        actual = content_hash_of_root(tuple(shape), np.dtype(dtype), tuple(chunks), root)
+        fields = "digest_root"
     if actual != content_hash:
         raise c.fail(
-            "cpr_zarr.shape/dtype/chunks/chunk_digests",
+            f"cpr_zarr.shape/dtype/chunks/{fields}",
             f"hash to {actual}, not to the content hash {content_hash} its group path names",
         )
-    for key in ("table", "digests"):
+    unwanted = ("table", "digests", "chunk_digests" if layout != 1 else "digest_root")
+    for key in unwanted:
         if key in attrs:
             raise c.fail(f"cpr_zarr.{key}", "is set on an array result")
     levels = _check_levels(c, attrs, shape, chunks)
@@ -362,12 +422,17 @@ def _check_levels(
         got_chunks = c.ints(record, "chunks", f"{where}.chunks", minimum=1, length=len(shape))
         if got_chunks != want_chunks:
             raise c.fail(f"{where}.chunks", f"is {got_chunks!r}, expected {want_chunks}")
-        c.digests(
-            record,
-            "chunk_digests",
-            f"{where}.chunk_digests",
-            grid_count(want_shape, want_chunks),
-        )
+        if attrs["layout"] == 1:
+            c.digests(
+                record,
+                "chunk_digests",
+                f"{where}.chunk_digests",
+                grid_count(want_shape, want_chunks),
+            )
+        else:
+            c.root(record, "digest_root", f"{where}.digest_root")
+            if "chunk_digests" in record:
+                raise c.fail(f"{where}.chunk_digests", "is set in a layout-2 record")
         out.append((path, tuple(cumulative)))
         prev = want_shape
     if len({p for p, _ in out}) != len(out):
@@ -687,9 +752,8 @@ def load_document(storage: Storage, path: str, *, arrays: bool = True) -> Result
     if raw is None:
         return None
     document = _checked_document(storage.url, path, raw)
-    if (
-        document.record.record_digest is None
-        and read_raw(storage, f"{path}/{RECORD_COPY}") is not None
+    if document.record.record_digest is None and any(
+        read_raw(storage, f"{path}/{key}") is not None for key in RECORD_COPIES
     ):
         # record copies came with record digests: a marker without one is not an older
         # record but a damaged one (else removing the digest would disable its checks)
@@ -758,5 +822,5 @@ def _checked_array(
 
 def is_leftover(storage: Storage, path: str) -> bool:
     """A group that was never committed: no marker and no record copy (damage cannot fake it)."""
-    keys = (f"{path}/zarr.json", f"{path}/{RECORD_COPY}")
+    keys = (f"{path}/zarr.json", *(f"{path}/{key}" for key in RECORD_COPIES))
     return not any(storage.exists(key) for key in keys)

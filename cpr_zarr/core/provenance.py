@@ -1,12 +1,16 @@
 """Provenance: who made a result, from what, when; one record per save, never overwritten.
 
-Each save (a dedup hit included) adds a record as its own small zarr group::
+Each save (a dedup hit included) adds a record as its own small JSON object in the result
+group's non-node folder (layout 2), invisible to zarr and OME tools::
 
-    <name>-<hash>/provenance/zarr.json                      {"cpr_zarr_provenance": "records"}
+    <name>-<hash>/cpr_zarr/provenance/<UTC time>-<uuid>.json     {"created": ..., ...}
+
+Layout 1 stored each record as a zarr group (read, never written)::
+
     <name>-<hash>/provenance/<UTC time>-<uuid>/zarr.json    attributes.cpr_zarr_provenance = {...}
 
 Writers never touch each other's records, so two runs that produce the same content both
-leave theirs. Plain zarr reads them: ``zarr.open_group(store, path=".../provenance")``.
+leave theirs.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from cpr_zarr.errors import InvalidArgumentError, RecordError
+from cpr_zarr.model.layout import AUX_DIR
 from cpr_zarr.model.records import PROVENANCE_ATTR, ProvenanceRecord
 from cpr_zarr.redact import REDACTED, is_secret_name, redact_text, redact_value
 from cpr_zarr.target import ZarrTarget
@@ -36,11 +41,23 @@ if TYPE_CHECKING:
     from cpr_zarr.core.integrity import Damage
     from cpr_zarr.storage import Storage
 
-__all__ = ["PROVENANCE", "read_provenance", "read_records", "record_for_task", "write_record"]
+__all__ = [
+    "PROVENANCE",
+    "PROVENANCE_DIRS",
+    "PROVENANCE_V1",
+    "read_provenance",
+    "read_records",
+    "record_for_task",
+    "write_record",
+]
 
 logger = logging.getLogger("cpr_zarr")
 
-PROVENANCE = "provenance"
+#: where a result's provenance records are (layout 2: plain JSON objects)
+PROVENANCE = f"{AUX_DIR}/provenance"
+#: where layout 1 kept them (one zarr group per record)
+PROVENANCE_V1 = "provenance"
+PROVENANCE_DIRS = (PROVENANCE, PROVENANCE_V1)
 ATTR = PROVENANCE_ATTR
 _PACKAGES = ("cpr_zarr", "zarr", "numcodecs", "numpy", "dask", "prefect")
 
@@ -149,10 +166,6 @@ def record_for_task(fn: Callable[..., Any], parameters: Mapping[str, Any]) -> di
     return record
 
 
-def _group_doc(attributes: dict[str, Any]) -> dict[str, Any]:
-    return {"zarr_format": 3, "node_type": "group", "attributes": attributes}
-
-
 def write_record(
     storage: Storage, target: ZarrTarget, record: Mapping[str, Any] | None, output: str
 ) -> None:
@@ -178,10 +191,8 @@ def write_record(
             f"{storage.url!r}: {exc}. Fields given to save(provenance=...) must not reuse the "
             "names of cpr_zarr's own provenance fields with other types; rename them."
         ) from exc
-    base = f"{target.group_path}/{PROVENANCE}"
-    storage.set_json_if_not_exists(f"{base}/zarr.json", _group_doc({ATTR: "records"}))
-    key = f"{base}/{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}/zarr.json"
-    storage.set_json(key, _group_doc({ATTR: stored.to_dict()}))
+    name = f"{now.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}"
+    storage.set_json(f"{target.group_path}/{PROVENANCE}/{name}.json", stored.to_dict())
 
 
 def read_records(
@@ -203,31 +214,41 @@ def read_provenance(
     """
     from cpr_zarr.core.integrity import Damage, is_absent, read_doc
 
+    found: list[tuple[str, str, bool]] = []  # (sort name, key, layout-1 group document)
     base = f"{group_path}/{PROVENANCE}"
+    found += [
+        (entry, f"{base}/{entry}", False)
+        for entry in storage.list_dir(base)
+        if entry.endswith(".json")
+    ]
+    old = f"{group_path}/{PROVENANCE_V1}"
+    found += [
+        (entry, f"{old}/{entry}/zarr.json", True)
+        for entry in storage.list_dir(old)
+        if entry != "zarr.json"
+    ]
     records = []
-    for entry in sorted(storage.list_dir(base)):
-        if entry == "zarr.json":
-            continue
-        key = f"{base}/{entry}/zarr.json"
+    for _, key, grouped in sorted(found):
         try:
             doc = read_doc(storage, key)
         except ValueError:
             doc = None
         if is_absent(doc):  # an empty folder (a writer stopped before writing the record)
             continue
-        attributes = doc.get("attributes") if isinstance(doc, dict) else None
         try:
-            if not isinstance(attributes, dict):
-                raise RecordError("the document has no attributes", field="attributes")
-            records.append(ProvenanceRecord.from_dict(attributes.get(ATTR)))
+            if grouped:
+                attributes = doc.get("attributes") if isinstance(doc, dict) else None
+                if not isinstance(attributes, dict):
+                    raise RecordError("the document has no attributes", field="attributes")
+                doc = attributes.get(ATTR)
+            records.append(ProvenanceRecord.from_dict(doc))
             continue
         except RecordError as exc:
             problem = str(exc)
         message = (
             f"Provenance record {key!r} of result {group_path!r} in store {storage.url!r} is "
-            f"damaged ({problem}; a record is a JSON group document with a 'created' ISO "
-            "time); it is skipped. The result itself is unaffected: delete the record's "
-            "folder to silence this."
+            f"damaged ({problem}; a record is a JSON object with a 'created' ISO time); it is "
+            "skipped. The result itself is unaffected: delete the record to silence this."
         )
         logger.warning(message)
         if damaged is not None:

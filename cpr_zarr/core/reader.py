@@ -23,6 +23,7 @@ from dask.utils import ensure_dict
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.digests import DigestTree
 from cpr_zarr.core.integrity import load_commit, remove_command
 from cpr_zarr.errors import ChunkVerificationError, InvalidArgumentTypeError, ResultNotFoundError
 from cpr_zarr.model.hashing import chunk_digest
@@ -80,21 +81,31 @@ def forget_reader(storage: Storage, group_path: str) -> None:
         _READERS.pop((storage.url, group_path), None)
 
 
-def _view(
-    record: ArrayRecord, level: int
-) -> tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...], str]:
-    """(dask name hash, shape, chunks, chunk digests, array path) of one level of a result."""
+_View = tuple[str, tuple[int, ...], tuple[int, ...], tuple[str, ...] | None, str | None, str]
+
+
+def _view(record: ArrayRecord, level: int) -> _View:
+    """(dask name hash, shape, chunks, chunk digests (layout 1), digest-tree root (layout 2),
+    array path) of one level of a result."""
     if level == 0:
         return (
             record.content_hash,
             record.shape,
             record.chunks,
             record.chunk_digests,
+            record.digest_root,
             record.array,
         )
     entry = record.levels[level - 1]
     content_hash = f"{record.content_hash}-level{level}"
-    return content_hash, entry.shape, entry.chunks, entry.chunk_digests, entry.path
+    return (
+        content_hash,
+        entry.shape,
+        entry.chunks,
+        entry.chunk_digests,
+        entry.digest_root,
+        entry.path,
+    )
 
 
 class ChunkReader:
@@ -110,9 +121,6 @@ class ChunkReader:
         self.level = level
         self._set_view(record)
         self.dtype = np.dtype(record.dtype)
-        self.grid = tuple(
-            math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
-        )
         self._array: zarr.Array[Any] | None = None
         self._codec: ChunkCodec | None = None
         self._fill_digests: dict[tuple[int, ...], str] = {}
@@ -121,10 +129,37 @@ class ChunkReader:
         self._check_digest_list()
 
     def _set_view(self, record: ArrayRecord) -> None:
-        self.content_hash, self.shape, self.chunks, self.digests, array = _view(record, self.level)
+        view = _view(record, self.level)
+        self.content_hash, self.shape, self.chunks, self.digests, root, array = view
         # a record read from disk must not send reads outside its group
         self.array_path = parse_member_path(
             array, where=f"result {self.group_path!r} in store {self.storage.url!r}"
+        )
+        self.grid = tuple(
+            math.ceil(s / c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
+        )
+        # layout 2: the digests are read from the stored digest tree, a block at a time
+        self._tree = (
+            None
+            if root is None
+            else DigestTree(
+                self.storage,
+                self.group_path,
+                self.array_path,
+                math.prod(self.grid),
+                root,
+                self._tree_error,
+            )
+        )
+
+    def _tree_error(self, flat: int, problem: str) -> ChunkVerificationError:
+        index = tuple(int(i) for i in np.unravel_index(flat, self.grid))
+        return ChunkVerificationError(
+            f"Cannot verify {self._where(index)}: {problem}, so its recorded digest is not "
+            f"known. {self._remedy()}",
+            store_url=self.storage.url,
+            group_path=self.group_path,
+            chunk_index=index,
         )
 
     @property
@@ -133,9 +168,12 @@ class ChunkReader:
         return self.record.to_dict()
 
     def _check_digest_list(self) -> None:
-        """The commit record lists one digest (32 hex digits) per chunk of the grid."""
+        """The commit record lists one digest (32 hex digits) per chunk of the grid (layout
+        1; a layout-2 record's root was checked against the content hash or record digest)."""
         expected = math.prod(self.grid)
         digests = self.digests
+        if self._tree is not None:
+            return
         if (
             isinstance(digests, tuple)
             and len(digests) == expected
@@ -339,7 +377,11 @@ class ChunkReader:
             return changed
 
     def _expected(self, index: tuple[int, ...]) -> str:
-        return self.digests[int(np.ravel_multi_index(index, self.grid))]
+        flat = int(np.ravel_multi_index(index, self.grid))
+        if self._tree is not None:
+            return self._tree.digest(flat)
+        digests = self.digests if self.digests is not None else ()  # checked on open
+        return digests[flat]
 
     def _fill_digest(self, block: np.ndarray) -> str:
         """Digest of a fill-value chunk of this shape, computed once per shape."""
@@ -348,21 +390,36 @@ class ChunkReader:
         return self._fill_digests[block.shape]
 
     def to_dask(self, *, verify: bool = True) -> da.Array:
-        """A lazy Dask array named after the content hash; one read task per stored chunk."""
+        """A lazy Dask array named after the content hash; one read task per stored chunk.
+
+        The graph is Dask's lazy array-reading layer (``da.from_array``) over a view whose
+        every (chunk-aligned) read is a verified chunk read: building it costs no Python
+        object per chunk, so opening a result of a million chunks is as cheap as opening
+        it with ``da.from_zarr``.
+        """
         name = f"cpr-zarr-{self.content_hash}" + ("" if verify else "-unverified")
-        reader_key = f"cpr-zarr-reader-{self.content_hash}"
-        dsk: dict[Any, Any] = {reader_key: self}
         chunks = da.core.normalize_chunks(self.chunks, self.shape)
         meta = np.empty((0,) * len(self.shape), dtype=self.dtype)
         if 0 in self.shape:
             # no chunk is stored, but Dask still wants one (empty) block per chunk it counts
+            dsk: dict[Any, Any] = {}
             for index in np.ndindex(*(len(c) for c in chunks)):
                 block = np.empty(tuple(c[i] for c, i in zip(chunks, index, strict=True)))
                 dsk[(name, *index)] = block.astype(self.dtype)
             return da.Array(dsk, name, chunks, meta=meta)
-        for index, _ in chunk_grid(self.shape, self.chunks):
-            dsk[(name, *index)] = (_read_chunk, reader_key, index, verify)
-        array = ResultArray(dsk, name, chunks, meta=meta)  # type: ignore[no-untyped-call]
+        # Dask's lazy layer over verified chunk reads: no graph object per chunk until a
+        # computation needs it (opening a 1M-chunk result costs what da.from_zarr does)
+        lazy = da.from_array(
+            _ChunkView(self, verify),
+            chunks=chunks,
+            name=name,
+            asarray=False,
+            fancy=False,
+            lock=False,
+            meta=meta,
+            inline_array=False,
+        )
+        array = ResultArray(lazy.dask, name, chunks, meta=meta)  # type: ignore[no-untyped-call]
         array._cpr_reader = self
         array._cpr_verify = verify
         return array
@@ -385,8 +442,42 @@ class ChunkReader:
         return out
 
 
-def _read_chunk(reader: ChunkReader, index: tuple[int, ...], verify: bool) -> np.ndarray:
-    return reader.read_chunk(tuple(index), verify)
+class _ChunkView:
+    """What :meth:`ChunkReader.to_dask` hands to ``da.from_array``: an array-like whose
+    reads, one chunk each (the Dask chunks are the stored chunks), are chunk reads."""
+
+    def __init__(self, reader: ChunkReader, verify: bool) -> None:
+        self.reader = reader
+        self.verify = verify
+        self.shape = reader.shape
+        self.dtype = reader.dtype
+        self.ndim = len(reader.shape)
+
+    def __getitem__(self, key: tuple[slice | int, ...]) -> np.ndarray:
+        # Dask asks for one whole chunk; should its optimiser fuse a later selection into
+        # the read, the key is a region (or an index) inside one chunk: read that chunk
+        # and cut the region out of it.
+        index: list[int] = []
+        inner: list[slice | int] = []
+        for k, c, n in zip(key, self.reader.chunks, self.shape, strict=True):
+            if isinstance(k, slice):
+                start = k.start or 0
+                i = start // c
+                stop = n if k.stop is None else k.stop
+                inner.append(slice(start - i * c, stop - i * c, k.step))
+            else:
+                i = int(k) // c
+                inner.append(int(k) - i * c)
+            index.append(i)
+        block = self.reader.read_chunk(tuple(index), self.verify)
+        whole = all(
+            isinstance(r, slice) and r.start == 0 and r.step in (None, 1) and r.stop >= size
+            for r, size in zip(inner, block.shape, strict=True)
+        )
+        return block if whole else block[tuple(inner)]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_ChunkView, (self.reader, self.verify))
 
 
 # -- decoding buffers and whole reads through Dask ----------------------------------------

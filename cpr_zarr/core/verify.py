@@ -5,7 +5,7 @@ or from the chunks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -13,13 +13,14 @@ import zarr
 
 from cpr_zarr.core import catalog
 from cpr_zarr.core.codec import ChunkCodec, thread_map, worker_count
+from cpr_zarr.core.digests import store_digests, write_tree
 from cpr_zarr.core.integrity import (
     ABSENT,
-    RECORD_COPY,
     Checker,
     Damage,
     check_array_doc,
     check_arrays,
+    copy_key,
     grid_count,
     is_leftover,
     load_commit,
@@ -28,7 +29,7 @@ from cpr_zarr.core.integrity import (
     read_copy,
     read_doc,
     remove_command,
-    wrap_copy,
+    write_copy,
 )
 from cpr_zarr.core.labels import update_labels_list
 from cpr_zarr.core.progress import Progress, track
@@ -36,8 +37,19 @@ from cpr_zarr.core.provenance import read_records
 from cpr_zarr.core.reader import ChunkReader, forget_reader
 from cpr_zarr.core.table import read_checked_table
 from cpr_zarr.errors import ChunkVerificationError, IntegrityError
-from cpr_zarr.model.hashing import chunk_digest, combine_digests
-from cpr_zarr.model.layout import canonical_dtype, chunk_grid, parse_group_path
+from cpr_zarr.model.hashing import (
+    ALGORITHM,
+    block_digest,
+    chunk_digest,
+    combine_digests,
+    digest_tree,
+)
+from cpr_zarr.model.layout import (
+    canonical_dtype,
+    chunk_grid,
+    digest_block_key,
+    parse_group_path,
+)
 from cpr_zarr.model.ngff import labels_group_attrs
 from cpr_zarr.model.records import ARRAY_PATH, ArrayRecord, ResultDocument, TableRecord
 
@@ -77,7 +89,7 @@ def repair(storage: Storage, path: str) -> str:
         copy = read_copy(storage, path)
         if copy is ABSENT:
             raise ValueError("there is none")
-        record = parse_document(storage.url, path, copy, key=RECORD_COPY).record
+        record = parse_document(storage.url, path, copy, key=copy_key(copy)).record
         if record.record_digest is None:
             raise ValueError("it has no record_digest")
         check_arrays(storage, path, record)
@@ -97,7 +109,7 @@ def repair(storage: Storage, path: str) -> str:
     if problems:
         raise c.fail("the data", "does not verify, not repaired: " + problems[0])
     storage.set_json(f"{path}/zarr.json", doc)
-    storage.set_json(f"{path}/{RECORD_COPY}", wrap_copy(doc))
+    write_copy(storage, path, doc)
     if "/labels/" in path:
         update_labels_list(storage, path.split("/labels/")[0])
     if "/tables/" in path:
@@ -124,8 +136,14 @@ def _rebuild_from_chunks(storage: Storage, path: str) -> ResultDocument:
     digests = [
         chunk_digest(codec.read(index)) for index, _ in chunk_grid(tuple(shape), tuple(chunks))
     ]
-    actual = combine_digests(tuple(shape), np.dtype(dtype), tuple(chunks), digests)
-    if actual != content_hash:
+    # the layout that wrote the result is the one whose hash the chunks give
+    for layout in (2, 1):
+        actual = combine_digests(
+            tuple(shape), np.dtype(dtype), tuple(chunks), digests, layout=layout
+        )
+        if actual == content_hash:
+            break
+    else:
         raise ValueError(f"the chunks hash to {actual}, not {content_hash}")
     record = ArrayRecord(
         content_hash=content_hash,
@@ -136,7 +154,46 @@ def _rebuild_from_chunks(storage: Storage, path: str) -> ResultDocument:
         chunk_digests=tuple(digests),
         labels_of=path.split("/labels/")[0] if "/labels/" in path else None,
     )
-    return ResultDocument(record=record).sealed()
+    if layout == 1:
+        record = replace(record, layout=1, algorithm=ALGORITHM)
+    # layout 2: the digest tree is stored again (it may be what was damaged)
+    return ResultDocument(record=store_digests(storage, path, record)).sealed()
+
+
+def _rebuild_digest_trees(storage: Storage, path: str, record: ArrayRecord) -> str | None:
+    """Rewrite the digest trees (layout 2) of ``path`` whose stored chunks still hash to the
+    root the record holds: a damaged or lost digest block is rebuilt from the data it
+    describes, never from anything the root does not vouch for. What was done, or None."""
+    if record.layout == 1:
+        return None
+    rebuilt = []
+    for reader in _level_readers(storage, path, record):
+        root = record.digest_root
+        if reader.level:
+            root = record.levels[reader.level - 1].digest_root
+        digests = []
+        try:  # the stored values as they are, without consulting any digest
+            for index, _ in chunk_grid(reader.shape, reader.chunks):
+                block = reader.codec.load(index, writeable=False)
+                if block is None:  # not stored: the fill value
+                    block = reader.codec.fill_block(index)
+                digests.append(chunk_digest(block))
+        except Exception:  # a chunk zarr cannot decode: the data itself is damaged
+            continue
+        heights = digest_tree(b"".join(bytes.fromhex(d) for d in digests))
+        if block_digest(heights[-1][0]).hex() != root:
+            continue  # the chunks changed: only removing the result helps
+        stored = [
+            storage.get(f"{path}/{digest_block_key(reader.array_path, height, index)}")
+            for height, level in enumerate(heights)
+            for index in range(len(level))
+        ]
+        if stored != [block for level in heights for block in level]:
+            write_tree(storage, path, reader.array_path, digests)
+            rebuilt.append(reader.array_path)
+    if not rebuilt:
+        return None
+    return f"rebuilt the digest blocks of {path!r} (arrays {rebuilt}) from its chunks"
 
 
 # -- verifying a whole store -------------------------------------------------------------
@@ -237,6 +294,12 @@ def verify_store(
                 for r in _level_readers(storage, path, record)
             )
         failed = _verify_data(storage, path, record, threads)
+        if failed and repair_damaged and isinstance(record, ArrayRecord):
+            rebuilt = _rebuild_digest_trees(storage, path, record)
+            if rebuilt:
+                report.repaired.append(rebuilt)
+                forget_reader(storage, path)
+                failed = _verify_data(storage, path, record, threads)
         report.failed_chunks += len(failed) if isinstance(record, ArrayRecord) else 0
         report.problems.extend(failed)
         if failed:
@@ -286,18 +349,17 @@ def _check_copy(
     storage: Storage, path: str, repair_damaged: bool, report: VerifyReport
 ) -> list[str]:
     """The record copy (what :func:`repair` rebuilds a marker from) is absent or intact."""
-    c = Checker(storage.url, path, RECORD_COPY)
+    marker = read_doc(storage, f"{path}/zarr.json")
+    c = Checker(storage.url, path, copy_key(marker))
     try:
         copy = read_copy(storage, path)
         if copy is ABSENT:
             return []
-        parse_document(storage.url, path, copy, key=RECORD_COPY)
+        parse_document(storage.url, path, copy, key=copy_key(marker))
         return []
     except (ValueError, IntegrityError) as exc:
         if repair_damaged:
-            storage.set_json(
-                f"{path}/{RECORD_COPY}", wrap_copy(read_doc(storage, f"{path}/zarr.json"))
-            )
+            write_copy(storage, path, marker)
             report.repaired.append(f"rewrote the record copy of {path!r} from its marker")
             return []
         return [str(c.fail("the record copy", f"is damaged ({exc}); --repair rewrites it"))]

@@ -6,6 +6,15 @@ are never hashed: multithreaded Blosc output is not deterministic. The content h
 ``blake2b-128(header || digests)`` where the header is canonical JSON of the algorithm,
 layout version, shape, dtype and chunk shape, so equal bytes with another shape, dtype
 or chunking never collide.
+
+Layout 2 (:data:`TREE_ALGORITHM`) keeps the chunk digests but no longer hashes them in one
+run: they form a hash tree (:func:`digest_tree`). Height 0 cuts the 16-byte chunk digests
+(C order) into blocks of :data:`~cpr_zarr.model.layout.DIGEST_BLOCK`; each height above
+holds the blake2b-128 digests of the blocks below, cut the same way, up to a height of one
+block, whose digest is the *root*. The content hash is ``blake2b-128(header || root)``, so
+a record holds one root per array whatever its chunk count, and one chunk is verified by
+reading one block per height (two up to a million chunks), each checked against the
+block above it and the top one against the root the content hash vouches for.
 """
 
 from __future__ import annotations
@@ -17,24 +26,36 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xxhash
 
-from cpr_zarr.model.layout import LAYOUT_VERSION
+from cpr_zarr.model.layout import DIGEST_BLOCK, LAYOUT_VERSION
 
 if TYPE_CHECKING:
     from collections.abc import Iterable
 
 __all__ = [
     "ALGORITHM",
+    "DIGEST_SIZE",
     "TABLE_ALGORITHM",
     "TABLE_ALGORITHMS",
     "TABLE_DTYPE",
     "TABLE_PARQUET_ALGORITHM",
+    "TREE_ALGORITHM",
+    "algorithm_for",
     "array_fingerprint",
+    "block_digest",
     "chunk_digest",
     "combine_digests",
+    "content_hash_of_root",
+    "digest_tree",
     "table_hash",
+    "tree_counts",
 ]
 
+#: layout 1: the content hash runs over every chunk digest
 ALGORITHM = "xxh3_128-per-chunk+blake2b-128"
+#: layout 2: the content hash runs over the root of the chunk digests' hash tree
+TREE_ALGORITHM = f"xxh3_128-per-chunk+blake2b-128-tree{DIGEST_BLOCK}"
+DIGEST_SIZE = 16
+_TREE_PERSON = b"cpr-zarr-tree"
 # tables (cpr_zarr.core.table): the dtype their pointers carry, and their hash algorithm
 TABLE_DTYPE = "table"
 TABLE_ALGORITHM = "cpr-table-1:xxh3_128+blake2b-128"
@@ -55,25 +76,79 @@ def chunk_digest(block: np.ndarray) -> str:
     return xxhash.xxh3_128_hexdigest(_canonical_bytes(block))
 
 
-def combine_digests(
-    shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], digests: Iterable[str]
-) -> str:
-    """Combine per-chunk digests (C order) with the array's header into the content hash."""
-    header = json.dumps(
+def algorithm_for(layout: int) -> str:
+    """The array hash algorithm of a record layout."""
+    return ALGORITHM if layout == 1 else TREE_ALGORITHM
+
+
+def _header(shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], layout: int) -> bytes:
+    return json.dumps(
         {
-            "algorithm": ALGORITHM,
-            "layout": LAYOUT_VERSION,
+            "algorithm": algorithm_for(layout),
+            "layout": layout,
             "shape": list(shape),
             "dtype": np.dtype(dtype).name,
             "chunks": list(chunks),
         },
         sort_keys=True,
         separators=(",", ":"),
-    )
-    h = hashlib.blake2b(header.encode(), digest_size=16)
+    ).encode()
+
+
+def combine_digests(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    digests: Iterable[str],
+    *,
+    layout: int = LAYOUT_VERSION,
+) -> str:
+    """Combine per-chunk digests (C order) with the array's header into the content hash."""
+    if layout != 1:
+        leaves = b"".join(bytes.fromhex(d) for d in digests)
+        root = block_digest(digest_tree(leaves)[-1][0])
+        return content_hash_of_root(shape, dtype, chunks, root.hex())
+    h = hashlib.blake2b(_header(shape, dtype, chunks, 1), digest_size=DIGEST_SIZE)
     for digest in digests:
         h.update(bytes.fromhex(digest))
     return h.hexdigest()
+
+
+def content_hash_of_root(
+    shape: tuple[int, ...], dtype: np.dtype, chunks: tuple[int, ...], root: str
+) -> str:
+    """The layout-2 content hash of an array whose digest tree has root ``root`` (hex)."""
+    h = hashlib.blake2b(_header(shape, dtype, chunks, 2), digest_size=DIGEST_SIZE)
+    h.update(bytes.fromhex(root))
+    return h.hexdigest()
+
+
+def block_digest(block: bytes) -> bytes:
+    """The digest of one block of a digest tree (blake2b-128, personalised for the tree)."""
+    return hashlib.blake2b(block, digest_size=DIGEST_SIZE, person=_TREE_PERSON).digest()
+
+
+def tree_counts(count: int) -> list[int]:
+    """How many digests each height of the tree of ``count`` chunk digests holds; the last
+    height holds at most one block's worth (one block: its digest is the root)."""
+    counts = [count]
+    while counts[-1] > DIGEST_BLOCK:
+        counts.append(-(-counts[-1] // DIGEST_BLOCK))
+    return counts
+
+
+def digest_tree(leaves: bytes) -> list[list[bytes]]:
+    """The blocks of every height of the digest tree over ``leaves`` (concatenated 16-byte
+    chunk digests); the last height has one block, whose :func:`block_digest` is the root."""
+    size = DIGEST_BLOCK * DIGEST_SIZE
+    heights: list[list[bytes]] = []
+    level = leaves
+    while True:
+        blocks = [level[i : i + size] for i in range(0, len(level), size)] or [b""]
+        heights.append(blocks)
+        if len(blocks) == 1:
+            return heights
+        level = b"".join(block_digest(b) for b in blocks)
 
 
 def array_fingerprint(array: np.ndarray) -> str:

@@ -3,6 +3,18 @@
 A result group is named ``<name>-<content hash>`` directly under the store root, so
 ``ls results.zarr`` is readable and a hash (or a unique prefix of it) finds a group.
 Names starting with ``_`` or ``.`` are reserved for the store's own bookkeeping.
+
+Inside a result group (layout 2), zarr and OME tools see only the image's arrays and
+``labels/``; cpr_zarr's own data lives under :data:`AUX_DIR`, as plain objects that are not
+zarr nodes (no ``zarr.json``)::
+
+    <name>-<hash>/cpr_zarr/record.json                    copy of the commit record
+    <name>-<hash>/cpr_zarr/digests/<array>/<height>/<i>   per-chunk digest blocks (binary)
+    <name>-<hash>/cpr_zarr/provenance/<time>-<id>.json    provenance records
+
+Layout 1 (read, verified, listed and collected; never written) kept per-chunk digests as
+JSON in the commit record and the copy and provenance as zarr groups
+(``cpr_zarr_record/``, ``provenance/``).
 """
 
 from __future__ import annotations
@@ -26,13 +38,17 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
 __all__ = [
+    "AUX_DIR",
+    "DIGEST_BLOCK",
     "HASH_HEX_LENGTH",
     "LAYOUT_VERSION",
     "MAX_CHUNK_BYTES",
     "MIN_PREFIX_LENGTH",
+    "READ_LAYOUTS",
     "canonical_dtype",
     "chunk_grid",
     "default_chunks",
+    "digest_block_key",
     "group_path",
     "parse_chunks",
     "parse_group_path",
@@ -40,7 +56,14 @@ __all__ = [
     "parse_name",
 ]
 
-LAYOUT_VERSION = 1
+#: the record layout this version writes (see the module docstring)
+LAYOUT_VERSION = 2
+#: the record layouts this version reads
+READ_LAYOUTS = frozenset({1, 2})
+#: cpr_zarr's own, non-node folder inside a result group (layout 2)
+AUX_DIR = "cpr_zarr"
+#: chunk digests per digest block (16 bytes each: a block holds at most 16 KiB)
+DIGEST_BLOCK = 1024
 HASH_HEX_LENGTH = 32
 MIN_PREFIX_LENGTH = 6
 TARGET_CHUNK_BYTES = 8 * 2**20
@@ -80,6 +103,12 @@ def parse_name(name: object) -> str:
 def group_path(name: str, content_hash: str) -> str:
     """The group path of a result: ``<name>-<content hash>``."""
     return f"{parse_name(name)}-{content_hash}"
+
+
+def digest_block_key(array_path: str, height: int, index: int) -> str:
+    """The key, inside a result group, of digest block ``index`` at ``height`` of an array's
+    digest tree (height 0 holds chunk digests; see :func:`~cpr_zarr.model.hashing.digest_tree`)."""
+    return f"{AUX_DIR}/digests/{array_path}/{height}/{index}"
 
 
 def parse_group_path(path: str) -> tuple[str, str] | None:

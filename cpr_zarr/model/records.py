@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from types import MappingProxyType
@@ -47,12 +48,12 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 from cpr_zarr.errors import RecordError
 from cpr_zarr.model.hashing import (
-    ALGORITHM,
     TABLE_ALGORITHM,
     TABLE_DTYPE,
     TABLE_PARQUET_ALGORITHM,
+    TREE_ALGORITHM,
 )
-from cpr_zarr.model.layout import LAYOUT_VERSION
+from cpr_zarr.model.layout import LAYOUT_VERSION, READ_LAYOUTS
 from cpr_zarr.model.ngff import ImageMeta
 
 if TYPE_CHECKING:
@@ -258,6 +259,15 @@ class StoreRoot:
         return {"zarr_format": 3, "node_type": "group", "attributes": {COMMIT_ATTR: self.to_dict()}}
 
 
+def _digest_fields(f: _Fields) -> dict[str, Any]:
+    """``chunk_digests`` (layout 1) or ``digest_root`` (layout 2): one of them is stored."""
+    if f.has("chunk_digests"):
+        return {"chunk_digests": f.texts("chunk_digests"), "digest_root": None}
+    if not f.has("digest_root"):
+        raise f.fail("digest_root", "the root of the chunk digests' tree (layout 1: chunk_digests)")
+    return {"chunk_digests": None, "digest_root": f.text("digest_root")}
+
+
 # -- pyramid levels ------------------------------------------------------------------------
 
 
@@ -267,17 +277,27 @@ class LevelRecord:
 
     ``step`` is the downsampling from the level before; ``path`` the level's array inside
     the group (``"1"``, or ``"1-2x2"``... when another writer's plan holds ``"1"``).
+    Its chunk digests are ``chunk_digests`` (layout 1, and records being built in memory)
+    or the root of their digest tree, ``digest_root`` (layout 2, as stored).
     """
 
     path: str
     step: tuple[int, ...]
     shape: tuple[int, ...]
     chunks: tuple[int, ...]
-    chunk_digests: tuple[str, ...]
+    chunk_digests: tuple[str, ...] | None = None
+    digest_root: str | None = None
     extra: Mapping[str, Any] = field(default_factory=_empty)
     keys: tuple[str, ...] = field(default=(), compare=False, repr=False)
 
-    _FIELDS: ClassVar[tuple[str, ...]] = ("path", "step", "shape", "chunks", "chunk_digests")
+    _FIELDS: ClassVar[tuple[str, ...]] = (
+        "path",
+        "step",
+        "shape",
+        "chunks",
+        "chunk_digests",
+        "digest_root",
+    )
 
     def to_dict(self) -> dict[str, Any]:
         known = {
@@ -285,9 +305,11 @@ class LevelRecord:
             "step": list(self.step),
             "shape": list(self.shape),
             "chunks": list(self.chunks),
-            "chunk_digests": list(self.chunk_digests),
+            "chunk_digests": None if self.chunk_digests is None else list(self.chunk_digests),
+            "digest_root": self.digest_root,
         }
-        return _emit(known, set(), self.keys, self.extra)
+        unset = {k for k in ("chunk_digests", "digest_root") if known[k] is None}
+        return _emit(known, unset, self.keys, self.extra)
 
     @classmethod
     def from_dict(cls, data: object, where: str = "levels[0]") -> LevelRecord:
@@ -297,7 +319,7 @@ class LevelRecord:
             step=f.integers("step", minimum=1),
             shape=f.integers("shape"),
             chunks=f.integers("chunks", minimum=1),
-            chunk_digests=f.texts("chunk_digests"),
+            **_digest_fields(f),
             extra=f.extra(),
             keys=f.keys(),
         )
@@ -564,11 +586,11 @@ class ResultRecord:
     @staticmethod
     def _common(f: _Fields) -> dict[str, Any]:
         layout = f.integer("layout")
-        if layout != LAYOUT_VERSION:
+        if layout not in READ_LAYOUTS:
             raise RecordError(
                 f"{f.name('layout')} is {layout!r}: the result was written by a cpr_zarr with "
-                f"record layout {layout}, and this one reads layout {LAYOUT_VERSION}. Upgrade "
-                "cpr_zarr to read it.",
+                f"record layout {layout}, and this one reads layouts {sorted(READ_LAYOUTS)}. "
+                "Upgrade cpr_zarr to read it.",
                 field=f.name("layout"),
             )
         return {
@@ -589,16 +611,20 @@ class ResultRecord:
 class ArrayRecord(ResultRecord):
     """The commit record of an array result (images, label images, PIL images, plain arrays).
 
-    ``chunk_digests`` lists one digest per chunk of the base array (C order) and, with shape,
-    dtype and chunks, hashes to ``content_hash``; ``image`` is the NGFF metadata (None for
+    The chunk digests of the base array (C order) hash, with shape, dtype and chunks, to
+    ``content_hash``: in layout 1 ``chunk_digests`` lists them; in layout 2 ``digest_root``
+    is the root of their digest tree (stored beside the data, see
+    :func:`~cpr_zarr.model.hashing.digest_tree`), and a record built in memory by a writer
+    carries ``chunk_digests`` until the commit stores the tree. ``image`` is the NGFF metadata (None for
     arrays saved without it), ``levels`` the downsampled levels, ``labels_of`` the group path
     of the image a label image belongs to.
     """
 
     kind: ClassVar[str] = "array"
 
-    chunk_digests: tuple[str, ...]
-    algorithm: str = ALGORITHM
+    chunk_digests: tuple[str, ...] | None = None
+    digest_root: str | None = None
+    algorithm: str = TREE_ALGORITHM
     array: str = ARRAY_PATH
     image: ImageMeta | None = None
     levels: tuple[LevelRecord, ...] = ()
@@ -608,6 +634,7 @@ class ArrayRecord(ResultRecord):
         *ResultRecord._FIELDS,
         "array",
         "chunk_digests",
+        "digest_root",
         "image",
         "levels",
         "labels_of",
@@ -615,7 +642,11 @@ class ArrayRecord(ResultRecord):
 
     @property
     def digest_count(self) -> int:
-        return len(self.chunk_digests)
+        if self.chunk_digests is not None:
+            return len(self.chunk_digests)
+        return math.prod(
+            -(-s // c) if s else 0 for s, c in zip(self.shape, self.chunks, strict=True)
+        )
 
     @property
     def is_label_image(self) -> bool:
@@ -632,13 +663,15 @@ class ArrayRecord(ResultRecord):
             "shape": list(self.shape),
             "dtype": self.dtype,
             "chunks": list(self.chunks),
-            "chunk_digests": list(self.chunk_digests),
+            "chunk_digests": None if self.chunk_digests is None else list(self.chunk_digests),
+            "digest_root": self.digest_root,
             "image": None if self.image is None else self.image.to_dict(),
             "levels": [level.to_dict() for level in self.levels],
             "labels_of": self.labels_of,
             DIGEST_FIELD: self.record_digest,
         }
-        unset = {k for k in ("image", "labels_of", DIGEST_FIELD) if known[k] is None}
+        optional = ("chunk_digests", "digest_root", "image", "labels_of", DIGEST_FIELD)
+        unset = {k for k in optional if known[k] is None}
         if not self.levels:
             unset.add("levels")
         return _emit(known, unset, self.keys, self.extra)
@@ -665,7 +698,7 @@ class ArrayRecord(ResultRecord):
         return cls(
             **fields,
             array=f.text("array"),
-            chunk_digests=f.texts("chunk_digests"),
+            **_digest_fields(f),
             image=image,
             levels=levels,
             labels_of=f.text("labels_of") if f.has("labels_of") else None,
