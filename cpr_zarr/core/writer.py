@@ -191,7 +191,8 @@ def _save_numpy(
                 compressor,
                 dimension_names=spec.dimension_names,
             )
-            builder, names = None, []
+            builder: pyramid.LevelBuilder | None = None
+            names: list[str] = []
             if plans:  # pyramid levels, made from the base chunks as they are written
                 names, codecs = pyramid.open_levels(
                     storage, path, plans, dtype, array.compressors, spec.dimension_names
