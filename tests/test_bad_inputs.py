@@ -375,19 +375,19 @@ def test_a_corrupt_root_document_is_reported_as_corrupt(tmp_path: Path) -> None:
         assert root.read_bytes() == damage  # never "repaired" by creating a new root
 
 
-def test_a_damaged_table_chunk_names_store_group_array_and_chunk(
+def test_a_damaged_table_names_store_group_and_column(
     local_store: ResultStore,
 ) -> None:
     df = pd.DataFrame({"name": ["alpha", "beta", "gamma"] * 20, "x": np.arange(60.0)})
     target = local_store.save(df, "t")
-    chunk = local_store.storage.root / target.group_path / "c0" / "values" / "c" / "0"  # type: ignore[operator]
-    raw = bytearray(chunk.read_bytes())
-    raw[len(raw) // 2 :] = bytes(len(raw) - len(raw) // 2)  # zero the second half of the frame
-    chunk.write_bytes(bytes(raw))
+    # a valid parquet file that holds other values: only the recorded digests can tell
+    changed = df.copy()
+    changed.loc[3, "x"] = 99.0
+    changed.to_parquet(local_store.storage.root / target.group_path / "table.parquet")  # type: ignore[operator]
     with pytest.raises(ChunkVerificationError) as info:
         read_table(target)
     message = str(info.value)
-    assert f"array 'c0/values' (chunk (0,)) of table {target.group_path!r}" in message
+    assert f"column 'x' (array 'c1/values') of table {target.group_path!r}" in message
     assert local_store.url in message
     assert info.value.group_path == target.group_path
 

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 import cpr_zarr
@@ -70,6 +71,9 @@ def run_shell(command: str, cwd: Path, home: Path) -> subprocess.CompletedProces
     )
 
 
+# long by design (every document, every block, a whole flow): more than the
+# suite's 600 s on a busy 2-core machine
+@pytest.mark.timeout(1800)
 def test_example_runs_twice_in_two_processes_second_all_cached(tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()

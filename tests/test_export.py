@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import ome_types
 import pytest
 import tifffile
 import zarr
@@ -75,6 +76,12 @@ def test_ome_tiff_of_a_big_image_is_a_pyramid_of_valid_ome_xml(
         # the same values as the store's own level 1 (halved in y and x by the mean)
         np.testing.assert_array_equal(series.levels[1].asarray(), read_level(target, 1).compute())
         ome = tifffile.xml2dict(tif.ome_metadata)["OME"]
+        xml = tif.ome_metadata
+    # ome-types parses and validates the OME-XML against the OME schema
+    (parsed,) = ome_types.from_xml(xml, validate=True).images
+    assert (parsed.pixels.size_z, parsed.pixels.size_y, parsed.pixels.size_x) == (20, 600, 300)
+    assert (parsed.pixels.physical_size_z, parsed.pixels.physical_size_x) == (2.0, 0.5)
+    assert parsed.pixels.physical_size_x_unit.value == "µm"
     pixels = ome["Image"]["Pixels"]
     assert (pixels["SizeZ"], pixels["SizeY"], pixels["SizeX"]) == (20, 600, 300)
     assert pixels["PhysicalSizeX"] == 0.5

@@ -295,6 +295,9 @@ def _quiet(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.ERROR, logger="cpr_zarr")
 
 
+# long by design (every document, every block, a whole flow): more than the
+# suite's 600 s on a busy 2-core machine
+@pytest.mark.timeout(1800)
 def test_every_field_of_every_document_mutated(
     built: tuple[Path, dict[str, str], dict[str, Any]],
 ) -> None:
@@ -331,6 +334,9 @@ def test_every_field_of_every_document_mutated(
     assert tally.tried > 1000
 
 
+# long by design (every document, every block, a whole flow): more than the
+# suite's 600 s on a busy 2-core machine
+@pytest.mark.timeout(1800)
 def test_single_bit_flips_over_every_metadata_file(
     built: tuple[Path, dict[str, str], dict[str, Any]],
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import TYPE_CHECKING
 
 import dask.array as da
@@ -55,10 +56,23 @@ def test_pyramid_levels_report_progress_too(
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Levels are made in the same pass as the base: the save's progress counts their
+    chunks too, so it reaches 100% when the last level chunk is written."""
     monkeypatch.setenv("CPR_ZARR_PROGRESS_SECONDS", "0.01")
-    image = microscopy_volume((8, 1100, 600))  # level 1: 4 x 550 x 300 in 4 x 18 x 10 chunks
+    image = microscopy_volume((8, 1100, 600))  # base: 8 x 35 x 19 chunks = 5320
     with caplog.at_level(logging.INFO, logger="cpr_zarr"):
         target = local_store.save(image, name="big", chunks=(1, 32, 32))
-    levels = [r.getMessage() for r in caplog.records if " level 1" in r.getMessage()]
-    assert any(m.startswith(f"saving {target.group_path} level 1: ") for m in levels), caplog.text
-    assert any(m.startswith(f"saved {target.group_path} level 1: 720 chunks") for m in levels)
+    record = local_store.reader(target).record
+    assert record.levels, "an image result is saved with pyramid levels"
+    level_chunks = sum(
+        math.prod(-(-s // c) for s, c in zip(level.shape, level.chunks, strict=True))
+        for level in record.levels
+    )
+    assert level_chunks >= 720  # level 1 alone: 4 x 18 x 10
+    total = 5320 + level_chunks
+    what = f"{target.group_path} with {len(record.levels)} pyramid levels"
+    messages = [r.getMessage() for r in caplog.records]
+    saving = [m for m in messages if m.startswith(f"saving {what}: ")]
+    assert saving, caplog.text
+    assert all(f"/{total} chunks written" in m for m in saving), saving
+    assert f"saved {what}: {total} chunks" in caplog.text

@@ -17,13 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
+import pytest
 import scipy.ndimage as ndi
 
 import cpr_zarr
 
 if TYPE_CHECKING:
-    import pytest
-
     from tests.s3_server import S3Server
 
 ROOT = Path(__file__).parents[1]
@@ -161,6 +160,9 @@ def test_every_python_block_has_checks() -> None:
     assert list(found.items()) == expected
 
 
+# long by design (every document, every block, a whole flow): more than the
+# suite's 600 s on a busy 2-core machine
+@pytest.mark.timeout(1800)
 def test_every_python_block_runs_and_does_what_the_readme_says(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,

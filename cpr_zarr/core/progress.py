@@ -380,6 +380,10 @@ class SaveProgress(Progress):
         super().__exit__(exc_type, exc, tb)
 
 
-def count_keys(storage: Storage, prefix: str) -> Callable[[], int]:
-    """A counter of the chunk keys under ``prefix`` (``<array>/c/...``)."""
-    return storage.key_counter(f"{prefix}/c")
+def count_keys(storage: Storage, *arrays: str) -> Callable[[], int]:
+    """A counter of the chunk keys (``<array>/c/...``) of every array in ``arrays`` (a
+    result's base and its pyramid levels, written in one pass, count as one save)."""
+    counters = [storage.key_counter(f"{array}/c") for array in arrays]
+    if len(counters) == 1:
+        return counters[0]
+    return lambda: sum(counter() for counter in counters)

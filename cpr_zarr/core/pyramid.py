@@ -261,6 +261,11 @@ class LevelPlan:
     chunks: tuple[int, ...]
 
     @property
+    def chunk_count(self) -> int:
+        """How many chunks the level has."""
+        return math.prod(-(-s // c) for s, c in zip(self.shape, self.chunks, strict=True))
+
+    @property
     def aligned(self) -> bool:
         return all(f == 1 or c % f == 0 for c, f in zip(self.source_chunks, self.step, strict=True))
 

@@ -147,6 +147,13 @@ def unmask(data: Any, where: str) -> Any:
     return data
 
 
+def _saving(what: str, plans: list[pyramid.LevelPlan]) -> str:
+    """What a save's progress names: the result, and the levels made in the same pass."""
+    if not plans:
+        return what
+    return f"{what} with {len(plans)} pyramid level{'s' if len(plans) > 1 else ''}"
+
+
 def _save_numpy(
     storage: Storage,
     data: np.ndarray,
@@ -184,13 +191,19 @@ def _save_numpy(
                 compressor,
                 dimension_names=spec.dimension_names,
             )
-            builder = None
+            builder: pyramid.LevelBuilder | None = None
+            names: list[str] = []
             if plans:  # pyramid levels, made from the base chunks as they are written
                 names, codecs = pyramid.open_levels(
                     storage, path, plans, dtype, array.compressors, spec.dimension_names
                 )
                 builder = pyramid.LevelBuilder(plans, codecs, names)
-            with SaveProgress(path, len(digests), data.nbytes, count_keys(storage, array_path)):
+            with SaveProgress(
+                _saving(path, plans),
+                len(digests) + sum(plan.chunk_count for plan in plans),
+                data.nbytes,
+                count_keys(storage, array_path, *(f"{path}/{n}" for n in names)),
+            ):
                 write_chunks(
                     ChunkCodec(array, storage), data, grid, workers=workers, levels=builder
                 )
@@ -349,10 +362,14 @@ def _save_dask(
                 name=f"cpr-zarr-write-{token}",
             )
         with SaveProgress(
-            f"{name} (streaming)",
-            math.prod(len(c) for c in data.chunks),
+            _saving(f"{name} (streaming)", plans),
+            math.prod(len(c) for c in data.chunks) + sum(plan.chunk_count for plan in plans),
             int(data.nbytes),
-            count_keys(storage, f"{staging}/{ARRAY_PATH}"),
+            count_keys(
+                storage,
+                f"{staging}/{ARRAY_PATH}",
+                *(f"{staging}/{level}" for level in staged_levels),
+            ),
         ):
             (computed,) = compute(work)
         if plans:
