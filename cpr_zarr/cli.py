@@ -405,12 +405,9 @@ def run_gc(
 ) -> None:
     """``cpr-zarr gc``: plan, print, and with ``yes`` remove through the collector."""
     from cpr_zarr.core.collector import collect
-    from cpr_zarr.core.inventory import plan_gc
+    from cpr_zarr.core.inventory import gc_damage, plan_gc
 
     rs = _open(store, mode="a" if yes else "r")
-    for damage in rs.damaged():  # never removed: repair them (`verify --repair`) or delete
-        click.echo(f"keeping damaged result {damage.group_path} ({damage.field}); "
-                   "see `cpr-zarr verify`", err=True)  # fmt: skip
     try:
         plan = plan_gc(
             rs.storage,
@@ -420,8 +417,14 @@ def run_gc(
             leftover_age=LEFTOVER_AGE,
             grace=grace,
         )
+        damaged = gc_damage(rs.storage, plan)
     except (CprZarrError, OSError) as exc:
         raise click.ClickException(f"Cannot plan the collection of {rs.url!r}: {exc}") from exc
+    for damage in damaged:  # never removed: repair them (`verify --repair`) or delete
+        click.echo(f"keeping damaged result {damage.group_path} ({damage.field}); "
+                   "see `cpr-zarr verify`", err=True)  # fmt: skip
+    kept = {damage.group_path for damage in damaged}
+    plan = [item for item in plan if item.path not in kept]
     if not plan:
         click.echo("nothing to remove")
         return

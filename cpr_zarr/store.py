@@ -289,11 +289,19 @@ class ResultStore:
         return catalog.scan(self.storage)[1]
 
     def targets(self) -> Iterator[ZarrTarget]:
-        """Every committed result in the store (label images included), by group path.
+        """Every committed result in the store (label images and tables included), by
+        group path.
 
-        Results whose commit record is damaged are skipped with a warning (listed by
-        :meth:`damaged`), so one bad record never hides the others.
+        From the store's catalog when it has one: a few requests whatever the store size,
+        and each result's commit record is checked when it is opened or read. Without one
+        (a store written before catalogs, until ``cpr-zarr catalog rebuild``) every group's
+        record is read, and damaged ones are skipped with a warning. Either way
+        :meth:`damaged` (``cpr-zarr verify``) lists the damaged results.
         """
+        state = journal.read(self.storage)
+        if state is not None:
+            yield from catalog.listed(self.storage, state)
+            return
         found, damaged = catalog.scan(self.storage)
         for damage in damaged:
             logger.warning("Skipping a damaged result: %s", damage.message)

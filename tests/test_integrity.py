@@ -535,21 +535,26 @@ def test_a_damaged_marker_is_reported_never_collected_and_repaired(
     for file in (root / paths["img"]).rglob("*"):
         os.utime(file, (old, old))
     store = cpr_zarr.ResultStore(root)
-    assert paths["img"] not in {t.group_path for t in store.targets()}
+    # listings read the catalog, not every marker: damage is reported by open, read,
+    # damaged(), verify and gc, and never removed
+    assert paths["img"] in {t.group_path for t in store.targets()}
     assert [d.group_path for d in store.damaged()] == [paths["img"]]
     with pytest.raises(IntegrityError, match="is damaged"):
         store.open(paths["img"])
-    # listings read the catalog, not every marker: damage is reported by open, damaged(),
-    # verify and gc, never by a removal
     assert store.list()["name"].tolist().count("img") == 1
     assert plan_gc(store.storage, leftover_age=0) == []
     runner = CliRunner()
     ls = runner.invoke(main, ["ls", str(root)])
     assert ls.exit_code == 0
-    gc = runner.invoke(main, ["gc", str(root), "--yes"])
-    assert gc.exit_code == 0
-    assert "keeping damaged result" in gc.output
-    assert "nothing to remove" in gc.output
+    # gc reads the records of the results it plans to remove: the damaged one is kept
+    planned = plan_gc(store.storage, max_size=0, leftover_age=0)
+    assert paths["img"] in [item.path for item in planned]
+    gc = runner.invoke(main, ["gc", str(root), "--max-size", "0", "--yes"])
+    assert gc.exit_code == 0, gc.output
+    assert f"keeping damaged result {paths['img']}" in gc.output
+    removed = [line for line in gc.output.splitlines() if line.startswith("remove")]
+    assert not [line for line in removed if paths["img"] in line], gc.output
+    assert (root / paths["img"] / "zarr.json").exists()
     bad = runner.invoke(main, ["verify", str(root)])
     assert bad.exit_code == 1
     assert f"BAD Result {paths['img']!r}" in bad.output
@@ -702,7 +707,8 @@ def test_damage_is_reported_and_repaired_on_every_store_kind(store: cpr_zarr.Res
         store.url, storage_options=getattr(store.storage, "storage_options", None)
     )
     assert [d.group_path for d in fresh.damaged()] == [target.group_path]
-    assert list(fresh.targets()) == []
+    # listed from the catalog (no marker read), refused when opened, never a leftover
+    assert [t.group_path for t in fresh.targets()] == [target.group_path]
     assert leftovers(fresh.storage, 0) == []
     with pytest.raises(IntegrityError):
         fresh.open(target.content_hash)

@@ -26,6 +26,7 @@ from cpr_zarr.errors import (
     UnsupportedResultError,
 )
 from tests.conftest import microscopy_volume, store_files
+from tests.test_gc_leftovers import uncommit
 
 DTYPES = [
     "bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
@@ -361,9 +362,10 @@ def test_a_dask_array_saved_before_in_this_process_is_not_computed_again(tmp_pat
 def test_incomplete_groups_are_never_returned(local_store: cpr_zarr.ResultStore) -> None:
     data = microscopy_volume()
     target = local_store.save(data, name="ok", chunks=(10, 48, 40))
-    # simulate a writer that died before its commit marker: data and array metadata, no group doc
+    # simulate a writer that died before its commit marker: data and array metadata, no group
+    # doc, never journalled in the catalog
     other = local_store.save(data + 1, name="dead", chunks=(10, 48, 40))
-    (Path(local_store.url) / other.group_path / "zarr.json").unlink()
+    uncommit(Path(local_store.url) / other.group_path)
     assert list(local_store.targets()) == [target]
     with pytest.raises(ResultNotFoundError, match="No committed result"):
         local_store.open(other.group_path)

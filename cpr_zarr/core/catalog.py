@@ -23,7 +23,9 @@ __all__ = [
     "candidate_paths",
     "committed",
     "committed_or_raise",
+    "damaged_among",
     "find",
+    "listed",
     "load",
     "scan",
     "target_for",
@@ -43,6 +45,28 @@ def target_for(storage: Storage, path: str, record: ResultRecord) -> ZarrTarget:
         dtype=record.dtype,
         chunks=record.chunks,
     )
+
+
+def listed(storage: Storage, state: journal.Catalog) -> list[ZarrTarget]:
+    """The pointers to every result the catalog ``state`` lists, by path: no group is read
+    (each record is checked when its result is opened or read)."""
+    # a row is (path, kind, shape, dtype, chunks, ...): CATALOG_COLUMNS
+    out = []
+    for path, (_, _, shape, dtype, chunks, *_) in sorted(state.rows.items()):
+        parsed = parse_group_path(path)
+        if parsed is None:  # a row naming no result path: never served
+            continue
+        out.append(
+            ZarrTarget(
+                store_url=storage.url,
+                group_path=path,
+                content_hash=parsed[1],
+                shape=tuple(shape),
+                dtype=dtype,
+                chunks=tuple(chunks),
+            )
+        )
+    return out
 
 
 def candidate_paths(storage: Storage, *, nested: bool = False) -> list[str]:
@@ -127,6 +151,17 @@ def find(storage: Storage, content_hash: str, preferred: str | None = None) -> Z
         if path.endswith(content_hash) and (record := committed(storage, path)):
             return target_for(storage, path, record)
     return None
+
+
+def damaged_among(storage: Storage, paths: list[str]) -> list[Damage]:
+    """The damage of each result in ``paths`` whose commit record is damaged."""
+    damaged = []
+    for path in paths:
+        try:
+            load_commit(storage, path, arrays=False)
+        except IntegrityError as exc:
+            damaged.append(Damage.from_error(exc))
+    return damaged
 
 
 def scan(storage: Storage) -> tuple[list[ZarrTarget], list[Damage]]:

@@ -40,7 +40,7 @@ from cpr_zarr.core.lease import (
     remove,
 )
 from cpr_zarr.core.reader import forget_reader
-from cpr_zarr.errors import StoreError
+from cpr_zarr.errors import IntegrityError, StoreError
 from cpr_zarr.model.layout import parse_group_path
 
 if TYPE_CHECKING:
@@ -163,8 +163,14 @@ def _remove_one(storage: Storage, removal: Removal, *, leftover_age: float) -> s
         if age < leftover_age:
             return f"skipped: written {age:.0f} s ago, a writer is using it"
     else:
-        if catalog.committed(storage, path) is None:
-            return GONE
+        try:
+            if catalog.committed_or_raise(storage, path) is None:
+                return GONE
+        except IntegrityError:
+            return (
+                "kept: its commit record is damaged; repair it (`cpr-zarr verify --repair`) "
+                "or remove it by hand (`cpr-zarr rm`)"
+            )
         if removal.stamp is not None and _record_count(storage, path) != removal.stamp:
             return "skipped: produced again since the plan was made"
     checkpoint("gc.checked")

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from cpr_zarr.core.integrity import Damage
     from cpr_zarr.model.records import CatalogEntry
     from cpr_zarr.storage import Storage
 
@@ -259,6 +260,18 @@ class Removal:
     # images: the committed label images inside, removed with it (their bytes are counted
     # in ``nbytes``), so that what goes is listed whole
     labels: tuple[str, ...] = ()
+
+
+def gc_damage(storage: Storage, plan: list[Removal]) -> list[Damage]:
+    """The damaged results a collection must keep (never removed: repaired or deleted by
+    hand). With the catalog only the groups gc looks at are read, those it does not list
+    and the results in ``plan``; without one, every group."""
+    state = journal.read(storage)
+    if state is None:
+        return catalog.scan(storage)[1]
+    unlisted = [path for path in catalog.candidate_paths(storage) if path not in state.rows]
+    planned = [item.path for item in plan if item.content_hash is not None]
+    return catalog.damaged_among(storage, unlisted + planned)
 
 
 def leftovers(

@@ -23,7 +23,8 @@ Journal
     After its commit (and its provenance record) a save writes one immutable segment named
     by time and a random id holding a ``put`` event: the result's row (shape, dtype, bytes)
     and the record it added. A removal writes a ``drop`` event *before* it removes anything,
-    so a crash never leaves the catalog listing a removed result; a label save about to write
+    so a crash never leaves the catalog listing a removed result, and another once the group
+    is gone (voiding a gc refresh that put it back meanwhile); a label save about to write
     writes a ``pending`` event, where gc looks for a leftover if it never commits.
     Readers read the newest snapshot plus the segments it does not hold (``merged``), and
     apply events in time order; a ``put`` older than a ``drop`` of the same path is void.
@@ -267,9 +268,14 @@ def note_removing(storage: Storage, path: str) -> None:
 
 
 def note_removed(storage: Storage, path: str) -> None:
-    """Remove the index key of result ``path`` (after the group is gone)."""
+    """Journal that result ``path`` is gone and remove its index key (after the group is).
+
+    The second ``drop`` voids a ``put`` journalled while the group was being removed: a gc
+    run elsewhere that found the group still committed and put it back in the catalog
+    (:func:`cpr_zarr.core.inventory.restore_missing`)."""
     parsed = parse_group_path(path)
     if parsed is not None and enabled(storage):
+        _append(storage, [CatalogEvent(op="drop", path=path, time=time.time())])
         storage.delete(index_key(parsed[1], path))
 
 
@@ -296,6 +302,9 @@ class Catalog:
     #: the segments the snapshot holds, and those listed (all folded into the rows)
     merged: frozenset[str] = frozenset()
     listed: list[str] = field(default_factory=list)
+    #: image path -> the label images and tables inside it with a row (see ``_inside``)
+    _nested: dict[str, set[str]] = field(default_factory=dict, repr=False)
+    _nested_built: bool = field(default=False, repr=False)
 
     @classmethod
     def from_snapshot(cls, snap: CatalogSnapshot) -> Catalog:
@@ -316,23 +325,43 @@ class Catalog:
     def apply(self, event: CatalogEvent) -> None:
         path = event.path
         if event.op == "put" and event.entry is not None:
-            if event.time <= self.dropped.get(path, float("-inf")):
-                return  # a save older than the removal: void
+            if event.time <= self._dropped_at(path):
+                return  # a save older than the removal (of it or of its image): void
             self.pending.pop(path, None)
             new = event.entry.row()
             old = self.rows.get(path)
             if old is None:
                 self.rows[path] = list(new)
+                if (image := _image_of(path)) != path and self._nested_built:
+                    self._nested.setdefault(image, set()).add(path)
                 return
             _merge(old, new)
         elif event.op == "drop":
-            row = self.rows.get(path)
-            if row is not None and row[_COL["time"]] < event.time:
-                del self.rows[path]
+            # an image goes with the label images and tables inside it
+            for gone in [path, *self._inside(path)]:
+                row = self.rows.get(gone)
+                if row is not None and row[_COL["time"]] < event.time:
+                    del self.rows[gone]
+                    self._nested.get(_image_of(gone), set()).discard(gone)
+                self.pending.pop(gone, None)
             self.dropped[path] = max(event.time, self.dropped.get(path, event.time))
-            self.pending.pop(path, None)
         elif event.op == "pending" and path not in self.rows:
             self.pending[path] = max(event.time, self.pending.get(path, event.time))
+
+    def _dropped_at(self, path: str) -> float:
+        """When ``path``, or the image holding it, was last removed."""
+        never = float("-inf")
+        return max(self.dropped.get(path, never), self.dropped.get(_image_of(path), never))
+
+    def _inside(self, path: str) -> list[str]:
+        """The rows and pending entries of the label images and tables inside ``path``."""
+        if not self._nested_built:  # built once per read, on the first removal
+            for inner in [*self.rows, *self.pending]:
+                if (image := _image_of(inner)) != inner:
+                    self._nested.setdefault(image, set()).add(inner)
+            self._nested_built = True
+        pending = [p for p in self.pending if p.startswith(f"{path}/")] if self.pending else []
+        return sorted(self._nested.get(path, set()) | set(pending))
 
     def snapshot(self, generation: int, merged: Iterable[str]) -> CatalogSnapshot:
         rows = [self.rows[p] for p in sorted(self.rows)]
@@ -345,6 +374,12 @@ class Catalog:
             dropped={p: t for p, t in self.dropped.items() if t >= horizon},
             pending=dict(self.pending),
         )
+
+
+def _image_of(path: str) -> str:
+    """The top-level result holding ``path`` (``<image>/labels/<name>``, ``<image>/tables/
+    <name>``), or ``path`` itself."""
+    return path.split("/", 1)[0]
 
 
 def _merge(old: list[Any], new: tuple[Any, ...]) -> None:
