@@ -429,52 +429,64 @@ def run_gc(
         click.echo("nothing to remove")
         return
     # an image's label images go with it: each is listed under its image
-    with_labels = _and_labels(len(plan), sum(len(item.labels) for item in plan))
+    with_inside = _and_inside(len(plan), [p for item in plan for p in item.inside])
     if not yes:
         for item in plan:
             click.echo(
                 f"would remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})"
             )
-            _echo_labels(item.labels, "would remove")
+            _echo_inside(item.inside, "would remove")
         click.echo(
             f"would free {human_bytes(sum(i.nbytes for i in plan))} in "
-            f"{plural(len(plan), 'entry', 'entries')}{with_labels}; "
+            f"{plural(len(plan), 'entry', 'entries')}{with_inside}; "
             "run again with --yes to remove them"
         )
         return
-    removed, freed, skipped, labels = 0, 0, 0, 0
+    removed, freed, skipped = 0, 0, 0
+    inside: list[str] = []
     try:
         for outcome in collect(rs.storage, plan, leftover_age=LEFTOVER_AGE):
             item = outcome.removal
             if outcome.removed:
                 removed += 1
                 freed += item.nbytes
-                labels += len(item.labels)
+                inside += item.inside
                 click.echo(f"remove  {human_bytes(item.nbytes):>10}  {item.path}  ({item.reason})")
-                _echo_labels(item.labels, "remove")
+                _echo_inside(item.inside, "remove")
             else:
                 skipped += 1
                 click.echo(f"keep    {'':>10}  {item.path}  ({outcome.status})")
     except CprZarrError as exc:
         raise click.ClickException(str(exc)) from exc
     tail = f"; {skipped} kept (in use or already gone)" if skipped else ""
-    with_labels = _and_labels(removed, labels)
+    with_inside = _and_inside(removed, inside)
     click.echo(
-        f"removed {plural(removed, 'entry', 'entries')}{with_labels}, "
+        f"removed {plural(removed, 'entry', 'entries')}{with_inside}, "
         f"freed {human_bytes(freed)}{tail}"
     )
 
 
-def _and_labels(entries: int, labels: int) -> str:
-    """`` (and 1 label image inside it)``: label images go with their image, uncounted."""
-    if not labels:
+def _and_inside(entries: int, paths: list[str]) -> str:
+    """`` (and 1 label image and 1 table inside it)``: the label images and tables inside an
+    image go with it, uncounted."""
+    tables = sum("/tables/" in p for p in paths)
+    kinds = [
+        plural(n, what)
+        for n, what in ((len(paths) - tables, "label image"), (tables, "table"))
+        if n
+    ]
+    if not kinds:
         return ""
-    return f" (and {plural(labels, 'label image')} inside {'it' if entries == 1 else 'them'})"
+    return f" (and {' and '.join(kinds)} inside {'it' if entries == 1 else 'them'})"
 
 
-def _echo_labels(paths: tuple[str, ...] | list[str], verb: str) -> None:
+def _inner_kind(path: str) -> str:
+    return "a table" if "/tables/" in path else "a label image"
+
+
+def _echo_inside(paths: tuple[str, ...] | list[str], verb: str) -> None:
     for path in paths:
-        click.echo(f"{verb:<{len(verb) + 14}}{path}  (a label image, goes with its image)")
+        click.echo(f"{verb:<{len(verb) + 14}}{path}  ({_inner_kind(path)}, goes with its image)")
 
 
 @main.command("rm")
@@ -501,8 +513,8 @@ def rm_command(store: str, refs: tuple[str, ...], dry_run: bool, yes: bool) -> N
     for item in plan:
         _echo_removal(item, verb)
     nbytes = sum(item.nbytes for item in plan)
-    what = plural(len(plan), "result") + _and_labels(
-        len(plan), sum(len(item.labels) for item in plan)
+    what = plural(len(plan), "result") + _and_inside(
+        len(plan), [p for item in plan for p in item.inside]
     )
     if dry_run:
         click.echo(f"dry run: would remove {what}, {human_bytes(nbytes)}; nothing was removed")
@@ -524,18 +536,19 @@ def rm_command(store: str, refs: tuple[str, ...], dry_run: bool, yes: bool) -> N
             raise click.ClickException(f"{exc} (Removed before this error: {gone}.)") from exc
         done.append(item.path)
         click.echo(f"removed  {item.path}")
-        for path in item.labels:
-            click.echo(f"removed  {path}  (a label image, went with its image)")
+        for path in item.inside:
+            click.echo(f"removed  {path}  ({_inner_kind(path)}, went with its image)")
     click.echo(f"removed {what}, freed {human_bytes(nbytes)}")
 
 
 @dataclass
 class _Doomed:
-    """One result ``rm`` removes: its path, size, label images, and what depends on it."""
+    """One result ``rm`` removes: its path, size, the label images and tables inside it,
+    and what depends on it."""
 
     path: str
     nbytes: int
-    labels: list[str]
+    inside: list[str]
     damaged: str | None  # the damaged field, if its record cannot be trusted
     downstream: list[str] = field(default_factory=list)
 
@@ -556,21 +569,21 @@ def _plan_removal(rs: ResultStore, refs: tuple[str, ...]) -> list[_Doomed]:
                 f"{exc} Nothing was removed; `cpr-zarr ls {shlex.quote(rs.url)}` lists the results."
             ) from exc
     committed = [t.group_path for t in rs.targets()]
-    # a label image whose image goes too is listed under its image
+    # a label image or table whose image goes too is listed under its image
     plan = [
         _Doomed(
             path,
             stored_bytes(rs.storage, path),
-            [p for p in committed if p.startswith(f"{path}/labels/")],
+            [p for p in committed if p.startswith((f"{path}/labels/", f"{path}/tables/"))],
             damaged,
         )
         for path, damaged in paths.items()
-        if path.split("/labels/")[0] == path or path.split("/labels/")[0] not in paths
+        if "/" not in path or path.split("/", 1)[0] not in paths
     ]
-    going = {p for item in plan for p in (item.path, *item.labels)}
+    going = {p for item in plan for p in (item.path, *item.inside)}
     for item in plan:
         downstream: dict[str, None] = {}
-        for path in (item.path, *item.labels):
+        for path in (item.path, *item.inside):
             if path == item.path and item.damaged:
                 continue  # its record is not trusted: its lineage is unknown
             for target in rs.lineage(path)["outputs"]:
@@ -582,10 +595,10 @@ def _plan_removal(rs: ResultStore, refs: tuple[str, ...]) -> list[_Doomed]:
 
 def _echo_removal(item: _Doomed, verb: str) -> None:
     note = f"  (damaged: {item.damaged})" if item.damaged else ""
-    if "/labels/" in item.path:
-        note += "  (a label image; its image stays)"
+    if "/" in item.path:
+        note += f"  ({_inner_kind(item.path)}; its image stays)"
     click.echo(f"{verb}  {human_bytes(item.nbytes):>10}  {item.path}{note}")
-    _echo_labels(item.labels, verb)
+    _echo_inside(item.inside, verb)
     if item.downstream:
         click.echo(
             f"  downstream, kept: {', '.join(item.downstream)} (made from it: they stay, but "

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 from prefect import flow
 
@@ -297,16 +298,19 @@ def test_rm_shows_labels_and_downstream_then_removes(made: tuple) -> None:  # ty
     labels = rs.save(
         cpr_zarr.Labels(np.ones((20, 64, 64), np.uint8), image=targets["raw"]), "cells"
     )
+    table = rs.save(cpr_zarr.Table(pd.DataFrame({"label": [1], "area": [9.0]}), labels=labels), "m")
+    assert table.group_path.startswith(f"{targets['raw'].group_path}/tables/")
     before = sorted(p.relative_to(store) for p in store.rglob("*"))
 
     dry = invoke("rm", str(store), "raw", "--dry-run").stdout
     assert "would remove" in dry
     assert targets["raw"].group_path in dry
     assert f"{labels.group_path}  (a label image, goes with its image)" in dry
+    assert f"{table.group_path}  (a table, goes with its image)" in dry
     downstream = f"downstream, kept: {targets['smooth'].group_path}, {targets['mask'].group_path}"
     assert downstream in dry
     assert "their provenance will name an input the store no longer holds" in dry
-    assert "dry run: would remove 1 result (and 1 label image inside it)" in dry
+    assert "dry run: would remove 1 result (and 1 label image and 1 table inside it)" in dry
     assert sorted(p.relative_to(store) for p in store.rglob("*")) == before
 
     # not at a terminal and no --yes: the plan, then a refusal that removes nothing
@@ -319,7 +323,8 @@ def test_rm_shows_labels_and_downstream_then_removes(made: tuple) -> None:  # ty
 
     done = invoke("rm", str(store), targets["raw"].group_path, "--yes").stdout
     assert f"removed  {labels.group_path}" in done
-    assert "removed 1 result (and 1 label image inside it)" in done
+    assert f"removed  {table.group_path}  (a table, went with its image)" in done
+    assert "removed 1 result (and 1 label image and 1 table inside it)" in done
     names = [t.name for t in cpr_zarr.ResultStore(store, mode="r").targets()]
     assert names == ["mask", "smooth"]  # downstream results stay
     assert invoke("verify", str(store)).returncode == 0
@@ -420,6 +425,8 @@ def test_verify_remedies_run_as_printed(made: tuple) -> None:  # type: ignore[ty
 
 def test_gc_lists_the_label_images_it_removes(tmp_path: Path) -> None:
     store, image, labels = image_with_labels(tmp_path / "results.zarr")
+    seg = store.open(labels[0])
+    table = store.save(cpr_zarr.Table(pd.DataFrame({"label": [1], "n": [3]}), labels=seg), "m")
     other = store.save(np.zeros(8, np.uint8), "small")
     budget = cpr_zarr.ResultStore(store.url, mode="r").list()
     keep = int(budget.loc[budget["name"] == "small", "stored_bytes"].iloc[0])
@@ -427,11 +434,13 @@ def test_gc_lists_the_label_images_it_removes(tmp_path: Path) -> None:
     assert f"{image.group_path}  (least recently produced" in dry
     for path in labels:
         assert f"would remove{'':14}{path}  (a label image, goes with its image)" in dry
-    assert "in 1 entry (and 2 label images inside it); run again with --yes" in dry
+    assert f"would remove{'':14}{table.group_path}  (a table, goes with its image)" in dry
+    assert "in 1 entry (and 2 label images and 1 table inside it); run again with --yes" in dry
     done = invoke("gc", store.url, "--max-size", str(keep), "--yes").stdout
     for path in labels:
         assert f"remove{'':14}{path}  (a label image, goes with its image)" in done
-    assert "removed 1 entry (and 2 label images inside it)" in done
+    assert f"remove{'':14}{table.group_path}  (a table, goes with its image)" in done
+    assert "removed 1 entry (and 2 label images and 1 table inside it)" in done
     assert [t.group_path for t in store.targets()] == [other.group_path]
     bad = invoke("gc", store.url, "--max-size", "12 parsecs", ok=False)
     assert bad.returncode == 2

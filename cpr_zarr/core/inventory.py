@@ -257,9 +257,9 @@ class Removal:
     # results: the number of provenance records when planned; the collector skips a result
     # that gained one since (it was produced again while gc ran)
     stamp: str | None = None
-    # images: the committed label images inside, removed with it (their bytes are counted
-    # in ``nbytes``), so that what goes is listed whole
-    labels: tuple[str, ...] = ()
+    # images: the committed label images and tables inside, removed with it (their bytes
+    # are counted in ``nbytes``), so that what goes is listed whole
+    inside: tuple[str, ...] = ()
 
 
 def gc_damage(storage: Storage, plan: list[Removal]) -> list[Damage]:
@@ -494,7 +494,7 @@ def plan_gc(
                 int(nbytes[h]),
                 h,
                 stamp=str(int(records[h])),
-                labels=tuple(sorted(p for p in children.get(path, ()) if "/labels/" in p)),
+                inside=tuple(sorted(children.get(path, ()))),
             )
         )
     return plan
