@@ -12,7 +12,7 @@ import pytest
 
 import cpr_zarr
 from cpr_zarr.cache import content_token
-from cpr_zarr.core.inventory import plan_gc
+from cpr_zarr.core.inventory import plan_gc, rebuild_catalog
 from cpr_zarr.core.provenance import render
 from tests.conftest import microscopy_volume
 
@@ -39,7 +39,10 @@ def test_results_without_provenance_are_never_removed_by_age(
     local_store: cpr_zarr.ResultStore,
 ) -> None:
     fresh = local_store.save(microscopy_volume(), "fresh")
+    # a result whose provenance record was never written (or is lost): its catalog row,
+    # rebuilt from the groups, has no production time
     shutil.rmtree(f"{local_store.url}/{fresh.group_path}/cpr_zarr/provenance")
+    assert rebuild_catalog(local_store.storage) == 1
     assert plan_gc(local_store.storage, older_than=0.0) == []
     aged = local_store.save(microscopy_volume(seed=3), "aged")
     assert [r.path for r in plan_gc(local_store.storage, older_than=0.0)] == [aged.group_path]
