@@ -179,14 +179,87 @@ def _created_order(row: dict[str, Any]) -> tuple[bool, float, str]:
     return (True, created.timestamp(), row["group_path"])
 
 
+def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
+    """The frame of :func:`list_results` from the catalog, built column by column (about
+    1 µs per row, where a row of :func:`catalog_rows` costs tens)."""
+    import pandas as pd
+
+    rows = list(state.rows.values())
+    for values in rows:
+        if values[5] is None:  # journalled by a save that did not count it (rare): count now
+            values[5] = stored_bytes(storage, values[0])
+    if not rows:
+        return _frame([], [])
+    (paths, kinds, shapes, dtypes, chunks, stored, records, created, last, tasks, flow_runs,
+     _, _) = zip(*rows, strict=True)  # fmt: skip
+    tails = [path.rsplit("/", 1)[-1].rsplit("-", 1) for path in paths]
+    itemsize = {d: np.dtype(d).itemsize for d in set(dtypes) if d != "table"}
+    raw = np.array(
+        [
+            math.prod(s) * itemsize[d] if d != "table" else np.nan
+            for s, d in zip(shapes, dtypes, strict=True)
+        ],
+        dtype=np.float64,
+    )
+    # an image's stored bytes include its label images' and tables', as its folder's do
+    total = dict(zip(paths, stored, strict=True))
+    for path, nbytes in zip(paths, stored, strict=True):
+        image = parent_image(path)
+        if image is not None and image in total:
+            total[image] += nbytes
+    stored_total = np.array([total[p] for p in paths], dtype=np.int64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(stored_total > 0, raw / stored_total, np.nan)
+
+    def times(seconds: tuple[float | None, ...]) -> pd.Series:
+        # whole microseconds, as datetime.fromtimestamp gives them
+        micros = np.round(np.array(seconds, dtype=np.float64) * 1e6)
+        return pd.to_datetime(micros, unit="us", utc=True).astype("datetime64[ns, UTC]")
+
+    frame = pd.DataFrame(
+        {
+            "name": [t[0] for t in tails],
+            "hash": [t[1] for t in tails],
+            "kind": kinds,
+            "shape": [tuple(s) for s in shapes],
+            "dtype": dtypes,
+            "chunks": [tuple(c) for c in chunks],
+            "stored_bytes": stored_total,
+            "raw_bytes": raw,
+            "ratio": ratio,
+            "created": times(created),
+            "last_produced": times(last),
+            "records": np.array(records, dtype=np.int64),
+            "last_task": tasks,
+            "last_flow_run": flow_runs,
+            "group_path": paths,
+        },
+        columns=COLUMNS,
+    )
+    frame = frame.sort_values(["created", "group_path"], na_position="first")
+    frame = frame.reset_index(drop=True)
+    frame.attrs["damaged"] = []
+    return frame
+
+
 def list_results(storage: Storage, state: journal.Catalog | None = None) -> pd.DataFrame:
     """One row per committed result (see ``COLUMNS``), oldest first; from ``state`` if given
     (a catalog just read)."""
-    import pandas as pd
-
+    state = state if state is not None else journal.read(storage)
+    if state is not None:
+        journal.maybe_compact(storage, state)
+        # damage is found by open and `cpr-zarr verify`, not by a listing
+        return catalog_frame(storage, state)
     rows, damaged = result_rows(storage, state)
     for message in damaged:
         logger.warning("Skipping a damaged result: %s", message)
+    return _frame(rows, damaged)
+
+
+def _frame(rows: list[dict[str, Any]], damaged: list[str]) -> pd.DataFrame:
+    """The frame of :func:`list_results` from rows of :func:`result_rows`."""
+    import pandas as pd
+
     frame = pd.DataFrame(rows, columns=COLUMNS)
     for col in ("created", "last_produced"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
