@@ -180,8 +180,8 @@ def _created_order(row: dict[str, Any]) -> tuple[bool, float, str]:
 
 
 def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
-    """The frame of :func:`list_results` from the catalog, built column by column (about
-    1 µs per row, where a row of :func:`catalog_rows` costs tens)."""
+    """The frame of :func:`list_results` from the catalog, built column by column: no dict
+    and no datetime per row (a third of :func:`catalog_rows`' time at 100,000 rows)."""
     import pandas as pd
 
     rows = list(state.rows.values())
