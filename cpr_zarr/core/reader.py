@@ -152,14 +152,18 @@ class ChunkReader:
             )
         )
 
+    def _chunk_error(self, index: tuple[int, ...], message: str) -> ChunkVerificationError:
+        """The error for chunk ``index`` of this array, saying ``message``."""
+        return ChunkVerificationError(
+            message, store_url=self.storage.url, group_path=self.group_path, chunk_index=index
+        )
+
     def _tree_error(self, flat: int, problem: str) -> ChunkVerificationError:
         index = tuple(int(i) for i in np.unravel_index(flat, self.grid))
-        return ChunkVerificationError(
+        return self._chunk_error(
+            index,
             f"Cannot verify {self._where(index)}: {problem}, so its recorded digest is not "
             f"known. {self._remedy()}",
-            store_url=self.storage.url,
-            group_path=self.group_path,
-            chunk_index=index,
         )
 
     @property
@@ -230,12 +234,10 @@ class ChunkReader:
         try:
             block = self.codec.load(index, writeable=writeable, out=scratch)
         except Exception as exc:
-            raise ChunkVerificationError(
+            raise self._chunk_error(
+                index,
                 f"Cannot read {self._where(index)}: {type(exc).__name__}: {exc}. The stored "
                 f"chunk is damaged or unreadable. {self._remedy()}",
-                store_url=self.storage.url,
-                group_path=self.group_path,
-                chunk_index=index,
             ) from exc
         if block is None:
             # not stored: right only if the saved chunk held just the fill value (zarr skips
@@ -243,13 +245,11 @@ class ChunkReader:
             # reader was opened must not read as zeros.
             block = self.codec.fill_block(index)
             if self._fill_digest(block) != self._expected(index):
-                raise ChunkVerificationError(
+                raise self._chunk_error(
+                    index,
                     f"Cannot read {self._where(index)}: the chunk is not in the store (was the "
                     "result deleted or garbage-collected?). To resolve: open the result again "
                     "(store.open(ref)); if it is gone, re-run the task that produced it.",
-                    store_url=self.storage.url,
-                    group_path=self.group_path,
-                    chunk_index=index,
                 )
             return block
         if verify:
@@ -272,14 +272,12 @@ class ChunkReader:
         expected = self._expected(index)
         actual = chunk_digest(block)
         if actual != expected:
-            raise ChunkVerificationError(
+            raise self._chunk_error(
+                index,
                 f"Verification failed for {self._where(index)}: its decoded values hash to "
                 f"{actual}, but {expected} was recorded when it was saved. The stored chunk is "
                 "damaged or was changed outside cpr_zarr. Other chunks are unaffected. "
                 f"{self._remedy()}",
-                store_url=self.storage.url,
-                group_path=self.group_path,
-                chunk_index=index,
             )
 
     def read_chunk(
