@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,14 +37,6 @@ def _median_time(fn: Callable[[], Any], repeat: int) -> float:
         fn()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
-
-
-def _requests(proxy: Any) -> Counter[str]:
-    with proxy.lock:
-        out: Counter[str] = Counter()
-        for (method, _), n in proxy.requests.items():
-            out[method] += n
-        return out
 
 
 def measure(url: str, n: int, repeat: int, env: dict[str, str], proxy: Any, **options: Any) -> None:
@@ -91,7 +82,7 @@ def measure(url: str, n: int, repeat: int, env: dict[str, str], proxy: Any, **op
         if proxy is not None:
             proxy.reset_counts()
             fn()
-            counts = _requests(proxy)
+            counts = proxy.by_method()
             text = ", ".join(f"{c} {m}" for m, c in sorted(counts.items())) or "-"
             if name == "cpr-zarr ls":
                 text = "(another process: " + text + ")"

@@ -15,10 +15,12 @@ import platform
 import statistics
 import time
 import uuid
-from collections import Counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from collections import Counter
 
 
 def _volume(mib: int) -> np.ndarray:
@@ -26,14 +28,6 @@ def _volume(mib: int) -> np.ndarray:
     rng = np.random.default_rng(0)
     base = rng.integers(0, 30, size=shape, dtype=np.uint16)
     return np.cumsum(base, axis=2, dtype=np.uint16)  # compressible, not constant
-
-
-def _requests(proxy: Any) -> Counter[str]:
-    with proxy.lock:
-        out: Counter[str] = Counter()
-        for (method, _), n in proxy.requests.items():
-            out[method] += n
-        return out
 
 
 def _fmt(c: Counter[str]) -> str:
@@ -68,26 +62,26 @@ def main() -> None:
 
             server.proxy.reset_counts()
             store.save(small + 100, name="small")
-            row.setdefault("save 1 MiB", []).append(_requests(server.proxy))
+            row.setdefault("save 1 MiB", []).append(server.proxy.by_method())
 
             server.proxy.reset_counts()
             start = time.perf_counter()
             target = store.save(big, name="big", levels=1)
             row.setdefault("save_s", []).append(time.perf_counter() - start)
-            row.setdefault("save big", []).append(_requests(server.proxy))
+            row.setdefault("save big", []).append(server.proxy.by_method())
 
             reader = cpr_zarr.ResultStore(url, backend=backend, mode="r")
             server.proxy.reset_counts()
             start = time.perf_counter()
             out = reader.open(target.content_hash).to_numpy()
             row.setdefault("read_s", []).append(time.perf_counter() - start)
-            row.setdefault("read big", []).append(_requests(server.proxy))
+            row.setdefault("read big", []).append(server.proxy.by_method())
             if not np.array_equal(out, big):
                 raise SystemExit(f"{backend}: read back other values")
 
             server.proxy.reset_counts()
             listed = cpr_zarr.ResultStore(url, backend=backend, mode="r").list()
-            row.setdefault("list 11 results", []).append(_requests(server.proxy))
+            row.setdefault("list 11 results", []).append(server.proxy.by_method())
             if len(listed) != 11:
                 raise SystemExit(f"{backend}: listed {len(listed)} results")
     server.stop()

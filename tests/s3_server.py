@@ -54,6 +54,14 @@ class FaultyProxy(ThreadingHTTPServer):
             self.statuses.clear()
             self.signers.clear()
 
+    def by_method(self) -> Counter[str]:
+        """Requests counted so far, per HTTP method."""
+        with self.lock:
+            out: Counter[str] = Counter()
+            for (method, _), n in self.requests.items():
+                out[method] += n
+            return out
+
     def count(self, method: str, contains: str = "") -> int:
         with self.lock:
             return sum(n for (m, p), n in self.requests.items() if m == method and contains in p)
