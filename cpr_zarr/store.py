@@ -298,7 +298,9 @@ class ResultStore:
         record is read, and damaged ones are skipped with a warning. Either way
         :meth:`damaged` (``cpr-zarr verify``) lists the damaged results.
         """
-        state = journal.read(self.storage)
+        from cpr_zarr.core.inventory import read_catalog
+
+        state = read_catalog(self.storage)
         if state is not None:
             yield from catalog.listed(self.storage, state)
             return
@@ -411,7 +413,9 @@ class ResultStore:
             indexed = journal.lookup(self.storage, prefix)
             if indexed:
                 return [path for _, path in indexed]
-        state = journal.read(self.storage)
+        from cpr_zarr.core.inventory import read_catalog
+
+        state = read_catalog(self.storage)
         if state is None:
             return catalog.candidate_paths(self.storage, nested=True)
         named = sorted(p for p in state.rows if p.rsplit("/", 1)[-1][: -HASH_HEX_LENGTH - 1] == ref)

@@ -87,8 +87,9 @@ def test_lookups_and_listings_cost_the_same_requests_at_any_store_size(
         store.save(tiny(100 + i), f"late{i}")
         proxy.reset_counts()
         store.list()
-        # at most COMPACT_AFTER + 1 segments, then its compaction lists the snapshots
-        assert proxy.count("GET") <= bound + 2, i
+        # at most COMPACT_AFTER + 2 segments (a save writes two: its pending event before
+        # the commit, its row after), then its compaction lists the snapshots
+        assert proxy.count("GET") <= bound + 3, i
 
 
 # -- compaction -------------------------------------------------------------------------------
@@ -144,10 +145,11 @@ def run_killed(store: Path, i: int, step: str, what: str = "save") -> None:
     assert proc.returncode == -9, proc.stderr  # killed at that step
 
 
-def test_sigkill_at_every_step_never_lists_an_uncommitted_result(tmp_path: Path) -> None:
+def test_sigkill_at_every_step_lists_exactly_the_committed_results(tmp_path: Path) -> None:
     """A writer killed before, at and after its commit, and a removal killed after its
-    journal entry: the catalog never lists what is not committed, and after a refresh (a gc
-    plan) it lists exactly what is."""
+    journal entry: listings never list what is not committed, and list every committed
+    result at once but the one whose removal began (listed again after a refresh: a gc
+    plan)."""
     path = tmp_path / "results.zarr"
     store = cpr_zarr.ResultStore(path)
     store.save(tiny(100), "r100")
@@ -155,14 +157,20 @@ def test_sigkill_at_every_step_never_lists_an_uncommitted_result(tmp_path: Path)
     for i, step in enumerate(steps):
         run_killed(path, i, step)
         reader = cpr_zarr.ResultStore(path, mode="r")
-        assert set(listed(reader)) <= truth(reader), step  # never an uncommitted one
+        # never an uncommitted one, never a committed one missed
+        assert sorted(listed(reader)) == sorted(truth(reader)), step
+        assert sorted(t.group_path for t in reader.targets()) == sorted(truth(reader)), step
     run_killed(path, 100, "catalog.dropped", "delete")  # removal killed before removing
     reader = cpr_zarr.ResultStore(path, mode="r")
     committed = truth(reader)
     # committed: the writers killed after their commit, and the result whose removal died
     assert {p.split("-")[0] for p in committed} == {"r2", "r3", "r100"}
     hidden = committed - set(listed(reader))
-    assert {p.split("-")[0] for p in hidden} == {"r2", "r100"}  # not journalled / dropped
+    assert {p.split("-")[0] for p in hidden} == {"r100"}  # its removal was journalled
+    # killed between its commit and its journal segment: listed, and found by name
+    r2 = next(p for p in committed if p.startswith("r2-"))
+    assert reader.open("r2").group_path == r2
+    assert r2 not in journal.read(reader.storage).rows  # from its pending event
     # killed after its journal entry but before its index key: found by prefix all the same
     r3 = next(p for p in committed if p.startswith("r3-"))
     assert reader.open(r3[-32:-20]).group_path == r3
@@ -177,6 +185,33 @@ def test_sigkill_at_every_step_never_lists_an_uncommitted_result(tmp_path: Path)
         store.save(tiny(i), f"r{i}")
     assert sorted(listed(store)) == sorted(truth(store))
     assert len(truth(store)) == 5
+
+
+def test_a_listing_journals_a_killed_writers_commit_once_it_settled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "results.zarr"
+    store = cpr_zarr.ResultStore(path)
+    run_killed(path, 7, "save.committed")
+    r7 = next(iter(truth(store)))
+    # young: listed, but its writer may still be journalling it, so nothing is written
+    assert listed(store) == [r7]
+    assert r7 in journal.read(store.storage).pending
+    # read-only: listed, never written
+    monkeypatch.setattr(journal, "SETTLE_SECONDS", 0.0)
+    reader = cpr_zarr.ResultStore(path, mode="r")
+    assert [t.group_path for t in reader.targets()] == [r7]
+    assert r7 not in journal.read(store.storage).rows
+    # writable and settled: journalled, with the row its save would have written
+    assert listed(store) == [r7]
+    state = journal.read(store.storage)
+    assert r7 in state.rows
+    assert r7 not in state.pending
+    assert store.list().loc[0, "stored_bytes"] > 0
+    # its next save adds nothing twice
+    store.save(tiny(7), "r7")
+    assert listed(store) == [r7]
+    assert int(store.list().loc[0, "records"]) == 1
 
 
 # -- many writers -----------------------------------------------------------------------------

@@ -45,6 +45,7 @@ __all__ = [
     "list_results",
     "parent_image",
     "plan_gc",
+    "read_catalog",
     "referenced_hashes",
     "result_rows",
     "stored_bytes",
@@ -106,9 +107,8 @@ def result_rows(
 
     Without pandas, whose import takes longer than listing a small store (``cpr-zarr ls``).
     """
-    state = state if state is not None else journal.read(storage)
+    state = state if state is not None else read_catalog(storage)
     if state is not None:
-        journal.maybe_compact(storage, state)
         rows = catalog_rows(storage, state)
         rows.sort(key=_created_order)
         return rows, []  # damage is found by open and `cpr-zarr verify`, not by a listing
@@ -245,9 +245,8 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
 def list_results(storage: Storage, state: journal.Catalog | None = None) -> pd.DataFrame:
     """One row per committed result (see ``COLUMNS``), oldest first; from ``state`` if given
     (a catalog just read)."""
-    state = state if state is not None else journal.read(storage)
+    state = state if state is not None else read_catalog(storage)
     if state is not None:
-        journal.maybe_compact(storage, state)
         # damage is found by open and `cpr-zarr verify`, not by a listing
         return catalog_frame(storage, state)
     rows, damaged = result_rows(storage, state)
@@ -276,7 +275,7 @@ def lineage(storage: Storage, start: ZarrTarget) -> dict[str, list[ZarrTarget]]:
     Edges come from provenance records: a record lists the content hashes of the inputs
     of the task run that produced the result.
     """
-    state = journal.read(storage)
+    state = read_catalog(storage)
     parents: dict[str, set[str]] = {}
     if state is not None:  # the inputs of every result are in its catalog row
         by_hash = {}
@@ -371,14 +370,15 @@ def leftovers(
     else:
         leftover = {path for path, _ in found}
         missing = [path for path in unlisted if path not in leftover]
-        restore_missing(storage, missing, state)
+        missing += [p for p in state.pending if p not in alive and p not in leftover]
+        restore_missing(storage, sorted(set(missing)), state)
         for path, since in sorted(state.pending.items()):
             if path in alive:
                 continue
             if not storage.walk(path):  # never written, or removed: forget it
                 if now - since >= min_age_seconds and not storage.read_only:
                     journal.note_removing(storage, path)
-            elif is_leftover(storage, path):
+            elif path not in leftover and is_leftover(storage, path):
                 what = "table" if "/tables/" in path else "label image"
                 found.append((path, f"incomplete {what} (never committed)"))
     return [
@@ -388,17 +388,41 @@ def leftovers(
     ]
 
 
-def restore_missing(storage: Storage, paths: list[str], state: journal.Catalog) -> None:
+def read_catalog(storage: Storage) -> journal.Catalog | None:
+    """The store's catalog as listings use it (``None`` without one): read, compacted when
+    due (if writable), and with every committed result in it.
+
+    A writer killed between its commit and its journal segment left only a ``pending``
+    event: each pending path without a row has its commit marker checked (one GET; only
+    killed and running saves are pending) and is added if committed, and journalled once
+    the event is :data:`~cpr_zarr.core.journal.SETTLE_SECONDS` old (a younger one's writer
+    may be journalling it).
+    """
+    state = journal.read(storage)
+    if state is None:
+        return None
+    journal.maybe_compact(storage, state)
+    settled = time.time() - journal.SETTLE_SECONDS
+    pending = [(p, since) for p, since in sorted(state.pending.items()) if p not in state.rows]
+    restore_missing(storage, [p for p, since in pending if since < settled], state)
+    restore_missing(storage, [p for p, since in pending if since >= settled], state, note=False)
+    return state
+
+
+def restore_missing(
+    storage: Storage, paths: list[str], state: journal.Catalog, *, note: bool = True
+) -> None:
     """Add committed results the catalog lacks (their writer was killed between its commit
-    and its journal segment) to ``state``, and journal them if the store is writable: the
-    catalog's refresh, done by each gc plan."""
+    and its journal segment) to ``state``, and with ``note`` journal them if the store is
+    writable: the catalog's refresh, done by each gc plan and by listings."""
     for path in paths:
         record = catalog.committed(storage, path)
         if record is None:
             continue
         entry = catalog_entry(storage, catalog.target_for(storage, path, record))
         state.rows[path] = list(entry.row())
-        if not storage.read_only:
+        state.pending.pop(path, None)
+        if note and not storage.read_only:
             journal.note_row(storage, entry)
             logger.info("Added committed result %s to the catalog of %s.", path, storage.url)
 
@@ -517,6 +541,8 @@ def plan_gc(
     # folder for a while, and removing it under the writer would corrupt its result
     state = journal.read(storage)
     plan = leftovers(storage, leftover_age, state)
+    if state is not None:
+        journal.maybe_compact(storage, state)
     frame = list_results(storage, state)
     protected: set[str] = set()
     if keep_referenced is not None:

@@ -24,8 +24,9 @@ Journal
     by time and a random id holding a ``put`` event: the result's row (shape, dtype, bytes)
     and the record it added. A removal writes a ``drop`` event *before* it removes anything,
     so a crash never leaves the catalog listing a removed result, and another once the group
-    is gone (voiding a gc refresh that put it back meanwhile); a label save about to write
-    writes a ``pending`` event, where gc looks for a leftover if it never commits.
+    is gone (voiding a gc refresh that put it back meanwhile). Every save writes a
+    ``pending`` event just before its commit marker (a label image or table inside an image
+    also before it writes anything, where gc looks for a leftover if it never commits).
     Readers read the newest snapshot plus the segments it does not hold (``merged``), and
     apply events in time order; a ``put`` older than a ``drop`` of the same path is void.
 
@@ -45,12 +46,15 @@ Cost of a listing on S3: one LIST of the segments and one of the snapshots (one 
 ``COMPACT_AFTER`` plus what was saved since the last compaction).
 
 Refresh
-    The catalog never lists a result that was not committed. It can miss a committed one
-    whose writer was killed between commit and journal write: the next save of that content,
-    a gc run (which lists the root's groups and adds committed ones the catalog lacks) or
-    ``cpr-zarr catalog rebuild`` brings it back. Stores written before the catalog existed
-    have none until ``cpr-zarr catalog rebuild``; until then everything falls back to
-    scanning the groups, as before.
+    The catalog never lists a result that was not committed, and never misses one: a writer
+    killed between its commit and its ``put`` left a ``pending`` event, and listings
+    (:func:`cpr_zarr.core.inventory.read_catalog`) check the commit marker of every pending
+    path without a row (one GET each; none but killed or running saves), and add the
+    committed ones, journalling them once the event is :data:`SETTLE_SECONDS` old. A gc run
+    does the same for every group it finds unlisted, and ``cpr-zarr catalog rebuild``
+    rebuilds everything. Stores written before the catalog existed have none until
+    ``cpr-zarr catalog rebuild``; until then everything falls back to scanning the groups,
+    as before.
 """
 
 from __future__ import annotations
@@ -93,6 +97,7 @@ __all__ = [
     "CATALOG",
     "COMPACT_AFTER",
     "INPUTS",
+    "SETTLE_SECONDS",
     "Catalog",
     "compact",
     "create",
@@ -125,6 +130,9 @@ COMPACT_AFTER = 64
 COMPACT_CHANCE = 16
 #: how long a snapshot remembers a removal (voids late ``put`` events of the removed result)
 KEEP_DROPPED_SECONDS = 7 * 86400
+#: a committed save whose ``pending`` event is this old and that has no row yet lost its
+#: writer: a writable listing journals its row (a younger one may be journalling it itself)
+SETTLE_SECONDS = 300.0
 _ATTEMPTS = 30
 _COL = {name: i for i, name in enumerate(CATALOG_COLUMNS)}
 #: where a row (a list in CATALOG_COLUMNS order) holds its input hashes
@@ -282,8 +290,9 @@ def note_removed(storage: Storage, path: str) -> None:
 
 
 def note_pending(storage: Storage, path: str) -> None:
-    """Journal that group ``path`` (a label image) is about to be written: if it never
-    commits, gc finds the leftover here without listing every image."""
+    """Journal that result ``path`` is about to be written or committed: if its writer dies
+    after the commit, listings find the result here; if it never commits, gc finds the
+    leftover (of a label image or table, without listing every image)."""
     if enabled(storage):
         now = time.time()
         _append(storage, [CatalogEvent(op="pending", path=path, time=now)])

@@ -557,7 +557,8 @@ def save_table(
         if existing is not None:
             update_tables_list(storage, image)  # a crash may have left it unlisted
             return catalog.target_for(storage, path, existing)
-        journal.note_pending(storage, path)  # where gc looks if it never commits
+    # where gc looks if it never commits, and listings if its writer dies after the commit
+    journal.note_pending(storage, path)
     checkpoint("save.hashed")
     with Lease(storage, path):  # keeps gc away while the table is written (cpr_zarr.core.lease)
         storage.set(f"{path}/{TABLE_FILE}", raw)
@@ -623,6 +624,7 @@ def _save_columns(
             table=schema,
             digests=digests,
         )
+        journal.note_pending(storage, path)  # listed even if its writer dies after the commit
         write_marker(storage, path, ResultDocument(record=record))
         checkpoint("save.committed")
     return catalog.target_for(storage, path, record)

@@ -34,7 +34,7 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from cpr_zarr.core import catalog, labels, pyramid
+from cpr_zarr.core import catalog, journal, labels, pyramid
 from cpr_zarr.core.arrays import claim_array, store_chunk
 from cpr_zarr.core.codec import ChunkCodec, parse_compressor, thread_map, worker_count
 from cpr_zarr.core.compute import compute
@@ -568,6 +568,8 @@ def _commit(
     ome, record = (spec or labels.SaveSpec(None)).group_attributes(
         storage, path, record, base=base, made=levels
     )
+    # a killed writer's commit is listed all the same: listings check pending saves
+    journal.note_pending(storage, path)
     # seals the record (record_digest), writes its copy, then the marker
     write_marker(storage, path, ResultDocument(record=record, ome=ome))
     checkpoint("save.committed")
