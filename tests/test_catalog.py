@@ -323,3 +323,37 @@ def test_a_new_store_keeps_a_catalog_that_plain_zarr_lists_as_one_node(tmp_path:
     assert group[journal.CATALOG].shape == (0,)
     assert (Path(store.url) / journal.index_key(target.content_hash, target.group_path)).exists()
     assert listed(store) == [target.group_path]
+
+
+def test_rows_read_from_a_snapshot_behave_as_a_dict_of_rows() -> None:
+    """journal.Rows keeps a snapshot's columns and builds a row only when looked up: every
+    change through it reads back as it would from a plain dict of rows."""
+    import random
+
+    from cpr_zarr.model.records import CATALOG_COLUMNS
+
+    width = len(CATALOG_COLUMNS)
+    snap = {f"r{i}-{i:032x}": [f"r{i}-{i:032x}", *range(1, width)] for i in range(50)}
+    columns = [[row[c] for row in snap.values()] for c in range(width)]
+    rows, model = journal.Rows(columns), {p: list(r) for p, r in snap.items()}
+    rng = random.Random(7)
+    for step in range(400):
+        path = f"r{rng.randrange(70)}-{rng.randrange(70):032x}"
+        path = rng.choice([path, *snap])
+        op = rng.choice(["get", "set", "del", "mutate"])
+        if op == "set":
+            rows[path] = model[path] = [path, *([step] * (width - 1))]
+        elif op == "del" and path in model:
+            del rows[path], model[path]
+        elif op == "mutate" and path in model:
+            rows[path][1] = model[path][1] = -step  # a merge changes a row in place
+        else:
+            assert rows.get(path) == model.get(path)
+        assert (path in rows) == (path in model)
+        assert len(rows) == len(model)
+    assert sorted(rows) == sorted(model)
+    assert sorted(rows.items()) == sorted(model.items())
+    by_path = sorted(zip(*rows.columns(), strict=True))
+    assert [list(r) for r in by_path] == sorted(model.values())
+    with pytest.raises(KeyError):
+        del rows["absent"]

@@ -50,9 +50,11 @@ def target_for(storage: Storage, path: str, record: ResultRecord) -> ZarrTarget:
 def listed(storage: Storage, state: journal.Catalog) -> list[ZarrTarget]:
     """The pointers to every result the catalog ``state`` lists, by path: no group is read
     (each record is checked when its result is opened or read)."""
-    # a row is (path, kind, shape, dtype, chunks, ...): CATALOG_COLUMNS
+    # columns in CATALOG_COLUMNS order: path, kind, shape, dtype, chunks, ...
+    paths, _, shapes, dtypes, chunk_shapes, *_ = state.rows.columns()
     out = []
-    for path, (_, _, shape, dtype, chunks, *_) in sorted(state.rows.items()):
+    for i in sorted(range(len(paths)), key=paths.__getitem__):
+        path, shape, dtype, chunks = paths[i], shapes[i], dtypes[i], chunk_shapes[i]
         parsed = parse_group_path(path)
         if parsed is None:  # a row naming no result path: never served
             continue

@@ -31,6 +31,7 @@ logger = logging.getLogger("cpr_zarr")
 
 if TYPE_CHECKING:
     import os
+    from collections.abc import Sequence
 
     import pandas as pd
 
@@ -184,15 +185,16 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
     and no datetime per row (a third of :func:`catalog_rows`' time at 100,000 rows)."""
     import pandas as pd
 
-    rows = list(state.rows.values())
-    for values in rows:
-        if values[5] is None:  # journalled by a save that did not count it (rare): count now
-            values[5] = stored_bytes(storage, values[0])
-    if not rows:
-        return _frame([], [])
     (paths, kinds, shapes, dtypes, chunks, stored, records, created, last, tasks, flow_runs,
-     _, _) = zip(*rows, strict=True)  # fmt: skip
-    tails = [path.rsplit("/", 1)[-1].rsplit("-", 1) for path in paths]
+     _, _) = state.rows.columns()  # fmt: skip
+    if not paths:
+        return _frame([], [])
+    for i, nbytes in enumerate(stored):
+        if nbytes is None:  # journalled by a save that did not count it (rare): count now
+            stored[i] = stored_bytes(storage, paths[i])
+    # <name>-<hash>, the last part of the path
+    names = [p[p.rfind("/") + 1 : -HASH_HEX_LENGTH - 1] for p in paths]
+    hashes = [p[-HASH_HEX_LENGTH:] for p in paths]
     itemsize = {d: np.dtype(d).itemsize for d in set(dtypes) if d != "table"}
     raw = np.array(
         [
@@ -201,6 +203,7 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
         ],
         dtype=np.float64,
     )
+    raw_column = raw if "table" in dtypes else raw.astype(np.int64)
     # an image's stored bytes include its label images' and tables', as its folder's do
     total = dict(zip(paths, stored, strict=True))
     for path, nbytes in zip(paths, stored, strict=True):
@@ -211,24 +214,37 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(stored_total > 0, raw / stored_total, np.nan)
 
-    def times(seconds: tuple[float | None, ...]) -> pd.Series:
-        # whole microseconds, as datetime.fromtimestamp gives them
-        micros = np.round(np.array(seconds, dtype=np.float64) * 1e6)
-        return pd.to_datetime(micros, unit="us", utc=True).astype("datetime64[ns, UTC]")
+    def micros(seconds: Sequence[float | None]) -> np.ndarray:
+        # whole microseconds, as datetime.fromtimestamp gives them (None: NaN)
+        return np.round(np.array(seconds, dtype=np.float64) * 1e6)
+
+    def times(us: np.ndarray) -> pd.Series:
+        return pd.to_datetime(us, unit="us", utc=True).astype("datetime64[ns, UTC]")
+
+    # the order of _frame's sort (no record first, then oldest, then by path), sorted here:
+    # a third of sort_values' time at 100,000 rows
+    created_us = micros(created)
+    keys = created_us.tolist()
+
+    def order_key(i: int) -> tuple[bool, float, str]:
+        c = keys[i]
+        return (False, 0.0, paths[i]) if math.isnan(c) else (True, c, paths[i])
+
+    order = sorted(range(len(paths)), key=order_key)
 
     frame = pd.DataFrame(
         {
-            "name": [t[0] for t in tails],
-            "hash": [t[1] for t in tails],
+            "name": names,
+            "hash": hashes,
             "kind": kinds,
             "shape": [tuple(s) for s in shapes],
             "dtype": dtypes,
             "chunks": [tuple(c) for c in chunks],
             "stored_bytes": stored_total,
-            "raw_bytes": raw,
+            "raw_bytes": raw_column,  # float (NaN) only where tables have none, as _frame's
             "ratio": ratio,
-            "created": times(created),
-            "last_produced": times(last),
+            "created": times(created_us),
+            "last_produced": times(micros(last)),
             "records": np.array(records, dtype=np.int64),
             "last_task": tasks,
             "last_flow_run": flow_runs,
@@ -236,8 +252,7 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
         },
         columns=COLUMNS,
     )
-    frame = frame.sort_values(["created", "group_path"], na_position="first")
-    frame = frame.reset_index(drop=True)
+    frame = frame.take(order).reset_index(drop=True)
     frame.attrs["damaged"] = []
     return frame
 

@@ -60,6 +60,7 @@ Refresh
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
 import logging
 import random
@@ -67,6 +68,7 @@ import threading
 import time
 import uuid
 import weakref
+from collections.abc import Iterator, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,6 +101,7 @@ __all__ = [
     "INPUTS",
     "SETTLE_SECONDS",
     "Catalog",
+    "Rows",
     "compact",
     "create",
     "enabled",
@@ -301,13 +304,95 @@ def note_pending(storage: Storage, path: str) -> None:
 # -- reading ----------------------------------------------------------------------------------
 
 
+class Rows(MutableMapping[str, list[Any]]):
+    """Every result's row by path (a list in :data:`CATALOG_COLUMNS` order): a snapshot's
+    columns, read as they are, under the rows that journal events added or changed.
+
+    A row of the snapshot becomes a list only when it is looked up (a ``put`` merging into
+    it, a removal); :meth:`columns` gives every row column by column without building one,
+    which is what listings need (building 100,000 lists took as long as parsing them).
+    """
+
+    def __init__(
+        self, columns: Sequence[Sequence[Any]] = (), rows: Mapping[str, list[Any]] | None = None
+    ) -> None:
+        self._columns = [list(col) for col in columns] or [[] for _ in CATALOG_COLUMNS]
+        self._at = {path: i for i, path in enumerate(self._columns[0])}
+        self._changed: dict[str, list[Any]] = dict(rows or {})  # added or looked up
+        self._gone: set[str] = set()  # snapshot rows removed
+
+    def __getitem__(self, path: str) -> list[Any]:
+        row = self._changed.get(path)
+        if row is not None:
+            return row
+        if path in self._gone:
+            raise KeyError(path)
+        i = self._at[path]
+        row = self._changed[path] = [col[i] for col in self._columns]
+        return row
+
+    def __setitem__(self, path: str, row: list[Any]) -> None:
+        self._changed[path] = row
+
+    def __delitem__(self, path: str) -> None:
+        if path not in self:
+            raise KeyError(path)
+        self._changed.pop(path, None)
+        if path in self._at:
+            self._gone.add(path)
+
+    def __contains__(self, path: object) -> bool:
+        return path in self._changed or (path in self._at and path not in self._gone)
+
+    def _kept(self) -> list[bool]:
+        """Whether each snapshot row is listed as it is (not removed, not changed)."""
+        kept = [True] * len(self._at)
+        for path in (*self._changed, *self._gone):
+            i = self._at.get(path)
+            if i is not None:
+                kept[i] = False
+        return kept
+
+    def __iter__(self) -> Iterator[str]:
+        changed = list(self._changed)  # a lookup while iterating adds to it
+        yield from itertools.compress(self._columns[0], self._kept())
+        yield from changed
+
+    def items(self) -> Iterator[tuple[str, list[Any]]]:  # type: ignore[override]
+        """Every (path, row), without keeping the snapshot's rows as lists: change a row
+        through ``rows[path]``, not through what this yields."""
+        changed = list(self._changed.items())
+        kept = self._kept()
+        for i, path in enumerate(self._columns[0]):
+            if kept[i]:
+                yield path, [col[i] for col in self._columns]
+        yield from changed
+
+    def values(self) -> Iterator[list[Any]]:  # type: ignore[override]
+        """Every row (see :meth:`items`)."""
+        return (row for _, row in self.items())
+
+    def __len__(self) -> int:
+        return sum(self._kept()) + len(self._changed)
+
+    def columns(self) -> list[list[Any]]:
+        """Every row's values column by column, in :data:`CATALOG_COLUMNS` order (new lists:
+        the caller may change them)."""
+        kept = self._kept()
+        out = [list(itertools.compress(col, kept)) for col in self._columns]
+        for row in self._changed.values():
+            for col, value in zip(out, row, strict=True):
+                col.append(value)
+        return out
+
+
 @dataclass
 class Catalog:
     """The catalog as read: every result's row (values in :data:`CATALOG_COLUMNS` order),
     the removals and pending label images remembered, and the journal state."""
 
     generation: int
-    rows: dict[str, list[Any]]
+    rows: Rows
     dropped: dict[str, float] = field(default_factory=dict)
     pending: dict[str, float] = field(default_factory=dict)
     #: the segments the snapshot holds, and those listed (all folded into the rows)
@@ -319,11 +404,9 @@ class Catalog:
 
     @classmethod
     def from_snapshot(cls, snap: CatalogSnapshot) -> Catalog:
-        columns = [snap.columns[c] for c in CATALOG_COLUMNS]
-        rows = {row[0]: list(row) for row in zip(*columns, strict=True)}
         return cls(
             generation=snap.generation,
-            rows=rows,
+            rows=Rows([snap.columns[c] for c in CATALOG_COLUMNS]),
             dropped=dict(snap.dropped),
             pending=dict(snap.pending),
             merged=frozenset(snap.merged),
@@ -375,8 +458,11 @@ class Catalog:
         return sorted(self._nested.get(path, set()) | set(pending))
 
     def snapshot(self, generation: int, merged: Iterable[str]) -> CatalogSnapshot:
-        rows = [self.rows[p] for p in sorted(self.rows)]
-        columns = {c: [row[i] for row in rows] for i, c in enumerate(CATALOG_COLUMNS)}
+        values = self.rows.columns()
+        order = sorted(range(len(values[0])), key=values[0].__getitem__)  # by path
+        columns = {
+            c: [col[i] for i in order] for c, col in zip(CATALOG_COLUMNS, values, strict=True)
+        }
         horizon = time.time() - KEEP_DROPPED_SECONDS
         return CatalogSnapshot(
             generation=generation,
@@ -594,7 +680,7 @@ def rebuild(storage: Storage, scan: Callable[[], list[CatalogEntry]]) -> int:
         storage.set_if_not_exists(index_key(content_hash, entry.path), entry.path.encode())
 
     list(thread_map(index, entries, workers))
-    state = Catalog(generation=-1, rows={e.path: list(e.row()) for e in entries})
+    state = Catalog(generation=-1, rows=Rows(rows={e.path: list(e.row()) for e in entries}))
     for _ in range(_ATTEMPTS):
         snaps = [n.split(".", 1)[0] for n in storage.list_dir(SNAP, fresh=True)]
         state.generation = max((int(n) for n in snaps if n.isdigit()), default=-1)
