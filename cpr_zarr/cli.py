@@ -122,8 +122,15 @@ def main() -> None:
 @click.argument("store")
 @click.option("--name", "pattern", help="Only names matching this glob, e.g. 'label*'.")
 @click.option("--since", help="Only results produced since a date (2026-11-01) or age (2d).")
+@click.option(
+    "--last",
+    type=click.IntRange(min=1),
+    help="Only the N newest of the results listed (after --name and --since).",
+)
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per result.")
-def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool) -> None:
+def ls_command(
+    store: str, pattern: str | None, since: str | None, last: int | None, as_json: bool
+) -> None:
     """List the committed results in STORE, oldest first."""
     import fnmatch
 
@@ -141,6 +148,9 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
         rows = [r for r in rows if fnmatch.fnmatchcase(r["name"], pattern)]
     if limit is not None:
         rows = [r for r in rows if r["last_produced"] and _utc(r["last_produced"]) >= limit]
+    matched = rows
+    if last is not None:
+        rows = rows[-last:]
     if as_json:
         for row in rows:
             click.echo(json.dumps({k: _json_value(v) for k, v in row.items()}))
@@ -166,8 +176,9 @@ def ls_command(store: str, pattern: str | None, since: str | None, as_json: bool
     widths = [max(len(str(line[i])) for line in [header, *table]) for i in range(len(header))]
     for line in [header, *table]:
         click.echo("  ".join(str(v).ljust(w) for v, w in zip(line, widths, strict=True)).rstrip())
-    total = sum(int(r["stored_bytes"]) for r in rows)
-    click.echo(f"{plural(len(rows), 'result')}, {human_bytes(total)} stored")
+    total = sum(int(r["stored_bytes"]) for r in matched)
+    shown = "" if len(rows) == len(matched) else f" (the newest {len(rows)} shown)"
+    click.echo(f"{plural(len(matched), 'result')}, {human_bytes(total)} stored{shown}")
 
 
 def _json_value(value: Any) -> Any:

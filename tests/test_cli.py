@@ -96,6 +96,12 @@ def test_ls_lists_results_with_filters_and_json(made: tuple) -> None:  # type: i
     ] == ["smooth"]
     assert "3 results" in cli("ls", str(store), "--since", "1h").stdout
     assert "no results match" in cli("ls", str(store), "--since", "2999-01-01").stdout
+    newest = cli("ls", str(store), "--last", "2").stdout.splitlines()
+    assert [line.split()[0] for line in newest[1:-1]] == ["smooth", "mask"]
+    assert "3 results" in newest[-1]
+    assert "the newest 2 shown" in newest[-1]
+    assert len(cli("ls", str(store), "--json", "--last", "1").stdout.splitlines()) == 1
+    assert cli("ls", str(store), "--last", "0", ok=False).returncode == 2
     bad = cli("ls", str(store), "--since", "yesterday-ish", ok=False)
     assert bad.returncode == 2
     assert "neither a date" in bad.stderr
