@@ -130,11 +130,11 @@ def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any
     itemsize: dict[str, int] = {}
     labels: dict[str, int] = {}
     rows = []
-    for values in state.rows.values():
+    for values in zip(*state.rows.columns(), strict=True):
         (path, kind, shape, dtype, chunks, stored, records, created, last, task, flow_run,
          _, _) = values  # fmt: skip
         if stored is None:  # journalled by a save that did not count it (rare): count now
-            stored = values[5] = stored_bytes(storage, path)
+            stored = stored_bytes(storage, path)
         raw: int | None = None
         if dtype != "table":
             size = itemsize.get(dtype)
