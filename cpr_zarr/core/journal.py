@@ -389,7 +389,7 @@ class Rows(MutableMapping[str, list[Any]]):
 @dataclass
 class Catalog:
     """The catalog as read: every result's row (values in :data:`CATALOG_COLUMNS` order),
-    the removals and pending label images remembered, and the journal state."""
+    the removals and pending saves remembered, and the journal state."""
 
     generation: int
     rows: Rows
