@@ -50,11 +50,11 @@ def label_colors(values: np.ndarray) -> np.ndarray:
 
 def _plane_axes(target: ZarrTarget) -> tuple[int, int] | None:
     """The (y, x) axes of a result: named ones if it has NGFF metadata, else the last two."""
+    ndim = len(target.shape)
+    if ndim < 2:  # no plane: decided without opening the result (a tiny task's artifacts)
+        return None
     image = target.store.reader(target).record.image
     axes = "".join(image.axes) if image is not None else None
-    ndim = len(target.shape)
-    if ndim < 2:
-        return None
     if isinstance(axes, str) and "y" in axes and "x" in axes:
         return axes.index("y"), axes.index("x")
     return ndim - 2, ndim - 1
