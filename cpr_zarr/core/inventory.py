@@ -121,53 +121,75 @@ def result_rows(
     return rows, [d.message for d in damaged]
 
 
-def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any]]:
-    """The rows of :func:`result_rows` from the catalog (no request per result).
+def _catalog_columns(storage: Storage, state: journal.Catalog) -> dict[str, list[Any]]:
+    """The listing's columns from the catalog (no request per result): ``COLUMNS`` in order
+    but ``ratio``, times in seconds (None: no record), raw bytes None for tables. What
+    :func:`catalog_rows` and :func:`catalog_frame` share.
 
     An image's stored bytes include its label images' and tables', as a listing of its
     folder would.
     """
-    itemsize: dict[str, int] = {}
-    labels: dict[str, int] = {}
-    rows = []
-    for values in zip(*state.rows.columns(), strict=True):
-        (path, kind, shape, dtype, chunks, stored, records, created, last, task, flow_run,
-         _, _) = values  # fmt: skip
-        if stored is None:  # journalled by a save that did not count it (rare): count now
-            stored = stored_bytes(storage, path)
-        raw: int | None = None
-        if dtype != "table":
-            size = itemsize.get(dtype)
-            if size is None:
-                size = itemsize[dtype] = np.dtype(dtype).itemsize
-            raw = math.prod(shape) * size
+    (paths, kinds, shapes, dtypes, chunks, stored, records, created, last, tasks, flow_runs,
+     _, _) = state.rows.columns()  # fmt: skip
+    for i, nbytes in enumerate(stored):
+        if nbytes is None:  # journalled by a save that did not count it (rare): count now
+            stored[i] = stored_bytes(storage, paths[i])
+    total = dict(zip(paths, stored, strict=True))
+    for path, nbytes in zip(paths, stored, strict=True):
         image = parent_image(path)
-        if image is not None:
-            labels[image] = labels.get(image, 0) + stored
-        name, content_hash = path.rsplit("/", 1)[-1].rsplit("-", 1)
+        if image is not None and image in total:
+            total[image] += nbytes
+    itemsize = {d: np.dtype(d).itemsize for d in set(dtypes) if d != "table"}
+    return {
+        # <name>-<hash>, the last part of the path
+        "name": [p[p.rfind("/") + 1 : -HASH_HEX_LENGTH - 1] for p in paths],
+        "hash": [p[-HASH_HEX_LENGTH:] for p in paths],
+        "kind": kinds,
+        "shape": [tuple(s) for s in shapes],
+        "dtype": dtypes,
+        "chunks": [tuple(c) for c in chunks],
+        "stored_bytes": [total[p] for p in paths],
+        "raw_bytes": [
+            None if d == "table" else math.prod(s) * itemsize[d]
+            for s, d in zip(shapes, dtypes, strict=True)
+        ],
+        "created": created,
+        "last_produced": last,
+        "records": records,
+        "last_task": tasks,
+        "last_flow_run": flow_runs,
+        "group_path": paths,
+    }
+
+
+def catalog_rows(storage: Storage, state: journal.Catalog) -> list[dict[str, Any]]:
+    """The rows of :func:`result_rows` from the catalog (no request per result)."""
+
+    def when(seconds: float | None) -> datetime | None:
+        return None if seconds is None else datetime.fromtimestamp(seconds, UTC)
+
+    rows = []
+    for (name, content_hash, kind, shape, dtype, chunks, stored, raw, created, last, records,
+         task, flow_run, path) in zip(*_catalog_columns(storage, state).values(), strict=True):  # fmt: skip
         rows.append(
             {
                 "name": name,
                 "hash": content_hash,
                 "kind": kind,
-                "shape": tuple(shape),
+                "shape": shape,
                 "dtype": dtype,
-                "chunks": tuple(chunks),
+                "chunks": chunks,
                 "stored_bytes": stored,
                 "raw_bytes": raw,
-                "ratio": float("nan"),
-                "created": None if created is None else datetime.fromtimestamp(created, UTC),
-                "last_produced": None if last is None else datetime.fromtimestamp(last, UTC),
+                "ratio": raw / stored if raw is not None and stored else float("nan"),
+                "created": when(created),
+                "last_produced": when(last),
                 "records": records,
                 "last_task": task,
                 "last_flow_run": flow_run,
                 "group_path": path,
             }
         )
-    for row in rows:
-        row["stored_bytes"] += labels.get(row["group_path"], 0)
-        if row["raw_bytes"] is not None and row["stored_bytes"]:
-            row["ratio"] = row["raw_bytes"] / row["stored_bytes"]
     return rows
 
 
@@ -185,32 +207,12 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
     and no datetime per row (a third of :func:`catalog_rows`' time at 100,000 rows)."""
     import pandas as pd
 
-    (paths, kinds, shapes, dtypes, chunks, stored, records, created, last, tasks, flow_runs,
-     _, _) = state.rows.columns()  # fmt: skip
+    columns = _catalog_columns(storage, state)
+    paths = columns["group_path"]
     if not paths:
         return _frame([], [])
-    for i, nbytes in enumerate(stored):
-        if nbytes is None:  # journalled by a save that did not count it (rare): count now
-            stored[i] = stored_bytes(storage, paths[i])
-    # <name>-<hash>, the last part of the path
-    names = [p[p.rfind("/") + 1 : -HASH_HEX_LENGTH - 1] for p in paths]
-    hashes = [p[-HASH_HEX_LENGTH:] for p in paths]
-    itemsize = {d: np.dtype(d).itemsize for d in set(dtypes) if d != "table"}
-    raw = np.array(
-        [
-            math.prod(s) * itemsize[d] if d != "table" else np.nan
-            for s, d in zip(shapes, dtypes, strict=True)
-        ],
-        dtype=np.float64,
-    )
-    raw_column = raw if "table" in dtypes else raw.astype(np.int64)
-    # an image's stored bytes include its label images' and tables', as its folder's do
-    total = dict(zip(paths, stored, strict=True))
-    for path, nbytes in zip(paths, stored, strict=True):
-        image = parent_image(path)
-        if image is not None and image in total:
-            total[image] += nbytes
-    stored_total = np.array([total[p] for p in paths], dtype=np.int64)
+    raw = np.array([np.nan if r is None else r for r in columns["raw_bytes"]], dtype=np.float64)
+    stored_total = np.array(columns["stored_bytes"], dtype=np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratio = np.where(stored_total > 0, raw / stored_total, np.nan)
 
@@ -223,7 +225,7 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
 
     # the order of _frame's sort (no record first, then oldest, then by path), sorted here:
     # a third of sort_values' time at 100,000 rows
-    created_us = micros(created)
+    created_us = micros(columns["created"])
     keys = created_us.tolist()
 
     def order_key(i: int) -> tuple[bool, float, str]:
@@ -231,24 +233,16 @@ def catalog_frame(storage: Storage, state: journal.Catalog) -> pd.DataFrame:
         return (False, 0.0, paths[i]) if math.isnan(c) else (True, c, paths[i])
 
     order = sorted(range(len(paths)), key=order_key)
-
     frame = pd.DataFrame(
         {
-            "name": names,
-            "hash": hashes,
-            "kind": kinds,
-            "shape": [tuple(s) for s in shapes],
-            "dtype": dtypes,
-            "chunks": [tuple(c) for c in chunks],
+            **columns,
             "stored_bytes": stored_total,
-            "raw_bytes": raw_column,  # float (NaN) only where tables have none, as _frame's
+            # float (NaN) only where tables have none, as _frame's
+            "raw_bytes": raw if "table" in columns["dtype"] else raw.astype(np.int64),
             "ratio": ratio,
             "created": times(created_us),
-            "last_produced": times(micros(last)),
-            "records": np.array(records, dtype=np.int64),
-            "last_task": tasks,
-            "last_flow_run": flow_runs,
-            "group_path": paths,
+            "last_produced": times(micros(columns["last_produced"])),
+            "records": np.array(columns["records"], dtype=np.int64),
         },
         columns=COLUMNS,
     )
