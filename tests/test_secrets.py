@@ -139,3 +139,21 @@ def test_secrets_of_every_shape_never_reach_storage_messages_logs_or_cli(
     assert params["token"] == params["password"] == params["aws_secret_access_key"] == "<redacted>"
     assert params["config"]["credentials"] == "<redacted>"
     assert "s3://bucket/in.zarr" in params["source"]
+
+
+def test_secrets_known_after_a_first_redaction_are_redacted_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from cpr_zarr.redact import REDACTED, redact_text, redact_value, register_secret
+
+    # the secrets are looked up once per change, not per call: every change must count
+    assert redact_text("plain words") == "plain words"
+    monkeypatch.setenv("CPR_ZARR_TEST_API_TOKEN", "env-set-later-5150")
+    assert redact_text("uses env-set-later-5150") == f"uses {REDACTED}"
+    monkeypatch.setenv("CPR_ZARR_TEST_API_TOKEN", "env-changed-later-6160")
+    assert redact_value({"note": ["env-changed-later-6160"]}) == {"note": [REDACTED]}
+    assert redact_text("env-set-later-5150") == "env-set-later-5150"  # no longer a secret
+    register_secret("registered-later-7170")
+    assert redact_value({"a": ("registered-later-7170 and env-changed-later-6160",)}) == {
+        "a": (f"{REDACTED} and {REDACTED}",)
+    }

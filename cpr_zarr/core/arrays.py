@@ -7,19 +7,25 @@ that was encoded.
 
 from __future__ import annotations
 
+import json
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
+from zarr.core.array import AsyncArray
 from zarr.core.buffer import default_buffer_prototype
+from zarr.core.metadata.v3 import ArrayV3Metadata
 from zarr.core.sync import sync
+from zarr.storage import StorePath
 
 from cpr_zarr.errors import StoreError
 from cpr_zarr.model import ngff
 from cpr_zarr.model.hashing import chunk_digest
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from cpr_zarr.core.codec import ChunkCodec
     from cpr_zarr.storage import Storage
 
@@ -61,32 +67,83 @@ def claim_array(
     path agree on who owns it.
     """
     key = f"{path}/zarr.json"
+    array = None
     if storage.get_json(key) is None:
-        # build the metadata document in memory: zarr.create_array would also write parent
-        # group documents, and the group document is our commit marker
-        scratch = zarr.storage.MemoryStore()
-        axes = dimension_names if dimension_names is not None else ngff.default_axes(len(shape))
-        zarr.create_array(
-            scratch,
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            compressors=compressor if compressor is not None else default_compressor(),
-            fill_value=0,
-            dimension_names=list(axes) if axes else None,
-            attributes=attributes,
+        doc = _array_document(
+            shape,
+            dtype,
+            chunks,
+            compressor if compressor is not None else DEFAULT_COMPRESSOR,
+            dimension_names if dimension_names is not None else ngff.default_axes(len(shape)),
+            attributes,
         )
-        doc = sync(scratch.get("zarr.json", default_buffer_prototype()))
-        if doc is None:  # pragma: no cover - zarr wrote it just above
-            raise StoreError(f"zarr did not produce array metadata for {path!r}")
         # create-if-absent: a concurrent writer of the same content may have won, possibly
         # with another compressor. Its metadata stays, and opening the array below makes us
         # encode with its codecs, so the chunks of one array never mix codecs. (Atomic on
         # local disk and with obstore's conditional PUT; s3fs checks then writes, see the README.)
-        storage.set_if_not_exists(key, bytes(doc.to_bytes()))
-    array = zarr.open_array(storage.zarr_store, path=path, mode="r+", zarr_format=3)
+        if storage.set_if_not_exists(key, doc) and storage.creates_once:
+            # ours alone: open it from the document we wrote, without reading it back
+            metadata = ArrayV3Metadata.from_dict(json.loads(doc))
+            array = zarr.Array(AsyncArray(metadata, StorePath(storage.zarr_store, path)))
+    if array is None:
+        array = zarr.open_array(storage.zarr_store, path=path, mode="r+", zarr_format=3)
     if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
         return None
     if attributes is not None and any(array.attrs.get(k) != v for k, v in attributes.items()):
         return None
     return array
+
+
+def _array_document(
+    shape: tuple[int, ...],
+    dtype: np.dtype,
+    chunks: tuple[int, ...],
+    compressor: Any,
+    axes: Sequence[str] | None,
+    attributes: dict[str, Any] | None,
+) -> bytes:
+    """The ``zarr.json`` zarr writes for such an array, made once per kind of array: the
+    same few kinds come again and again (mapped tasks, pyramid levels), and building one
+    through zarr took 2-3 ms."""
+    codecs = list(compressor) if isinstance(compressor, list | tuple) else [compressor]
+    key = json.dumps(
+        [
+            list(shape),
+            np.dtype(dtype).str,
+            list(chunks),
+            [c.to_dict() for c in codecs],
+            list(axes) if axes else None,
+            attributes,
+        ],
+        sort_keys=True,
+        default=repr,
+    )
+    doc = _documents.get(key)
+    if doc is not None:
+        return doc
+    # build the metadata document in memory: zarr.create_array would also write parent
+    # group documents, and the group document is our commit marker
+    scratch = zarr.storage.MemoryStore()
+    zarr.create_array(
+        scratch,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        compressors=codecs,
+        fill_value=0,
+        dimension_names=list(axes) if axes else None,
+        attributes=attributes,
+    )
+    buffer = sync(scratch.get("zarr.json", default_buffer_prototype()))
+    if buffer is None:  # pragma: no cover - zarr wrote it just above
+        raise StoreError(f"zarr did not produce array metadata for {key}")
+    doc = bytes(buffer.to_bytes())
+    if len(_documents) >= _DOCUMENTS_MAX:  # a race between threads costs a rebuild at most
+        _documents.pop(next(iter(_documents), ""), None)
+    _documents[key] = doc
+    return doc
+
+
+#: ``zarr.json`` documents by the JSON of what they describe (oldest dropped first)
+_documents: dict[str, bytes] = {}
+_DOCUMENTS_MAX = 256

@@ -27,6 +27,7 @@ class LocalStorage(Storage):
     """A folder on a file system with POSIX rename and ``link`` (local disk, NFS, Lustre)."""
 
     remote = False
+    creates_once = True  # set_if_not_exists: link() of a private temporary file
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         super().__init__(str(path), read_only=read_only)

@@ -161,6 +161,8 @@ class ObjectStorage(Storage):
         :func:`obstore_options`); kept in memory only, never written or pickled.
     """
 
+    creates_once = True  # set_if_not_exists: one conditional PUT (If-None-Match: *)
+
     def __init__(
         self,
         url: str,

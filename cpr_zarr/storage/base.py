@@ -119,6 +119,9 @@ class Storage(abc.ABC):
 
     #: chunk work waits on a network round trip per key: more threads than cores pay off
     remote: bool = True
+    #: whether :meth:`set_if_not_exists` lets exactly one of concurrent creators win (a
+    #: hard link, a conditional PUT); where it is check-then-write, callers re-read the key
+    creates_once: bool = False
 
     def __init__(self, url: str, *, read_only: bool = False) -> None:
         self.url = url
