@@ -39,6 +39,7 @@ import json
 import logging
 import os
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -73,6 +74,9 @@ _PAGE = 200
 # a table cell without a value: an em dash ("-" alone is a list item in the V1 UI's markdown)
 _MISSING = "—"
 _PASSES = 20
+# the wait between two flow-table passes of one process: this many times the last pass
+_PASS_WAIT_FACTOR = 4.0
+_PASS_WAIT_MAX = 2.0  # seconds
 _UNITS = {
     "micrometer": "µm",
     "nanometer": "nm",
@@ -302,7 +306,9 @@ def _update_flow_table_once(client: Any, flow_run_id: UUID) -> None:
     While a thread of this process is updating a flow run's table, other threads that
     finish only ask it for one more pass and return: that pass lists the tables after
     theirs were written, so their rows are in the table before the updating task ends,
-    as before. Other processes coordinate through the tables themselves (module doc).
+    as before. It waits a few times as long as its last pass took before it starts the
+    next, gathering the rows of tasks that finish meanwhile into one pass. Other processes
+    coordinate through the tables themselves (module doc).
     """
     with _UPDATING_LOCK:
         if flow_run_id in _UPDATING:
@@ -311,16 +317,26 @@ def _update_flow_table_once(client: Any, flow_run_id: UUID) -> None:
         _UPDATING[flow_run_id] = False
     try:
         while True:
+            started = time.monotonic()
             update_flow_table(client, flow_run_id)
             with _UPDATING_LOCK:
                 if not _UPDATING[flow_run_id]:
                     del _UPDATING[flow_run_id]
                     return
+            _pause(started)  # more rows came meanwhile: gather them for the next pass
+            with _UPDATING_LOCK:
                 _UPDATING[flow_run_id] = False
     except BaseException:
         with _UPDATING_LOCK:
             _UPDATING.pop(flow_run_id, None)
         raise
+
+
+def _pause(started: float) -> None:
+    """Wait a few times as long as the pass begun at ``started`` took: rows that come
+    meanwhile are gathered into the next pass. Each pass lists every table of the flow run;
+    back to back, the passes of a 1,000-task flow kept the Prefect server busy throughout."""
+    time.sleep(min(_PASS_WAIT_MAX, _PASS_WAIT_FACTOR * (time.monotonic() - started)))
 
 
 def _tables(client: Any, flow_run_id: UUID) -> tuple[list[Any], list[Any]]:
@@ -371,7 +387,11 @@ def update_flow_table(client: Any, flow_run_id: UUID) -> None:
     from prefect.client.schemas.actions import ArtifactCreate, ArtifactUpdate
     from prefect.exceptions import ObjectNotFound
 
+    started = None
     for _ in range(_PASSES):
+        if started is not None:
+            _pause(started)
+        started = time.monotonic()
         task_tables, tables = _tables(client, flow_run_id)
         rows: dict[tuple[str, str], dict[str, Any]] = {}
         for table in task_tables:

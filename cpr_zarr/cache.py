@@ -20,6 +20,8 @@ longer writes to, or from one that is gone). It is a plain ``CachePolicy`` (Pref
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePath
 from typing import TYPE_CHECKING, Any
@@ -72,6 +74,19 @@ def content_token(value: Any) -> Any:
     return value
 
 
+def _json_key(tokens: dict[str, Any]) -> str:
+    """``hash_objects(tokens)`` for JSON-native tokens, computed without Prefect's serializer.
+
+    The same bytes and the same digest (``md5`` of the sorted-keys JSON of ``((tokens,), {})``),
+    so keys do not change. Prefect's ``JSONSerializer`` resolves its encoder's dotted name on
+    every call, which takes the interpreter's import lock: with hundreds of small tasks
+    computing keys at once, tasks queued on that lock. Raises ``TypeError``/``ValueError``
+    where ``json`` cannot encode a token without an encoder.
+    """
+    data = json.dumps(((tokens,), {}), sort_keys=True).encode()
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
 @dataclass
 class ContentInputs(CachePolicy):
     """Cache key from task inputs, with arrays and targets hashed by content.
@@ -99,6 +114,10 @@ class ContentInputs(CachePolicy):
         if store_url is not None:
             # not a parameter name: "cpr_zarr.store" cannot be one
             tokens["cpr_zarr.store"] = store_url
+        try:
+            return _json_key(tokens)
+        except (TypeError, ValueError):
+            pass  # not JSON-native (a user's object): Prefect's hashing, pickles included
         try:
             return hash_objects(tokens, raise_on_failure=True)
         except Exception as exc:

@@ -31,9 +31,15 @@ TUPLE_KEY = "__cpr_zarr_tuple__"
 
 def pointer_serializer() -> JSONSerializer[Any]:
     """The serializer ``cpr_zarr.task`` uses for its result records."""
+    # No ``object_encoder``: :func:`dumps` applies :func:`encode_object` itself. Prefect
+    # resolves a hook's dotted name on every call, and a name that is not a module takes
+    # the interpreter's import lock and searches the package folder each time: with many
+    # tasks finishing at once that lock was the most contended one in the process. The
+    # decoder stays in the record (it is read only on cache hits) so that any release
+    # reading a record decodes its targets.
     return JSONSerializer(
         jsonlib="cpr_zarr.serializer",
-        object_encoder="cpr_zarr.serializer.encode_object",
+        object_encoder=None,
         object_decoder="cpr_zarr.serializer.decode_object",
     )
 
@@ -50,7 +56,8 @@ def _mark_tuples(obj: Any) -> Any:
 
 
 def dumps(obj: Any, **kwargs: Any) -> str:
-    """``json.dumps`` that keeps tuples (the ``jsonlib`` Prefect calls)."""
+    """``json.dumps`` that keeps tuples and encodes targets (the ``jsonlib`` Prefect calls)."""
+    kwargs.setdefault("default", encode_object)
     return json.dumps(_mark_tuples(obj), **kwargs)
 
 

@@ -11,6 +11,7 @@ import pytest
 from prefect.cache_policies import INPUTS, TASK_SOURCE
 
 import cpr_zarr
+from cpr_zarr.cache import content_token
 from tests.conftest import microscopy_volume
 
 if TYPE_CHECKING:
@@ -96,3 +97,26 @@ def test_key_covers_every_byte_of_a_big_array() -> None:
     base = key(x=data)
     data[-1] = 1
     assert key(x=data) != base
+
+
+def test_keys_are_prefects_hash_of_the_same_tokens(tmp_path: Path) -> None:
+    """Keys computed without Prefect's serializer are the very keys Prefect's hashing gives
+    (records cached by earlier releases stay hits), JSON-native or not."""
+    import datetime
+    import uuid
+
+    from prefect.utilities.hashing import hash_objects
+
+    (tmp_path / "f.tif").write_bytes(b"x")
+    cases = [
+        {"x": 1, "y": 2.5, "s": "é", "n": None, "b": True},
+        {"nested": {"b": [1, (2, 3)], "a": {"z": 1, "y": float("nan")}}, "i": np.int64(3)},
+        {"image": microscopy_volume(), "lazy": da.zeros((4, 4), chunks=2)},
+        {"path": tmp_path / "f.tif", "folder": tmp_path, "f": np.float32(0.5)},
+        {"when": datetime.date(2026, 12, 1), "id": uuid.UUID(int=7)},  # Prefect's encoder
+        {"objects": np.array(["a", "b"], dtype=object)},  # pickled by Prefect
+    ]
+    for inputs in cases:
+        tokens = {k: content_token(v) for k, v in inputs.items()}
+        expected = hash_objects({**tokens}, raise_on_failure=True)
+        assert key(**inputs) == expected, inputs

@@ -424,3 +424,31 @@ def test_processes_saving_while_gc_processes_run(tmp_path: Path) -> None:
             lost.append((seed, path, exc))
     print(f"process trials: {len(saved)} saves, results lost: {len(lost)}")
     assert lost == []
+
+
+def test_held_leases_are_refreshed_by_one_thread_and_never_after_release(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(lease, "REFRESH_SECONDS", 0.2)
+    store = cpr_zarr.ResultStore(tmp_path / "r.zarr", mode="a")
+    held = [lease.Lease(store.storage, f"held-{i}") for i in range(20)]
+    released = lease.Lease(store.storage, "released")
+    for one in [*held, released]:
+        one.acquire()
+
+    def mtime(one: lease.Lease) -> int:
+        return (tmp_path / "r.zarr" / one.key).stat().st_mtime_ns
+
+    before = {one.key: mtime(one) for one in held}
+    released.release()
+    assert not (tmp_path / "r.zarr" / released.key).exists()
+    time.sleep(0.8)
+    try:
+        assert all(mtime(one) > before[one.key] for one in held)  # rewritten while held
+        assert not (tmp_path / "r.zarr" / released.key).exists()  # never after its removal
+        refreshers = [t for t in threading.enumerate() if t.name.startswith("cpr-zarr-lease")]
+        assert len(refreshers) == 1, [t.name for t in refreshers]  # not one per lease
+    finally:
+        for one in held:
+            one.release()
+    assert not any((tmp_path / "r.zarr" / one.key).exists() for one in held)

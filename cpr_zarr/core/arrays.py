@@ -8,6 +8,7 @@ that was encoded.
 from __future__ import annotations
 
 import json
+import threading
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -68,7 +69,8 @@ def claim_array(
     """
     key = f"{path}/zarr.json"
     array = None
-    if storage.get_json(key) is None:
+    # where a conditional write cannot be fooled (creates_once) it is the check: no read first
+    if storage.creates_once or storage.get_json(key) is None:
         doc = _array_document(
             shape,
             dtype,
@@ -83,8 +85,7 @@ def claim_array(
         # local disk and with obstore's conditional PUT; s3fs checks then writes, see the README.)
         if storage.set_if_not_exists(key, doc) and storage.creates_once:
             # ours alone: open it from the document we wrote, without reading it back
-            metadata = ArrayV3Metadata.from_dict(json.loads(doc))
-            array = zarr.Array(AsyncArray(metadata, StorePath(storage.zarr_store, path)))
+            array = zarr.Array(AsyncArray(_metadata(doc), StorePath(storage.zarr_store, path)))
     if array is None:
         array = zarr.open_array(storage.zarr_store, path=path, mode="r+", zarr_format=3)
     if array.shape != shape or array.dtype != dtype or array.chunks != chunks:
@@ -138,12 +139,33 @@ def _array_document(
     if buffer is None:  # pragma: no cover - zarr wrote it just above
         raise StoreError(f"zarr did not produce array metadata for {key}")
     doc = bytes(buffer.to_bytes())
-    if len(_documents) >= _DOCUMENTS_MAX:  # a race between threads costs a rebuild at most
-        _documents.pop(next(iter(_documents), ""), None)
-    _documents[key] = doc
+    _remember(_documents, key, doc)
     return doc
 
 
 #: ``zarr.json`` documents by the JSON of what they describe (oldest dropped first)
 _documents: dict[str, bytes] = {}
+_parsed: dict[bytes, ArrayV3Metadata] = {}
+
+
+def _metadata(doc: bytes) -> ArrayV3Metadata:
+    """zarr's parsed form of an array document made by :func:`_array_document` (frozen, so
+    one object serves every array of that kind; parsing took a millisecond per save)."""
+    metadata = _parsed.get(doc)
+    if metadata is None:
+        metadata = ArrayV3Metadata.from_dict(json.loads(doc))
+        _remember(_parsed, doc, metadata)
+    return metadata
+
+
+def _remember(cache: dict[Any, Any], key: Any, value: Any) -> None:
+    """Add to one of the caches above, dropping the oldest entry when full (under a lock:
+    another thread adding meanwhile would break the iteration that finds the oldest)."""
+    with _CACHE_LOCK:
+        if len(cache) >= _DOCUMENTS_MAX:
+            cache.pop(next(iter(cache)))
+        cache[key] = value
+
+
 _DOCUMENTS_MAX = 256
+_CACHE_LOCK = threading.Lock()

@@ -170,16 +170,18 @@ def wait_unclaimed(storage: Storage, path: str) -> bool:
 class Lease:
     """A writer's lease on folder ``path``: acquire before writing, release after committing.
 
-    Use it as a context manager. While held it is rewritten every ``REFRESH_SECONDS`` by a
-    daemon thread, so the folder never looks abandoned to a collection.
+    Use it as a context manager. While held it is rewritten every ``REFRESH_SECONDS`` by the
+    process's lease refresher (one daemon thread for all leases: a thread per lease cost
+    more than a whole small save), so the folder never looks abandoned to a collection.
     """
 
     def __init__(self, storage: Storage, path: str) -> None:
         self.storage = storage
         self.path = path
         self.key = f"{path}/{LEASE_DIR}/{WRITER_PREFIX}{uuid.uuid4().hex}"
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._lock = threading.Lock()  # a refresh and the release never overlap
+        self._held = False
+        self.due = 0.0  # when the refresher rewrites it next (time.monotonic)
 
     def acquire(self) -> None:
         """Write the lease, then wait out any collection claiming the folder (see module doc)."""
@@ -189,13 +191,14 @@ class Lease:
                 break
             # a collection held the folder: it gave up or removed it (our lease with it)
         checkpoint("save.leased")
-        self._thread = threading.Thread(
-            target=self._refresh, name=f"cpr-zarr-lease-{self.path}", daemon=True
-        )
-        self._thread.start()
+        self._held = True
+        _refresher.add(self)
 
-    def _refresh(self) -> None:
-        while not self._stop.wait(REFRESH_SECONDS):
+    def refresh(self) -> None:
+        """Rewrite the lease now, unless it was released (never after its removal)."""
+        with self._lock:
+            if not self._held:
+                return
             try:
                 put(self.storage, self.key)
             except Exception as exc:  # the save itself reports storage failures
@@ -205,10 +208,9 @@ class Lease:
 
     def release(self) -> None:
         """Stop refreshing and delete the lease (a failure only leaves a small object)."""
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        with self._lock:  # waits for a refresh under way: none can follow the removal
+            self._held = False
+        _refresher.discard(self)
         with contextlib.suppress(OSError):  # read-only now: a small object stays behind
             remove(self.storage, self.key)
 
@@ -218,3 +220,56 @@ class Lease:
 
     def __exit__(self, *exc: Any) -> None:
         self.release()
+
+
+class _Refresher:
+    """The one thread of a process that rewrites its held leases every ``REFRESH_SECONDS``.
+
+    Started with the first lease (again in a forked child, which has no threads and starts
+    from a fresh refresher), and idle while no lease is held.
+    """
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self._wake = threading.Condition()
+        self._leases: dict[int, Lease] = {}
+        self._thread: threading.Thread | None = None
+        self._wakes_at = 0.0  # when the thread wakes up next (time.monotonic)
+
+    def add(self, lease: Lease) -> None:
+        with self._wake:
+            lease.due = time.monotonic() + REFRESH_SECONDS
+            self._leases[id(lease)] = lease
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(
+                    target=self._run, name="cpr-zarr-lease-refresher", daemon=True
+                )
+                self._thread.start()
+            elif lease.due < self._wakes_at:  # it sleeps longer than this lease can wait
+                self._wake.notify()
+
+    def discard(self, lease: Lease) -> None:
+        with self._wake:
+            self._leases.pop(id(lease), None)
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                now = time.monotonic()
+                due = [lease for lease in self._leases.values() if lease.due <= now]
+                for lease in due:
+                    lease.due = now + REFRESH_SECONDS
+                if not due:
+                    nearest = min((lease.due for lease in self._leases.values()), default=None)
+                    self._wakes_at = now + REFRESH_SECONDS if nearest is None else nearest
+                    self._wake.wait(self._wakes_at - now)
+                    continue
+            for lease in due:  # outside the lock: saves keep taking and releasing leases
+                lease.refresh()
+
+
+_refresher = _Refresher()
+if hasattr(os, "register_at_fork"):  # a lock held by a parent's thread stays held in a child
+    os.register_at_fork(after_in_child=_refresher.reset)

@@ -222,6 +222,7 @@ def _save_numpy(
                 spec=spec,
                 base=data,
                 levels=None if builder is None else builder.records(),
+                array_checked=True,
             )
     raise _gone_error(storage, path)
 
@@ -542,14 +543,16 @@ def _commit(
     spec: labels.SaveSpec | None = None,
     base: np.ndarray | None = None,
     levels: list[LevelRecord] | None = None,
+    array_checked: bool = False,
 ) -> ZarrTarget:
     """Write the NGFF metadata and pyramid levels, then the commit marker.
 
     ``base`` is the in-memory base array when there is one: levels are then computed from
-    it rather than read back from the store.
+    it rather than read back from the store. ``array_checked``: the caller has just seen
+    the base array's metadata, after writing its chunks.
     """
     # never commit a group whose base array is missing (removed under the writer)
-    if storage.get_json(f"{path}/{ARRAY_PATH}/zarr.json") is None:
+    if not array_checked and storage.get_json(f"{path}/{ARRAY_PATH}/zarr.json") is None:
         raise StoreError(
             f"Not committing result {path!r} in store {storage.url!r}: its array metadata "
             f"{path}/{ARRAY_PATH}/zarr.json disappeared while the result was being written "

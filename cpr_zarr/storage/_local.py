@@ -76,16 +76,23 @@ class LocalStorage(Storage):
         # write a private temporary file, then hard-link it under the final name: link()
         # fails if the name exists, so exactly one of concurrent creators wins, and a reader
         # never sees a partly written document (an O_EXCL open would show one)
-        path = self.root / key
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.partial")
-        tmp.write_bytes(data)
+        path = os.path.join(self._root, key)
+        folder, name = os.path.split(path)
+        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
         try:
+            fd = os.open(tmp, _CREATE, 0o666)
+        except FileNotFoundError:  # the folder first, only where it is missing
+            os.makedirs(folder, exist_ok=True)
+            fd = os.open(tmp, _CREATE, 0o666)
+        try:
+            with open(fd, "wb") as f:
+                f.write(data)
             os.link(tmp, path)
         except FileExistsError:
             return False
         finally:
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
         return True
 
     def set_in_folder(self, key: str, data: bytes, folder: str) -> None:
