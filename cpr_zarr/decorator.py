@@ -21,6 +21,7 @@ import inspect
 import logging
 import os
 import re
+import threading
 import typing
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -251,7 +252,25 @@ class _Call:
             saver = _Saver(self.task.get_store(), self.record)
             out = _walk(result, name, where, saver, self.inputs)
         _remember_in_transaction(out, self.record.get("task_run_id"))
+        if self.task.artifacts and not _collect_targets(out):
+            _nothing_to_show_in(self.record.get("task_run_id"))
         return out
+
+
+#: task runs whose computed result holds no stored result (newest last, at most a few
+#: thousand): :attr:`ZarrTask.on_completion_hooks` leaves the artifacts hook out for them
+_nothing_to_show: dict[str, None] = {}
+_NOTHING_TO_SHOW_MAX = 4096
+_nothing_to_show_lock = threading.Lock()
+
+
+def _nothing_to_show_in(task_run_id: Any) -> None:
+    if task_run_id is None:
+        return
+    with _nothing_to_show_lock:  # the oldest is dropped: its run completed long ago
+        if len(_nothing_to_show) >= _NOTHING_TO_SHOW_MAX:
+            _nothing_to_show.pop(next(iter(_nothing_to_show)))
+        _nothing_to_show[str(task_run_id)] = None
 
 
 def _make_body(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -436,6 +455,27 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         self.signature = inspect.signature(user_fn)
 
     @property
+    def on_completion_hooks(self) -> list[Any]:
+        """The completion hooks Prefect runs: the user's and, unless this run's computed
+        result holds no stored result, :func:`cpr_zarr_artifacts` (Prefect logs two lines
+        per hook it runs: for a run returning a number that was all the hook did, and it
+        cost 5 ms per task run; a cache hit always gets the hook)."""
+        hooks: list[Any] = self.__dict__.setdefault("_completion_hooks", [])
+        if cpr_zarr_artifacts not in hooks or not _nothing_to_show:
+            return hooks
+        from prefect.context import TaskRunContext
+
+        ctx = TaskRunContext.get()
+        run = getattr(ctx, "task_run", None)
+        if run is not None and str(run.id) in _nothing_to_show:
+            return [h for h in hooks if h is not cpr_zarr_artifacts]
+        return hooks
+
+    @on_completion_hooks.setter
+    def on_completion_hooks(self, hooks: list[Any]) -> None:
+        self.__dict__["_completion_hooks"] = list(hooks)
+
+    @property
     def saving_fn(self) -> Callable[..., Any]:
         """What a run of this task calls: the user's function with loading and saving."""
         return self.fn
@@ -450,6 +490,8 @@ class ZarrTask(prefect.Task):  # type: ignore[type-arg]
         # same options as Prefect computed them, plus ours; fn is this task's body, which
         # reads name and store from the running task, so a renamed copy saves under its name
         new.__dict__.update(plain.__dict__)
+        # a prefect.Task keeps its hooks in the instance; ours go through the property
+        new.on_completion_hooks = new.__dict__.pop("on_completion_hooks", [])
         for attr in ("user_fn", "numpy_params", "signature"):
             setattr(new, attr, getattr(self, attr))
         new.store = self.store if store is None else store

@@ -200,3 +200,63 @@ def test_long_saves_update_a_progress_artifact(
     assert progress[0].data == 100.0
     assert re.match(r"saved big \(streaming\): \d+ chunks, ", progress[0].description)
     assert progress[0].task_run_id is not None
+
+
+def test_runs_whose_result_holds_no_array_run_no_artifacts_hook(
+    tmp_path: Path, result_storage: Path
+) -> None:
+    """Prefect logs two lines per hook it runs (5 ms a task run): a run that computed a
+    number leaves the artifacts hook out; array results and cache hits keep it, and a
+    user's own completion hook always runs."""
+    import logging
+
+    store = cpr_zarr.ResultStore(tmp_path / "s.zarr")
+    user_hook_runs: list[str] = []
+
+    def user_hook(task: Any, task_run: Any, state: Any) -> None:
+        user_hook_runs.append(task_run.name)
+
+    @cpr_zarr.task(store=store, result_storage=result_storage, on_completion=[user_hook])
+    def mean_of(i: int) -> float:
+        return i / 2
+
+    @cpr_zarr.task(store=store, result_storage=result_storage)
+    def ramp(i: int) -> np.ndarray:
+        return np.arange(4, dtype=np.float32) + i
+
+    @flow(task_runner=ThreadPoolTaskRunner(4))
+    def pipeline() -> None:
+        mean_of.map(range(3)).wait()
+        ramp.map(range(2)).wait()
+        mean_of.with_options(name="renamed").map(range(3, 5)).wait()
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[tuple[str, str]] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            run = getattr(record, "task_run_name", "") or ""
+            self.lines.append((run, record.getMessage()))
+
+    lines = Lines()
+    logger = logging.getLogger("prefect.task_runs")
+    level = logger.level
+    logger.setLevel(logging.INFO)  # the tests run Prefect at WARNING
+    logger.addHandler(lines)
+    try:
+        state = pipeline(return_state=True)
+        cached = pipeline(return_state=True)
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    assert state.is_completed()
+    assert cached.is_completed()
+    hooked = [run for run, message in lines.lines if "'cpr_zarr_artifacts'" in message]
+    # computed: only the two array runs; cached re-run: every run (the body did not run)
+    computed = hooked[: len(hooked) - 2 * 7]
+    assert sorted({r.split("-")[0] for r in computed}) == ["ramp"], hooked
+    assert len(hooked) == 2 * 2 + 2 * 7, hooked  # two lines per hook run
+    assert len(user_hook_runs) == 2 * 5
+    tables = [a for a in run_artifacts(state.state_details.flow_run_id) if a.type == "table"]
+    assert sum((a.metadata_ or {}).get("cpr_zarr") == "task-results" for a in tables) == 2
