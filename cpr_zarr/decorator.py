@@ -251,8 +251,9 @@ class _Call:
         with reporting_to(sink) if sink is not None else contextlib.nullcontext():
             saver = _Saver(self.task.get_store(), self.record)
             out = _walk(result, name, where, saver, self.inputs)
-        _remember_in_transaction(out, self.record.get("task_run_id"))
-        if self.task.artifacts and not _collect_targets(out):
+        targets = _collect_targets(out)
+        _remember_in_transaction(targets, self.record.get("task_run_id"))
+        if self.task.artifacts and not targets:
             _nothing_to_show_in(self.record.get("task_run_id"))
         return out
 
@@ -344,12 +345,12 @@ def _commit_despite_stale_parent() -> None:
 TARGETS_KEY = "cpr_zarr.targets"
 
 
-def _remember_in_transaction(result: Any, task_run_id: str | None) -> None:
+def _remember_in_transaction(targets: list[ZarrTarget], task_run_id: str | None) -> None:
     from prefect.transactions import get_transaction
 
     txn = get_transaction()
     if txn is not None:
-        txn.set(TARGETS_KEY, {"task_run_id": task_run_id, "targets": _collect_targets(result)})
+        txn.set(TARGETS_KEY, {"task_run_id": task_run_id, "targets": targets})
 
 
 def written_targets(txn: Any) -> list[ZarrTarget]:

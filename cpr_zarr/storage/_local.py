@@ -54,6 +54,31 @@ class LocalStorage(Storage):
         # or the new bytes, never a part. Done here, in the calling thread: chunk writes from
         # a pool of threads then run in parallel, not queued on zarr's event loop
         self.check_writable()
+        tmp, path = self._write_temporary(key, data)
+        try:
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+
+    def set_if_not_exists(self, key: str, data: bytes) -> bool:
+        # write a private temporary file, then hard-link it under the final name: link()
+        # fails if the name exists, so exactly one of concurrent creators wins, and a reader
+        # never sees a partly written document (an O_EXCL open would show one)
+        tmp, path = self._write_temporary(key, data)
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return False
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        return True
+
+    def _write_temporary(self, key: str, data: bytes) -> tuple[str, str]:
+        """``data`` in a new temporary file beside ``key`` (its folder made only where it is
+        missing); the temporary file's path and the key's."""
         path = os.path.join(self._root, key)
         folder, name = os.path.split(path)
         # hidden and ".partial": never counted as a chunk, never read as one
@@ -66,34 +91,11 @@ class LocalStorage(Storage):
         try:
             with open(fd, "wb") as f:  # large writes go straight to the file, not copied
                 f.write(data)
-            os.replace(tmp, path)
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(tmp)
             raise
-
-    def set_if_not_exists(self, key: str, data: bytes) -> bool:
-        # write a private temporary file, then hard-link it under the final name: link()
-        # fails if the name exists, so exactly one of concurrent creators wins, and a reader
-        # never sees a partly written document (an O_EXCL open would show one)
-        path = os.path.join(self._root, key)
-        folder, name = os.path.split(path)
-        tmp = os.path.join(folder, f".{name}.{uuid.uuid4().hex}.partial")
-        try:
-            fd = os.open(tmp, _CREATE, 0o666)
-        except FileNotFoundError:  # the folder first, only where it is missing
-            os.makedirs(folder, exist_ok=True)
-            fd = os.open(tmp, _CREATE, 0o666)
-        try:
-            with open(fd, "wb") as f:
-                f.write(data)
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return True
+        return tmp, path
 
     def set_in_folder(self, key: str, data: bytes, folder: str) -> None:
         rel = Path(key).relative_to(folder)
